@@ -1,0 +1,221 @@
+"""Command line: ``pyro-aevb train | demo | figures | evaluate``.
+
+``pyro-aevb demo`` is the main job: it trains the paper's VAE with a 2-D latent space on the
+MNIST slice shipped inside the package (no download) in about a minute and writes the
+learned manifold, random samples, reconstructions, the learning curve and a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import load_dataset
+from .infer.checkpoint import write_json_atomic
+from .infer.runs import load_run
+from .infer.trainer import NonFiniteLossError, fit
+from .models import VAE
+from .plots import plot_learning_curves, plot_manifold, plot_reconstructions, plot_samples
+
+logger = logging.getLogger("pyro_aevb")
+
+PAPER_HIDDEN = {"mnist": 500, "fashion-mnist": 500, "embedded-mnist": 500, "frey-face": 200}
+
+
+def _positive_number(text: str) -> int:
+    # Accept 1e6 as well as 1000000 for sample budgets.
+    value = float(text)
+    if value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(value)
+
+
+def write_figures(module, dataset, history, out_dir: Path) -> list[Path]:
+    """Manifold (2-D latent only), samples, reconstructions and learning curve as PNGs."""
+    shape = dataset.image_shape
+    figures = []
+    if module.latent_dim == 2:
+        figures.append(plot_manifold(module, out_dir / "manifold.png", shape))
+    figures.append(plot_samples(module, out_dir / "samples.png", shape))
+    figures.append(
+        plot_reconstructions(module, dataset.test[:20], out_dir / "reconstructions.png", shape)
+    )
+    if history:
+        figures.append(
+            plot_learning_curves(
+                {"AEVB": history},
+                out_dir / "learning_curve.png",
+                title=f"{dataset.name}, N_z = {module.latent_dim}",
+            )
+        )
+    return figures
+
+
+def _build_model(args, dataset) -> VAE:
+    hidden = args.hidden if args.hidden is not None else PAPER_HIDDEN.get(dataset.name, 500)
+    gaussian = dataset.likelihood == "gaussian"
+    return VAE(
+        dataset.data_dim,
+        args.latent_dim,
+        hidden,
+        likelihood=dataset.likelihood,
+        sigmoid_mean=gaussian,
+        weight_prior_std=None if args.no_weight_prior else 1.0,
+    )
+
+
+def _train(args, dataset, out_dir: Path) -> dict:
+    torch.manual_seed(args.seed)
+    module = _build_model(args, dataset)
+    if args.resume:
+        module = VAE(**load_run(out_dir).config["model"])
+    budget = {"epochs": args.epochs} if args.epochs else {"num_samples": args.num_samples}
+    t0 = time.perf_counter()
+    result = fit(
+        module,
+        dataset,
+        estimator=args.estimator,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        eval_size=args.eval_size,
+        out_dir=out_dir,
+        resume=args.resume,
+        fast=args.fast,
+        progress=not args.no_progress,
+        **budget,
+    )
+    seconds = time.perf_counter() - t0
+    figures = [] if args.no_figures else write_figures(module, dataset, result.history, out_dir)
+    final = result.final
+    train_seconds = final.get("train_seconds") or float("nan")
+    summary = {
+        "dataset": dataset.name,
+        "source": dataset.source,
+        "model": module.config,
+        "estimator": args.estimator,
+        "path": result.path,
+        "samples": result.samples,
+        "train_bound": final.get("train_bound"),
+        "test_bound": final.get("test_bound"),
+        "samples_per_second": result.samples / train_seconds,
+        "seconds": seconds,
+        "figures": [str(p) for p in figures],
+    }
+    write_json_atomic(out_dir / "summary.json", summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"dataset           {summary['dataset']}  ({summary['source']})")
+    print(f"training path     {summary['path']}, estimator {summary['estimator']}")
+    print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
+    for split in ("train", "test"):
+        if summary.get(f"{split}_bound") is not None:
+            print(f"{split} bound       {summary[f'{split}_bound']:.2f} nats per datapoint")
+    for p in summary["figures"]:
+        print(f"figure            {p}")
+
+
+def cmd_train(args) -> int:
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    _print_summary(_train(args, dataset, Path(args.out)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    dataset = load_dataset("embedded-mnist")
+    args.dataset = dataset.name
+    print(
+        f"pyro-aevb demo: training a 784-{args.hidden}-{args.latent_dim} VAE on "
+        f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples"
+    )
+    _print_summary(_train(args, dataset, Path(args.out)))
+    return 0
+
+
+def cmd_figures(args) -> int:
+    run = load_run(args.run_dir)
+    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
+    for p in write_figures(run.module, dataset, run.history, Path(args.out or args.run_dir)):
+        print(p)
+    return 0
+
+
+def _add_training_options(p, num_samples: int, latent_dim: int, hidden: int | None) -> None:
+    p.add_argument("--latent-dim", type=int, default=latent_dim, help="N_z")
+    p.add_argument(
+        "--hidden", type=int, default=hidden, help="hidden units (paper: 500 MNIST, 200 Frey Face)"
+    )
+    p.add_argument("--estimator", choices=["A", "B"], default="B")
+    p.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--num-samples", type=_positive_number, default=num_samples)
+    p.add_argument("--epochs", type=float, default=None, help="budget in epochs instead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-size", type=int, default=1000)
+    p.add_argument("--no-weight-prior", action="store_true", help="ML instead of MAP")
+    p.add_argument("--fast", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-figures", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-aevb", description="Auto-Encoding Variational Bayes for Pyro"
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-aevb {__version__}")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a VAE on a data set")
+    p.add_argument(
+        "--dataset", default="mnist", help="mnist, fashion-mnist, frey-face, embedded-mnist"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="data directory (default: $PYRO_AEVB_DATA or download)"
+    )
+    p.add_argument("--out", default="runs/train", help="output directory")
+    _add_training_options(p, num_samples=1_000_000, latent_dim=20, hidden=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="the main job: train on the embedded MNIST slice")
+    p.add_argument("--out", default="runs/demo", help="output directory")
+    _add_training_options(p, num_samples=300_000, latent_dim=2, hidden=500)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("figures", help="redraw the figures of a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="where to write (default: the run directory)")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_figures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as err:
+        print(f"pyro-aevb: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

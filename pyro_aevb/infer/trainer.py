@@ -1,0 +1,451 @@
+r"""Minibatch AEVB training (Algorithm 1) with evaluation, history and exact resume.
+
+Each step draws a minibatch of ``M`` rows without replacement (a fresh permutation per epoch),
+evaluates the minibatch objective of eq. 8 with the chosen estimator and takes one optimizer
+step::
+
+    loss = -(N/M) sum_{i in batch} L(theta, phi; x_i) - log p(theta, phi)
+    (theta, phi) <- Adagrad/Adam step on grad(loss)
+
+The loss divided by N is reported as the per-datapoint objective. At scheduled points the
+per-datapoint bound ``L_i`` is evaluated on fixed train and test subsets (under a forked RNG,
+so evaluation never changes the training draws) and appended to the history, which is saved
+as ``history.json``; checkpoints (``checkpoint.pt``) hold everything needed to continue the
+same run exactly: parameters, optimizer state, both RNG states, the epoch's permutation and
+the position in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..validation import check_data, check_positive_float, check_positive_int
+from .checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from .objective import Objective, make_objective
+from .optim import make_optimizer
+from .runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
+
+__all__ = ["fit", "Trainer", "FitResult", "NonFiniteLossError", "eval_schedule"]
+
+logger = logging.getLogger("pyro_aevb")
+
+
+# Evaluation never touches the training RNG; it uses its own fixed stream.
+_EVAL_SEED_OFFSET = 1_000_003
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss; the parameters were not updated with it."""
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    ``history`` is a list of evaluation records (dicts with ``step``, ``samples``, ``epoch``,
+    ``train_seconds``, ``wall_seconds``, ``loss`` (mean per-datapoint objective since the
+    previous record), ``train_bound``/``test_bound`` (mean per-datapoint bound) and their
+    standard errors).
+    """
+
+    module: nn.Module
+    history: list[dict[str, Any]]
+    path: str
+    steps: int
+    samples: int
+    out_dir: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def eval_schedule(total: int, every: int | str, per_decade: tuple[int, ...] = (1, 2, 5)):
+    """Sample counts at which to evaluate: ``every`` samples, or ``"log"``: 1, 2, 5 x 10^k.
+
+    Always ends with ``total``. Returns a sorted list of ints in ``(0, total]``.
+    """
+    if every == "log":
+        points = {m * 10**k for k in range(2, 12) for m in per_decade}
+    else:
+        every = check_positive_int(every, "eval_every")
+        points = set(range(every, total + 1, every))
+    return sorted(p for p in points if p < total) + [total]
+
+
+def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    n = values.numel()
+    std = float(values.std()) if n > 1 else float("nan")
+    return float(values.mean()), std / math.sqrt(n)
+
+
+class Trainer:
+    """Trains a model object (``nn.Module`` with Pyro ``model``/``guide``) with AEVB.
+
+    See :func:`fit` for the arguments; :meth:`run` trains to the budget and returns a
+    :class:`FitResult`.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        train,
+        test=None,
+        *,
+        estimator: str = "B",
+        optimizer: str = "adagrad",
+        lr: float = 0.02,
+        batch_size: int = 100,
+        num_particles: int = 1,
+        num_samples: int | None = None,
+        epochs: float | None = None,
+        seed: int = 0,
+        eval_every: int | str = "log",
+        eval_size: int | None = 1000,
+        checkpoint_every: int | None = None,
+        out_dir: str | Path | None = None,
+        resume: bool = False,
+        fast: str = "auto",
+        progress: bool = True,
+        dataset_name: str | None = None,
+    ):
+        if not isinstance(module, nn.Module) or not (
+            callable(getattr(module, "model", None)) and callable(getattr(module, "guide", None))
+        ):
+            raise TypeError(
+                "module must be an nn.Module with Pyro programs module.model(x, num_data) and "
+                f"module.guide(x, num_data) (e.g. pyro_aevb.VAE), got {type(module).__name__}"
+            )
+        train, test, dataset_name = _unpack_data(train, test, dataset_name)
+        dtype = next(module.parameters()).dtype
+        unit = getattr(module, "likelihood", None) == "bernoulli"
+        data_dim = getattr(module, "data_dim", None)
+        self.train = check_data(train, "train", data_dim, unit_interval=unit).to(dtype)
+        self.test = None
+        if test is not None:
+            self.test = check_data(test, "test", data_dim, unit_interval=unit).to(dtype)
+        self.module = module
+        self.num_train = self.train.shape[0]
+        self.batch_size = min(check_positive_int(batch_size, "batch_size"), self.num_train)
+        if (num_samples is None) == (epochs is None):
+            raise ValueError("give exactly one training budget: num_samples or epochs")
+        if num_samples is not None:
+            self.total = check_positive_int(num_samples, "num_samples")
+        else:
+            self.total = max(1, round(check_positive_float(epochs, "epochs") * self.num_train))
+        self.schedule = eval_schedule(self.total, eval_every)
+        self.checkpoint_every = (
+            None
+            if checkpoint_every is None
+            else check_positive_int(checkpoint_every, "checkpoint_every")
+        )
+        self.eval_size = None if eval_size is None else check_positive_int(eval_size, "eval_size")
+        self.progress = progress
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.seed = int(seed)
+        self.training_config = {
+            "estimator": estimator,
+            "optimizer": optimizer,
+            "lr": float(lr),
+            "batch_size": self.batch_size,
+            "num_particles": num_particles,
+            "seed": self.seed,
+            "num_train": self.num_train,
+            "eval_size": self.eval_size,
+        }
+        self.objective: Objective = make_objective(module, estimator, num_particles, fast)
+        self.optimizer = make_optimizer(optimizer, self.objective.params, lr)
+        self.config = {
+            "pyro_aevb_version": __version__,
+            "model_class": type(module).__name__,
+            "model": getattr(module, "config", None),
+            "dataset": dataset_name,
+            "training": self.training_config,
+            "path": self.objective.path,
+        }
+
+        # Progress state: everything below is saved in checkpoints.
+        self.step = 0
+        self.samples = 0
+        self.epoch = 0
+        self.train_seconds = 0.0
+        self.history: list[dict[str, Any]] = []
+        self.data_rng = torch.Generator().manual_seed(self.seed + 1)
+        self.perm = torch.empty(0, dtype=torch.long)
+        self.pos = 0
+        self._loss_sum = 0.0
+        self._loss_count = 0
+
+        checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
+        if resume:
+            if checkpoint is None or not checkpoint.is_file():
+                raise FileNotFoundError(
+                    f"resume=True but there is no checkpoint at {checkpoint}; pass the out_dir "
+                    f"of the run to continue"
+                )
+            self._restore(load_checkpoint(checkpoint))
+        else:
+            if checkpoint is not None and checkpoint.exists():
+                raise FileExistsError(
+                    f"{checkpoint} holds an earlier run; pass resume=True to continue it or "
+                    f"choose another out_dir (nothing was overwritten)"
+                )
+            torch.manual_seed(self.seed)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "model_state": self.module.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state()},
+            "progress": {
+                "step": self.step,
+                "samples": self.samples,
+                "epoch": self.epoch,
+                "train_seconds": self.train_seconds,
+                "perm": self.perm,
+                "pos": self.pos,
+                "loss_sum": self._loss_sum,
+                "loss_count": self._loss_count,
+            },
+            "history": self.history,
+        }
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        saved = payload["config"]
+        for key in ("model", "training", "model_class"):
+            if saved.get(key) != self.config.get(key):
+                raise ValueError(
+                    f"cannot resume: the checkpoint's {key} settings {saved.get(key)} differ "
+                    f"from this run's {self.config.get(key)}"
+                )
+        self.module.load_state_dict(payload["model_state"])
+        self.optimizer.load_state_dict(payload["optimizer_state"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.data_rng.set_state(payload["rng"]["data"])
+        progress = payload["progress"]
+        self.step, self.samples, self.epoch = (
+            progress["step"],
+            progress["samples"],
+            progress["epoch"],
+        )
+        self.train_seconds = progress["train_seconds"]
+        self.perm, self.pos = progress["perm"], progress["pos"]
+        self._loss_sum, self._loss_count = progress["loss_sum"], progress["loss_count"]
+        self.history = list(payload["history"])
+        if self.samples > self.total:
+            raise ValueError(
+                f"cannot resume: the checkpoint has already seen {self.samples} samples, more "
+                f"than this run's budget of {self.total}"
+            )
+        logger.info("resumed from checkpoint at %d samples (step %d)", self.samples, self.step)
+
+    def save(self) -> Path | None:
+        """Write checkpoint, history and config to ``out_dir`` (if any), atomically."""
+        if self.out_dir is None:
+            return None
+        if not all(bool(torch.isfinite(p).all()) for p in self.objective.params):
+            raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out_dir / CONFIG_NAME, self.config)
+        write_json_atomic(self.out_dir / HISTORY_NAME, self.history)
+        return save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
+
+    # ------------------------------------------------------------------ evaluation
+    def _bound(self, data: torch.Tensor) -> torch.Tensor:
+        chunks = [self.objective.bound(xb) for xb in data.split(1000)]
+        return torch.cat(chunks)
+
+    def evaluate(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "step": self.step,
+            "samples": self.samples,
+            "epoch": self.samples / self.num_train,
+            "train_seconds": round(self.train_seconds, 4),
+        }
+        record["loss"] = self._loss_sum / self._loss_count if self._loss_count else None
+        self._loss_sum, self._loss_count = 0.0, 0
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
+            for split, data in (("train", self.train), ("test", self.test)):
+                if data is None:
+                    continue
+                subset = data if self.eval_size is None else data[: self.eval_size]
+                mean, stderr = _mean_and_stderr(self._bound(subset))
+                record[f"{split}_bound"] = mean
+                record[f"{split}_bound_stderr"] = stderr
+        return record
+
+    # ------------------------------------------------------------------ training
+    def _next_batch(self) -> torch.Tensor:
+        if self.pos >= self.perm.numel():
+            self.perm = torch.randperm(self.num_train, generator=self.data_rng)
+            self.pos = 0
+            self.epoch += 1
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += idx.numel()
+        return self.train[idx]
+
+    def _fail(self, value: float) -> None:
+        last = self.history[-1]["samples"] if self.history else 0
+        where = (
+            f"the last good checkpoint ({self.out_dir / CHECKPOINT_NAME}, {last} samples) is kept"
+            if self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).exists()
+            else "no checkpoint was written (set out_dir to keep one)"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss ({value}) at step {self.step + 1} after {self.samples} training "
+            f"samples; training stopped before applying it, so module parameters are the last "
+            f"finite ones, and {where}. Try a smaller lr (now "
+            f"{self.training_config['lr']}), estimator 'B', or check the data."
+        )
+
+    def run(self) -> FitResult:
+        """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`."""
+        logger.info(
+            "training %s with estimator %s on %d datapoints via the %s path",
+            type(self.module).__name__,
+            self.training_config["estimator"],
+            self.num_train,
+            self.objective.path,
+        )
+        pending = [s for s in self.schedule if s > self.samples]
+        next_ckpt = self._next_checkpoint()
+        bar = tqdm(
+            total=self.total,
+            initial=self.samples,
+            unit="sample",
+            unit_scale=True,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        wall0 = time.perf_counter()
+        in_step = False
+        try:
+            while self.samples < self.total:
+                t0 = time.perf_counter()
+                in_step = True
+                xb = self._next_batch()
+                loss = self.objective.loss_and_grads(xb, self.num_train).item()
+                if not math.isfinite(loss):
+                    self.pos -= xb.shape[0]  # the step did not happen
+                    self._fail(loss)
+                self.optimizer.step()
+                self.step += 1
+                self.samples += xb.shape[0]
+                self._loss_sum += loss / self.num_train
+                self._loss_count += 1
+                self.train_seconds += time.perf_counter() - t0
+                in_step = False
+                bar.update(xb.shape[0])
+                if pending and self.samples >= pending[0]:
+                    while pending and self.samples >= pending[0]:
+                        pending.pop(0)
+                    record = self.evaluate()
+                    record["wall_seconds"] = round(time.perf_counter() - wall0, 4)
+                    self.history.append(record)
+                    bar.set_postfix(_postfix(record), refresh=False)
+                    self.save()
+                elif next_ckpt is not None and self.samples >= next_ckpt:
+                    self.save()
+                    next_ckpt = self._next_checkpoint()
+        except KeyboardInterrupt:
+            # Between steps the state is consistent: keep it so the run can be resumed. Inside
+            # a step the parameters may be half-updated, so the last checkpoint stays.
+            if self.out_dir is not None and not in_step:
+                self.save()
+                logger.warning("interrupted; checkpoint saved at %d samples", self.samples)
+            raise
+        finally:
+            bar.close()
+        return FitResult(
+            module=self.module,
+            history=self.history,
+            path=self.objective.path,
+            steps=self.step,
+            samples=self.samples,
+            out_dir=self.out_dir,
+            config=self.config,
+        )
+
+    def _next_checkpoint(self) -> int | None:
+        if self.checkpoint_every is None:
+            return None
+        return (self.samples // self.checkpoint_every + 1) * self.checkpoint_every
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for key in ("loss", "train_bound", "test_bound"):
+        if record.get(key) is not None:
+            out[key] = f"{record[key]:.2f}"
+    return out
+
+
+def _unpack_data(train, test, dataset_name):
+    # Accept a pyro_aevb.data.Dataset as well as plain tensors.
+    if hasattr(train, "train") and hasattr(train, "test") and hasattr(train, "name"):
+        if test is not None:
+            raise ValueError("pass either a Dataset as train, or train and test tensors")
+        return train.train, train.test, dataset_name or train.name
+    return train, test, dataset_name
+
+
+def fit(module: nn.Module, train, test=None, **kwargs) -> FitResult:
+    """Train ``module`` with AEVB (Algorithm 1) and return a :class:`FitResult`.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Holds all trainable parameters and the Pyro programs ``model(x, num_data)`` and
+        ``guide(x, num_data)``, e.g. :class:`pyro_aevb.VAE`.
+    train : torch.Tensor or pyro_aevb.data.Dataset
+        Training data ``(N, D)``; a ``Dataset`` supplies its train and test splits.
+    test : torch.Tensor, optional
+        Test data ``(N_test, D)`` for the test bound in the history.
+    estimator : {"A", "B"}
+        Generic SGVB (``Trace_ELBO``) or analytic-KL estimator. Default ``"B"``.
+    optimizer : {"adagrad", "adam"}
+        Default ``"adagrad"`` (the paper's), step size ``lr`` (default 0.02).
+    batch_size : int
+        M (default 100). ``num_particles``: L (default 1).
+    num_samples, epochs :
+        The budget, in training samples evaluated (the paper's x-axis) or in epochs; give one.
+    seed : int
+        Seeds the sampling RNG (``torch.manual_seed``) and the minibatch order.
+    eval_every : int or "log"
+        Evaluate every so many samples, or at 1, 2, 5 x 10^k samples (default), and at the end.
+    eval_size : int or None
+        Evaluate the bound on the first ``eval_size`` train and test points (None: all).
+    checkpoint_every : int, optional
+        Extra checkpoints every so many samples (one is always written at each evaluation).
+    out_dir : path, optional
+        Where ``config.json``, ``history.json`` and ``checkpoint.pt`` go.
+    resume : bool
+        Continue the run saved in ``out_dir`` (the budget may be larger than before).
+    fast : {"auto", "on", "off"}
+        Use the fused fast path when it supports the model (see
+        :mod:`pyro_aevb.infer.fast_vae`).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a loss is NaN or infinite; the parameters keep their last finite values and the
+        last checkpoint in ``out_dir`` is not overwritten.
+    """
+    return Trainer(module, train, test, **kwargs).run()

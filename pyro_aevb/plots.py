@@ -1,0 +1,140 @@
+"""Pictures of a trained model, as PNG files: the paper's Figures 2, 4 and 5 and reconstructions.
+
+Every function takes an output ``path``, writes one PNG there (creating parent directories)
+and returns the path. Matplotlib runs on the non-interactive ``Agg`` backend, so this works
+on machines without a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+from .validation import check_positive_int  # noqa: E402
+
+__all__ = [
+    "image_grid",
+    "manifold_grid",
+    "plot_manifold",
+    "plot_samples",
+    "plot_reconstructions",
+    "plot_learning_curves",
+]
+
+
+def image_grid(images, image_shape: tuple[int, int], ncols: int, pad: int = 1) -> np.ndarray:
+    """Tile ``images`` ``(n, H*W)`` into one array ``(rows*(H+pad)-pad, ncols*(W+pad)-pad)``."""
+    images = np.asarray(torch.as_tensor(images).detach().cpu(), dtype=np.float32)
+    h, w = image_shape
+    n = images.shape[0]
+    nrows = -(-n // ncols)
+    grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.float32)
+    for k, img in enumerate(images.reshape(n, h, w)):
+        r, c = divmod(k, ncols)
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
+    return np.clip(grid, 0.0, 1.0)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _show_grid(grid: np.ndarray, title: str | None, path) -> Path:
+    fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1))
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def manifold_grid(n: int, latent_dim: int = 2, dims: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Figure 4's latent grid: ``Phi^{-1}`` of a linearly spaced unit square, ``(n*n, J)``.
+
+    The unit square is sampled at ``(k + 0.5) / n``; rows vary the second latent coordinate
+    (top = high), columns the first. Latent coordinates other than ``dims`` stay at 0.
+    """
+    n = check_positive_int(n, "n")
+    u = (np.arange(n) + 0.5) / n
+    g = torch.as_tensor(norm.ppf(u), dtype=torch.float32)
+    z = torch.zeros(n * n, latent_dim)
+    z[:, dims[0]] = g.repeat(n)
+    z[:, dims[1]] = g.flip(0).repeat_interleave(n)
+    return z
+
+
+@torch.no_grad()
+def plot_manifold(vae, path, image_shape=(28, 28), n: int = 20, title: str | None = None):
+    """Decode :func:`manifold_grid` to the mean of ``p(x|z)`` (Figure 4)."""
+    z = manifold_grid(n, vae.latent_dim).to(next(vae.parameters()).dtype)
+    grid = image_grid(vae.decode(z), image_shape, n)
+    return _show_grid(grid, title or f"learned manifold (N_z = {vae.latent_dim})", path)
+
+
+@torch.no_grad()
+def plot_samples(vae, path, image_shape=(28, 28), n: int = 100, seed: int = 0, title=None):
+    """Means of ``p(x|z)`` for ``z ~ N(0, I)`` (Figure 5)."""
+    images = vae.sample(n, generator=torch.Generator().manual_seed(seed))
+    grid = image_grid(images, image_shape, int(np.ceil(np.sqrt(n))))
+    return _show_grid(grid, title or f"random samples (N_z = {vae.latent_dim})", path)
+
+
+@torch.no_grad()
+def plot_reconstructions(vae, x: torch.Tensor, path, image_shape=(28, 28), title=None):
+    """Data (odd rows) above their reconstructions ``E[x | z = mu(x)]`` (even rows)."""
+    x = x[:40]
+    recon = vae.reconstruct(x)
+    ncols = min(10, len(x))
+    rows = []
+    for k in range(0, len(x), ncols):
+        rows += [x[k : k + ncols], recon[k : k + ncols]]
+    grid = image_grid(torch.cat(rows), image_shape, ncols)
+    return _show_grid(grid, title or "data (odd rows) and reconstructions (even rows)", path)
+
+
+def plot_learning_curves(
+    histories: Mapping[str, Sequence[Mapping]],
+    path,
+    title: str | None = None,
+    ylabel: str = "lower bound per datapoint (nats)",
+    keys: tuple[str, str] = ("train_bound", "test_bound"),
+    ax=None,
+):
+    """Figure 2: bound against training samples (log x-axis), train dashed and test solid.
+
+    ``histories`` maps a label (e.g. ``"AEVB"``) to a history as returned by
+    :func:`pyro_aevb.fit`. With ``ax`` given, draws there and returns the axes instead.
+    """
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    for k, (label, history) in enumerate(histories.items()):
+        color = f"C{k}"
+        for key, style in zip(keys, ("--", "-")):
+            pts = [(h["samples"], h[key]) for h in history if h.get(key) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                split = key.split("_")[0]
+                ax.plot(xs, ys, style, color=color, label=f"{label} ({split})")
+    ax.set_xscale("log")
+    ax.set_xlabel("# training samples evaluated")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    if not own:
+        return ax
+    return _save(fig, path)

@@ -1,0 +1,117 @@
+"""Input validation at the public boundary, with messages that name the argument.
+
+Every check raises ``ValueError`` (or ``TypeError`` for a wrong type) whose message says which
+argument was wrong, what was expected and what was received, so a user can fix the call
+without reading our source.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+
+__all__ = [
+    "check_data",
+    "check_positive_int",
+    "check_positive_float",
+    "check_choice",
+    "check_num_data",
+]
+
+
+def check_data(
+    x,
+    name: str = "x",
+    data_dim: int | None = None,
+    unit_interval: bool = False,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Check a data matrix and return it as a floating tensor.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Shape ``(batch, data_dim)``, floating dtype, finite values.
+    name : str
+        Argument name used in error messages.
+    data_dim : int, optional
+        Required size of the last dimension.
+    unit_interval : bool
+        Require every value to lie in ``[0, 1]`` (Bernoulli decoders).
+    allow_empty : bool
+        Accept ``batch == 0``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (batch, data_dim), got {type(x).__name__}"
+        )
+    if not (x.is_floating_point()):
+        raise TypeError(
+            f"{name} must have a floating dtype (e.g. torch.float32), got {x.dtype}; "
+            f"convert uint8 images with x.float() / 256 as the paper does"
+        )
+    if x.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (batch, data_dim), got shape {tuple(x.shape)}; "
+            f"flatten images with x.reshape(len(x), -1)"
+        )
+    if data_dim is not None and x.shape[1] != data_dim:
+        raise ValueError(
+            f"{name} must have data_dim={data_dim} columns, got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
+    if x.numel():
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()[0].tolist()
+            raise ValueError(
+                f"{name} contains non-finite values (NaN or inf), first at index {tuple(bad)}"
+            )
+        if unit_interval:
+            lo, hi = float(x.min()), float(x.max())
+            if lo < 0.0 or hi > 1.0:
+                raise ValueError(
+                    f"{name} must lie in [0, 1] for a Bernoulli decoder, got values in "
+                    f"[{lo:g}, {hi:g}]; scale pixels with x / 256 or use a Gaussian decoder"
+                )
+    return x
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_positive_float(value, name: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_num_data(num_data, batch_size: int) -> int:
+    """``num_data`` (N of eq. 8) must be an int no smaller than the minibatch size M."""
+    if num_data is None:
+        return batch_size
+    num_data = check_positive_int(num_data, "num_data")
+    if num_data < batch_size:
+        raise ValueError(
+            f"num_data (the full data set size N) must be >= the minibatch size "
+            f"{batch_size}, got {num_data}"
+        )
+    return num_data

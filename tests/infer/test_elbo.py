@@ -1,0 +1,142 @@
+"""The two SGVB estimators: analytic values, agreement, variance, bounds and scaling."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceMeanField_ELBO
+
+from pyro_aevb import VAE, AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, make_elbo
+from pyro_aevb.models import LinearGaussian
+
+
+def small_vae(**kwargs):
+    vae = VAE(20, 4, (16,), init_std=0.3, **kwargs).double()
+    return vae
+
+
+def test_estimator_b_kl_term_is_the_closed_form():
+    vae = small_vae(weight_prior_std=None)
+    x = torch.rand(7, 20, dtype=torch.float64)
+    torch.manual_seed(3)
+    bound_b = elbo_per_datapoint(vae.model, vae.guide, x, estimator="B")
+    # Same draw of eps as the guide's Normal.rsample.
+    torch.manual_seed(3)
+    loc, log_var = vae.encoder(x)
+    z = loc + torch.exp(0.5 * log_var) * torch.randn_like(loc)
+    loglik = vae.likelihood_dist(z).log_prob(x)
+    kl_closed = -0.5 * (1 + log_var - loc**2 - log_var.exp()).sum(-1)
+    torch.testing.assert_close(loglik - bound_b, kl_closed, rtol=0, atol=1e-12)
+    # The same through the ELBO object used for training.
+    torch.manual_seed(3)
+    loss = AnalyticKL_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    torch.testing.assert_close(loss, -(loglik - kl_closed).sum(), rtol=0, atol=1e-10)
+
+
+def test_estimator_b_is_strict_where_tracemeanfield_falls_back():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+            pyro.sample("x", dist.Poisson(rate), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[0]))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.LogNormal(loc, 0.5))
+
+    x = torch.tensor([1.0, 3.0, 2.0])
+    TraceMeanField_ELBO().loss(model, guide, x)  # Pyro silently uses a Monte Carlo term
+    with pytest.raises(AnalyticKLError, match="site 'rate'.*LogNormal.*Gamma"):
+        AnalyticKL_ELBO().loss(model, guide, x)
+    with pytest.raises(AnalyticKLError, match="'rate'"):
+        elbo_per_datapoint(model, guide, x, estimator="B")
+    assert torch.isfinite(elbo_per_datapoint(model, guide, x, estimator="A")).all()
+
+
+def test_estimators_a_and_b_agree_and_b_has_lower_variance():
+    vae = small_vae()
+    x = torch.rand(5, 20, dtype=torch.float64)
+    n = 4000
+    with torch.no_grad():
+        xa = x.repeat(n, 1)
+        a = elbo_per_datapoint(vae.model, vae.guide, xa, estimator="A").reshape(n, 5)
+        b = elbo_per_datapoint(vae.model, vae.guide, xa, estimator="B").reshape(n, 5)
+    diff = a.mean(0) - b.mean(0)
+    stderr = (a.var(0) / n + b.var(0) / n).sqrt()
+    assert bool((diff.abs() < 4 * stderr).all()), (diff, stderr)
+    assert bool((b.var(0) < a.var(0)).all())
+
+
+@pytest.fixture
+def linear_gaussian():
+    torch.manual_seed(1)
+    m = LinearGaussian(6, 2, sigma=0.7).double()
+    with torch.no_grad():
+        m.enc_A.normal_(0, 0.3)
+        m.enc_log_var.fill_(-1.0)
+    return m
+
+
+def test_bound_below_exact_log_likelihood_and_estimators_match_its_value(linear_gaussian):
+    m = linear_gaussian
+    x = m.marginal().sample((4,)) + 0.3
+    with torch.no_grad():
+        loc = (x - m.enc_c) @ m.enc_A.T
+        scale = torch.exp(0.5 * m.enc_log_var).expand_as(loc)
+        analytic = m.analytic_elbo(x, loc, scale)
+        exact = m.log_marginal(x)
+        assert bool((analytic < exact).all())
+        n = 3000
+        for estimator in ("A", "B"):
+            est = elbo_per_datapoint(m.model, m.guide, x.repeat(n, 1), estimator=estimator).reshape(
+                n, 4
+            )
+            stderr = est.std(0) / math.sqrt(n)
+            assert bool(((est.mean(0) - analytic).abs() < 4 * stderr + 1e-9).all())
+
+
+def test_bound_equals_log_likelihood_with_the_exact_posterior_as_guide(linear_gaussian):
+    m = linear_gaussian
+    x = m.marginal().sample((5,))
+    with torch.no_grad():
+        exact = m.log_marginal(x)
+        # Estimator A: every single draw equals log p(x) (zero variance).
+        for _ in range(3):
+            a = elbo_per_datapoint(m.model, m.exact_guide, x, estimator="A")
+            torch.testing.assert_close(a, exact, rtol=0, atol=1e-9)
+        # Estimator B: equal in expectation.
+        n = 4000
+        b = elbo_per_datapoint(m.model, m.exact_guide, x.repeat(n, 1), estimator="B")
+        b = b.reshape(n, 5)
+        assert bool(((b.mean(0) - exact).abs() < 4 * b.std(0) / math.sqrt(n)).all())
+
+
+@pytest.mark.parametrize("estimator", ["A", "B"])
+@pytest.mark.parametrize("prior", [None, 1.0])
+def test_minibatch_loss_scales_to_the_sum_of_per_datapoint_bounds(estimator, prior):
+    vae = small_vae(weight_prior_std=prior)
+    x = torch.rand(8, 20, dtype=torch.float64)
+    big_n = 1000
+    torch.manual_seed(5)
+    loss = make_elbo(estimator).differentiable_loss(vae.model, vae.guide, x, big_n)
+    torch.manual_seed(5)
+    bounds = elbo_per_datapoint(vae.model, vae.guide, x, estimator=estimator)
+    log_prior = vae.log_weight_prior() if prior else 0.0
+    # loss = -(N/M) sum_i L_i - log p(theta)
+    torch.testing.assert_close((loss + log_prior) * 8 / big_n, -bounds.sum(), rtol=1e-10, atol=1e-9)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in vae.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in vae.parameters())
+
+
+def test_per_datapoint_bound_validates_arguments():
+    vae = small_vae()
+    x = torch.rand(3, 20, dtype=torch.float64)
+    with pytest.raises(ValueError, match="estimator"):
+        elbo_per_datapoint(vae.model, vae.guide, x, estimator="C")
+    with pytest.raises(ValueError, match="num_particles"):
+        elbo_per_datapoint(vae.model, vae.guide, x, num_particles=0)
+    with pytest.raises(ValueError, match="outside the plate 'batch'"):
+        elbo_per_datapoint(vae.model, vae.guide, x, plate_name="batch")

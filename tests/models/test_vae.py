@@ -1,0 +1,117 @@
+import pyro
+import pyro.poutine as poutine
+import pytest
+import torch
+from pyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO
+
+from pyro_aevb import VAE, paper_frey_face_vae, paper_mnist_vae
+
+
+@pytest.fixture
+def vae():
+    return VAE(12, 3, (8,), init_std=0.1)
+
+
+def test_paper_presets_sizes_and_init():
+    m = paper_mnist_vae(latent_dim=20)
+    assert (m.data_dim, m.hidden_dims, m.latent_dim, m.likelihood) == (784, (500,), 20, "bernoulli")
+    w = m.decoder.out.weight.detach()
+    assert abs(float(w.std()) - 0.01) < 5e-4 and abs(float(w.mean())) < 1e-3
+    f = paper_frey_face_vae(latent_dim=5)
+    assert (f.data_dim, f.hidden_dims, f.likelihood, f.sigmoid_mean) == (
+        560,
+        (200,),
+        "gaussian",
+        True,
+    )
+    assert m.weight_prior_std == 1.0 and f.weight_prior_std == 1.0
+
+
+def test_config_rebuilds_the_same_architecture(vae):
+    clone = VAE(**vae.config)
+    assert [p.shape for p in clone.parameters()] == [p.shape for p in vae.parameters()]
+
+
+def test_trace_sites_and_shapes(vae):
+    x = torch.rand(5, 12)
+    tr = poutine.trace(vae.model).get_trace(x, num_data=50)
+    assert tr.nodes["z"]["value"].shape == (5, 3)
+    assert tr.nodes["x"]["is_observed"]
+    assert tr.nodes["z"]["scale"] == pytest.approx(10.0)  # N / M
+    assert "weight_prior" in tr.nodes
+    gtr = poutine.trace(vae.guide).get_trace(x, num_data=50)
+    assert gtr.nodes["z"]["fn"].batch_shape == (5,) and gtr.nodes["z"]["fn"].event_shape == (3,)
+
+
+def test_stock_svi_predictive_and_generation(vae):
+    x = torch.rand(6, 12)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    losses = [svi.step(x, num_data=60) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    post = Predictive(vae.model, guide=vae.guide, num_samples=4, return_sites=["z", "x"])(x)
+    assert post["z"].shape == (4, 6, 3)
+    prior = Predictive(vae.model, num_samples=2, return_sites=["x"])(None, batch_size=3)
+    assert prior["x"].shape == (2, 3, 12)
+    assert set(prior["x"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_stock_mcmc_runs_on_the_model(vae):
+    x = torch.rand(2, 12)
+    mcmc = MCMC(NUTS(vae.model), num_samples=10, warmup_steps=10, disable_progbar=True)
+    mcmc.run(x)
+    assert mcmc.get_samples()["z"].shape == (10, 2, 3)
+
+
+def test_gaussian_decoder_sigmoid_mean():
+    vae = VAE(10, 2, 6, likelihood="gaussian", sigmoid_mean=True)
+    z = torch.randn(4, 2) * 50
+    mean = vae.decode(z)
+    assert mean.shape == (4, 10) and bool(((mean >= 0) & (mean <= 1)).all())
+    x = torch.randn(3, 10) * 3  # real data outside [0, 1] is fine for a Gaussian decoder
+    tr = poutine.trace(vae.model).get_trace(x)
+    assert torch.isfinite(tr.log_prob_sum())
+
+
+def test_weight_prior_value(vae):
+    expected = -0.5 * sum(float((p**2).sum()) for p in vae.parameters())
+    assert float(vae.log_weight_prior()) == pytest.approx(expected, rel=1e-6)
+    no_prior = VAE(12, 3, 8, weight_prior_std=None)
+    assert "weight_prior" not in poutine.trace(no_prior.model).get_trace(torch.rand(2, 12)).nodes
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.rand(4, 11), "data_dim=12"),
+        (torch.rand(4, 3, 4), r"shape \(batch, data_dim\)"),
+        (torch.full((2, 12), float("nan")), "non-finite"),
+        (torch.rand(3, 12) + 1.0, r"\[0, 1\]"),
+        (torch.rand(0, 12), "empty"),
+    ],
+)
+def test_bad_input_raises_clear_error(vae, bad, match):
+    with pytest.raises(ValueError, match=match):
+        vae.model(bad)
+    with pytest.raises(ValueError, match=match):
+        vae.guide(bad)
+
+
+def test_bad_dtype_and_num_data(vae):
+    with pytest.raises(TypeError, match="floating dtype"):
+        vae.model(torch.zeros(2, 12, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="num_data"):
+        vae.model(torch.rand(5, 12), num_data=3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"hidden_dims": 0}, "hidden_dims"),
+        ({"weight_prior_std": -1.0}, "weight_prior_std"),
+        ({"sigmoid_mean": True}, "sigmoid_mean"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VAE(12, 3, **{"hidden_dims": 8, **kwargs})

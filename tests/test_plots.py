@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from pyro_aevb import VAE
+from pyro_aevb.plots import (
+    image_grid,
+    manifold_grid,
+    plot_learning_curves,
+    plot_manifold,
+    plot_reconstructions,
+    plot_samples,
+)
+
+
+def test_manifold_grid_is_inverse_gaussian_cdf_of_a_uniform_square():
+    z = manifold_grid(4)
+    assert z.shape == (16, 2)
+    u = (np.arange(4) + 0.5) / 4
+    assert np.allclose(np.unique(z[:, 0].numpy()), norm.ppf(u), atol=1e-6)
+    assert torch.allclose(z[:4, 1], z[0, 1].expand(4))  # first row: one value of z_2 ...
+    assert float(z[0, 1]) > float(z[-1, 1])  # ... the largest, at the top
+    assert torch.equal(manifold_grid(3, latent_dim=5)[:, 2:], torch.zeros(9, 3))
+
+
+def test_image_grid_tiles_images():
+    imgs = torch.arange(6 * 4, dtype=torch.float32).reshape(6, 4) / 24
+    grid = image_grid(imgs, (2, 2), ncols=3, pad=1)
+    assert grid.shape == (2 * 3 - 1, 3 * 3 - 1)
+    assert np.allclose(grid[:2, :2], imgs[0].reshape(2, 2).numpy())
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_figures_are_written_as_png(tmp_path, likelihood):
+    vae = VAE(28 * 20, 2, 16, likelihood=likelihood, sigmoid_mean=likelihood == "gaussian")
+    shape = (28, 20)
+    paths = [
+        plot_manifold(vae, tmp_path / "m.png", shape, n=5),
+        plot_samples(vae, tmp_path / "s.png", shape, n=9),
+        plot_reconstructions(vae, torch.rand(6, 560), tmp_path / "r.png", shape),
+        plot_learning_curves(
+            {
+                "AEVB": [
+                    {"samples": 100, "train_bound": -200.0, "test_bound": -210.0},
+                    {"samples": 1000, "train_bound": -150.0, "test_bound": -155.0},
+                ]
+            },
+            tmp_path / "sub" / "c.png",
+        ),
+    ]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
