@@ -23,7 +23,9 @@ from pyro_aevb.infer.fast_vae import evaluate_bound
 
 def run(estimator: str, args, dataset) -> dict:
     torch.manual_seed(args.seed)
-    vae = paper_mnist_vae(latent_dim=args.latent_dim, hidden_dims=args.hidden)
+    vae = paper_mnist_vae(
+        latent_dim=args.latent_dim, hidden_dims=args.hidden, init_std=args.init_std
+    )
     t0 = time.perf_counter()
     result = fit(
         vae,
@@ -66,6 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--latent-dim", type=int, default=20)
     p.add_argument("--hidden", type=int, default=500)
+    p.add_argument("--init-std", type=float, default=0.1, help="N(0, s^2) initialisation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--fast", choices=["auto", "on", "off"], default="auto")

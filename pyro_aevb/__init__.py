@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from .data import Dataset, load_dataset  # noqa: E402
 from .infer import AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, make_elbo  # noqa: E402
+from .infer.fast_vae import evaluate_bound  # noqa: E402
 from .infer.trainer import FitResult, NonFiniteLossError, fit  # noqa: E402
 from .models import VAE, paper_frey_face_vae, paper_mnist_vae  # noqa: E402
 
@@ -20,6 +21,7 @@ __all__ = [
     "AnalyticKLError",
     "make_elbo",
     "elbo_per_datapoint",
+    "evaluate_bound",
     "fit",
     "FitResult",
     "NonFiniteLossError",

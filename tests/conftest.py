@@ -1,8 +1,16 @@
-import os
+"""Fixtures shared by the whole suite. Models used by several test folders live in
+``marginal_helpers`` (importable from every test module: this folder is put on sys.path)."""
+
+import sys
+from pathlib import Path
 
 import pyro
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from marginal_helpers import PPCA, mnist, trained_mnist_vae  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -15,12 +23,17 @@ def _fresh_pyro_state():
     pyro.clear_param_store()
 
 
-def real_data_dir():
-    """The data directory from PYRO_AEVB_DATA, or None (then real-data tests skip)."""
-    return os.environ.get("PYRO_AEVB_DATA") or None
+@pytest.fixture
+def ppca():
+    return PPCA()
 
 
-requires_data = pytest.mark.skipif(
-    real_data_dir() is None,
-    reason="set PYRO_AEVB_DATA to a directory holding mnist/ (e.g. ../shared/data)",
-)
+@pytest.fixture
+def mnist_test():
+    return mnist().test
+
+
+@pytest.fixture
+def mnist_vae():
+    """A small VAE (N_z = 3, 100 hidden) trained on real MNIST, shared by the session."""
+    return trained_mnist_vae()

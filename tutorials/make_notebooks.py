@@ -97,7 +97,7 @@ estimate the same bound; B, with the analytic KL, has the lower variance."""
         """test = dataset.test[:1000]
 bounds = {e: torch.stack([evaluate_bound(vae, test, estimator=e) for _ in range(20)]) for e in "AB"}
 for e, b in bounds.items():
-    print(f"estimator {e}: mean bound {b.mean():8.2f}, mean per-point variance {b.var(0).mean():.3f}")"""
+    print(f"estimator {e}: bound {b.mean():8.2f}, mean per-point variance {b.var(0).mean():.3f}")"""
     ),
     new_markdown_cell("## Pictures: learning curve, manifold (Figure 4) and samples (Figure 5)"),
     new_code_cell(

@@ -61,6 +61,18 @@ floating-point rounding in loss and every gradient.
 the batch. The trainer validates the whole data set once before training, and
 :func:`evaluate_bound` validates its data once; a caller that feeds unvalidated data directly
 must validate it with :func:`pyro_aevb.validation.check_data` first.
+
+**Where the time goes** (one core, batch 100; ``benchmarks/speed.py`` measures it). For the
+paper's 784-500-20 model the five large matrix products (encoder and decoder input/output
+layers forward, their weight gradients and the decoder's input gradient) are well over half
+of a step; the fused Adagrad update (memory-bound: parameters, gradients and accumulators
+are ~10 MB) and the weight prior (one extra pass over the parameters) most of the rest.
+For the small 784-100-3 model the products shrink five-fold and the fixed costs dominate:
+the elementwise passes over the ``(M, 784)`` decoder output (sigmoid, log), roughly 80 small
+torch calls (~2-3 us each) and the optimizer call. Hence: no autograd graph, no allocation in the
+hot path (a fresh 300 KB tensor costs page faults), losses accumulated as Python floats,
+prior and scale fused into the BLAS calls, and the lean optimizer of
+:mod:`pyro_aevb.infer.optim`.
 """
 
 from __future__ import annotations
@@ -73,7 +85,7 @@ from torch import nn
 
 from ..models.vae import VAE
 from ..nets import BernoulliMLPDecoder, GaussianMLPDecoder, GaussianMLPEncoder
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_choice, check_data, check_num_data, check_positive_int
 from .elbo import ESTIMATORS
 from .objective import FAST_MODES, Objective
 from .per_datapoint import elbo_per_datapoint
@@ -119,11 +131,16 @@ class _Plan:
         self.enc_h = [new(rows, lin.out_features) for lin in vae.encoder.hidden]
         self.enc_dh = [new(rows, lin.out_features) for lin in vae.encoder.hidden]
         self.enc_out = new(rows, 2 * J)  # [mu, lv]
-        self.enc_dout = new(rows, 2 * J)  # [dmu, dlv]
+        self.mu, self.lv = self.enc_out[:, :J], self.enc_out[:, J:]
+        self.enc_dout = new(rows, 2 * J)  # [dloss/dmu, dloss/dlv]
+        self.dmu, self.dlv = self.enc_dout[:, :J], self.enc_dout[:, J:]
         self.sigma = new(rows, J)
-        self.tmp_mj = new(rows, J)
+        self.sigma2 = new(rows, J)
         self.eps = new(particles, rows, J)
+        self.eps_blocks = list(self.eps.unbind(0))  # one (M, J) block per particle
+        self.u = new(particles, rows, J)  # eps * sigma = z - mu
         self.z = new(particles, rows, J)
+        self.z2 = self.z.view(LM, J)
         self.dz = new(LM, J)
         self.dec_h = [new(LM, lin.out_features) for lin in vae.decoder.hidden]
         self.dec_dh = [new(LM, lin.out_features) for lin in vae.decoder.hidden]
@@ -131,6 +148,10 @@ class _Plan:
         self.dec_dout = new(LM, out_dim)  # dNLL/d(decoder output), unscaled
         self.tmp = new(LM, D)
         self.tmp2 = new(LM, D) if vae.likelihood == "gaussian" and vae.sigmoid_mean else None
+        # Bias gradients are column sums, taken as a matrix-vector product with ones so that
+        # the scale and the weight-prior term fuse into the same call (torch.addmv).
+        self.ones_rows = torch.ones(rows, dtype=dtype, device=device)
+        self.ones_lm = torch.ones(LM, dtype=dtype, device=device)
 
 
 class FastVAEObjective(Objective):
@@ -152,6 +173,11 @@ class FastVAEObjective(Objective):
     The objective owns one gradient buffer per parameter and assigns it to ``p.grad`` on
     every :meth:`loss_and_grads` call (overwriting the previous values), so
     ``optimizer.zero_grad()`` between steps is allowed but unnecessary.
+
+    The layers and parameters are looked up when the objective is built: build it (like
+    the optimizer) after the model is final. Changing a parameter's data in place or
+    rebinding it (``module.to(dtype)``, ``load_state_dict``) is fine; replacing a layer
+    module afterwards is not seen. Not thread-safe: calls share the work buffers.
     """
 
     path = "fast"
@@ -170,6 +196,7 @@ class FastVAEObjective(Objective):
         self._dec_idx = [(index[id(lin.weight)], index[id(lin.bias)]) for lin in self._dec]
         self._plans: OrderedDict = OrderedDict()
         self._grads: dict = {}
+        self._views_key = None
 
     # ------------------------------------------------------------------ support
     @classmethod
@@ -191,6 +218,8 @@ class FastVAEObjective(Objective):
         for name in _PROGRAM_METHODS:
             if getattr(type(module), name) is not getattr(VAE, name):
                 return f"{type(module).__name__} overrides VAE.{name}"
+            if name in vars(module):
+                return f"the instance replaces VAE.{name}"
         if estimator not in ESTIMATORS:
             return f"unknown estimator {estimator!r}"
         if isinstance(num_particles, bool) or not isinstance(num_particles, int):
@@ -214,16 +243,16 @@ class FastVAEObjective(Objective):
             for lin in _linear_layers(net):
                 if type(lin) is not nn.Linear or lin.bias is None:
                     return f"{net_name} has a layer that is not an nn.Linear with bias"
-        if (enc.data_dim, enc.latent_dim) != (module.data_dim, module.latent_dim) or (
-            dec.data_dim,
-            dec.latent_dim,
-        ) != (module.data_dim, module.latent_dim):
+        dims = {(net.data_dim, net.latent_dim) for net in (enc, dec)}
+        if dims != {(module.data_dim, module.latent_dim)}:
             return "encoder/decoder dimensions differ from the VAE's data_dim/latent_dim"
-        net_params = [
+        layer_params = [
             p for lin in _linear_layers(enc) + _linear_layers(dec) for p in lin.parameters()
         ]
         params = list(module.parameters())
-        if len(params) != len(net_params) or {id(p) for p in params} != {id(p) for p in net_params}:
+        if len(params) != len(layer_params) or {id(p) for p in params} != {
+            id(p) for p in layer_params
+        }:
             return "the module has parameters outside its encoder and decoder layers"
         if not all(p.requires_grad for p in params):
             return "some parameters are frozen (requires_grad=False)"
@@ -235,11 +264,11 @@ class FastVAEObjective(Objective):
         return None
 
     # ------------------------------------------------------------------ buffers
-    def _plan(self, rows: int, particles: int, dtype, device) -> _Plan:
-        key = (rows, particles, dtype, device)
+    def _plan(self, rows: int, dtype, device) -> _Plan:
+        key = (rows, dtype, device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = _Plan(self.vae, rows, particles, dtype, device)
+            plan = _Plan(self.vae, rows, self.num_particles, dtype, device)
             self._plans[key] = plan
             if len(self._plans) > _MAX_PLANS:
                 self._plans.popitem(last=False)
@@ -256,6 +285,25 @@ class FastVAEObjective(Objective):
             ]
             self._grads = {key: grads}
         return grads
+
+    def _refresh_views(self) -> None:
+        """Cache ``W^T`` and flattened views of the parameters (cheap per-call check).
+
+        The views share storage with the parameters, so in-place optimizer updates show
+        through; only rebinding a parameter's data (``module.to(...)``, ``p.data = ...``)
+        changes its address and triggers a rebuild.
+        """
+        key = tuple(p.data_ptr() for p in self.params)
+        if key == self._views_key:
+            return
+        self._enc_wt = [lin.weight.detach().t() for lin in self._enc]
+        self._dec_wt = [lin.weight.detach().t() for lin in self._dec]
+        self._enc_w = [lin.weight.detach() for lin in self._enc]
+        self._dec_w = [lin.weight.detach() for lin in self._dec]
+        self._enc_b = [lin.bias.detach() for lin in self._enc]
+        self._dec_b = [lin.bias.detach() for lin in self._dec]
+        self._flat = [p.detach().reshape(-1) for p in self.params]
+        self._views_key = key
 
     def _check_x(self, x: torch.Tensor) -> tuple[torch.dtype, torch.device]:
         """Structural checks only (no pass over the values; see the module docstring)."""
@@ -287,25 +335,23 @@ class FastVAEObjective(Objective):
         Returns
         -------
         torch.Tensor
-            The loss ``-(N/M) sum_i L_i - log p(theta)``, a detached 0-dim tensor; the
-            gradient of this loss is written into ``p.grad`` for every parameter.
+            The loss ``-(N/M) sum_i L_i - log p(theta)``, a detached 0-dim tensor of the
+            parameters' dtype; the gradient of this loss is written into ``p.grad`` for
+            every parameter.
         """
         dtype, device = self._check_x(x)
         M = x.shape[0]
-        if num_data is None:
-            num_data = M
-        elif isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < M:
-            raise ValueError(
-                f"num_data (the full data set size N) must be an int >= the minibatch size "
-                f"{M}, got {num_data!r}"
-            )
+        num_data = check_num_data(num_data, M)
         with torch.no_grad():
-            plan = self._plan(M, self.num_particles, dtype, device)
+            self._refresh_views()
+            plan = self._plan(M, dtype, device)
             grads = self._grad_buffers(dtype, device)
-            loss = self._run(plan, x, num_data / M, grads)
+            x = x.contiguous()
+            self._forward(plan, x)
+            loss = self._loss_and_backward(plan, x, num_data / M, grads)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g
-        return loss
+        return torch.full((), loss, dtype=dtype, device=device)
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         """Per-datapoint bound ``L_i`` (no weight prior, unscaled), ``(M,)``, no gradient.
@@ -313,210 +359,230 @@ class FastVAEObjective(Objective):
         Averaged over ``num_particles`` draws of ``z``; estimator A or B as configured::
 
             L_i^B = -KL_i - (1/L) sum_l NLL_li
-            L_i^A = -(1/L) sum_l [NLL_li + 1/2 sum_j (z^2 - eps^2 - lv)]
+            L_i^A = -(1/L) sum_l [NLL_li + 1/2 sum_j (z_lij^2 - eps_lij^2)] + 1/2 sum_j lv_ij
         """
         dtype, device = self._check_x(x)
         with torch.no_grad():
-            plan = self._plan(x.shape[0], self.num_particles, dtype, device)
-            return self._run(plan, x, 1.0, None)
+            self._refresh_views()
+            plan = self._plan(x.shape[0], dtype, device)
+            x = x.contiguous()
+            self._forward(plan, x)
+            return self._bound_rows(plan, x)
 
     # ------------------------------------------------------------------ the computation
-    def _run(self, plan: _Plan, x: torch.Tensor, scale: float, grads):
-        """Forward pass, loss, and (if ``grads`` is a buffer list) the backward pass.
+    def _forward(self, plan: _Plan, x: torch.Tensor) -> None:
+        """Encoder, guide draws and decoder into the plan's buffers."""
+        h = x
+        for b, wt, buf in zip(self._enc_b[:-1], self._enc_wt[:-1], plan.enc_h, strict=True):
+            h = torch.addmm(b, h, wt, out=buf).tanh_()
+        torch.addmm(self._enc_b[-1], h, self._enc_wt[-1], out=plan.enc_out)
 
-        With ``grads=None`` returns the per-datapoint bound ``(M,)`` instead of the loss.
-        """
+        # Guide draws in the order Pyro's guide makes them: one (M, J) block per particle.
+        # z = mu + eps * sigma with sigma = exp(lv / 2), rounded exactly as Normal.rsample.
+        sigma = torch.mul(plan.lv, 0.5, out=plan.sigma).exp_()
+        for e in plan.eps_blocks:
+            e.normal_()
+        torch.mul(plan.eps, sigma, out=plan.u)
+        torch.add(plan.u, plan.mu, out=plan.z)
+
+        h = plan.z2
+        for b, wt, buf in zip(self._dec_b[:-1], self._dec_wt[:-1], plan.dec_h, strict=True):
+            h = torch.addmm(b, h, wt, out=buf).tanh_()
+        torch.addmm(self._dec_b[-1], h, self._dec_wt[-1], out=plan.dec_out)
+
+    def _loss_and_backward(self, plan: _Plan, x, scale: float, grads) -> float:
+        """Minibatch loss (a float) after :meth:`_forward`; gradients into ``grads``."""
         vae = self.vae
         L = self.num_particles
-        M = x.shape[0]
-        J = vae.latent_dim
-        per_row = grads is None
+        M, J = plan.enc_out.shape[0], vae.latent_dim
         c = scale / L
         analytic = self.estimator == "B"
+        mu, lv, sigma = plan.mu, plan.lv, plan.sigma
 
-        # ---- encoder: tanh layers, then the fused (mu, lv) head.
-        h = x
-        for lin, buf in zip(self._enc[:-1], plan.enc_h, strict=True):
-            torch.addmm(lin.bias, h, lin.weight.t(), out=buf)
-            buf.tanh_()
-            h = buf
-        head = self._enc[-1]
-        o = plan.enc_out
-        torch.addmm(head.bias, h, head.weight.t(), out=o)
-        mu, lv = o[:, :J], o[:, J:]
-
-        # ---- guide draws, in the order Pyro's guide makes them (one (M, J) block each).
-        sigma = plan.sigma
-        torch.mul(lv, 0.5, out=sigma)
-        sigma.exp_()
-        eps, z = plan.eps, plan.z
-        for l in range(L):
-            eps[l].normal_()
-        torch.mul(eps, sigma, out=z)  # same rounding as Normal.rsample: mu + eps * sigma
-        z.add_(mu)
-        z2 = z.view(L * M, J)
-
-        # ---- decoder.
-        h = z2
-        for lin, buf in zip(self._dec[:-1], plan.dec_h, strict=True):
-            torch.addmm(lin.bias, h, lin.weight.t(), out=buf)
-            buf.tanh_()
-            h = buf
-        out_lin = self._dec[-1]
-        out = plan.dec_out
-        torch.addmm(out_lin.bias, h, out_lin.weight.t(), out=out)
-
-        # ---- reconstruction term NLL and its gradient dNLL/d(out) (unscaled) in dec_dout.
-        x3 = x.unsqueeze(0)  # broadcasts over the L particles
+        # ---- reconstruction term: sum_{l,i} NLL_li, and dNLL/d(out) (unscaled) in dec_dout.
         g = plan.dec_dout
         if vae.likelihood == "bernoulli":
-            nll = self._bernoulli(out, x, g, plan.tmp, L, M, per_row)
+            nll = _bernoulli_nll_grad(plan.dec_out, x, g, plan.tmp, L)
         else:
-            nll = self._gaussian(out, x3, g, plan, L, M, per_row)
+            nll = _gaussian_nll_grad(plan.dec_out, x, g, plan, L)
 
-        # ---- latent terms.
+        # ---- latent terms (floats: scalar arithmetic on tensors would cost a call each).
+        sum_lv = lv.sum().item()
         if analytic:
-            # KL_i = 1/2 sum_j (mu^2 + sigma^2 - 1 - lv)
-            t = plan.tmp_mj
-            torch.mul(mu, mu, out=t)
-            t.addcmul_(sigma, sigma).sub_(lv)
-            if per_row:
-                return -(t.sum(1).sub_(J).mul_(0.5)) - nll.view(L, M).mean(0)
-            latent = (t.sum() - M * J) * (0.5 * scale)
+            # sum_i KL_i = 1/2 (sum mu^2 + sum sigma^2 - M J - sum lv)
+            s2 = torch.mul(sigma, sigma, out=plan.sigma2)
+            sum_mu2 = torch.linalg.vector_norm(mu).item() ** 2
+            latent = 0.5 * scale * (sum_mu2 + s2.sum().item() - M * J - sum_lv)
         else:
-            # log q - log p(z) = 1/2 sum_j (z^2 - eps^2 - lv) per particle
-            if per_row:
-                zz = (z * z - eps * eps).sum(2)  # (L, M)
-                return -((nll.view(L, M) + 0.5 * zz).mean(0) - 0.5 * lv.sum(1))
-            zz = torch.dot(z2.reshape(-1), z2.reshape(-1)) - torch.dot(eps.view(-1), eps.view(-1))
-            latent = zz * (0.5 * c) - lv.sum() * (0.5 * scale)
-        loss = nll * c + latent
+            # sum_{l,i} [log q - log p(z)] = 1/2 (sum z^2 - sum eps^2 - L sum lv)
+            z_flat, eps_flat = plan.z.view(-1), plan.eps.view(-1)
+            zz = torch.dot(z_flat, z_flat).item() - torch.dot(eps_flat, eps_flat).item()
+            latent = 0.5 * c * zz - 0.5 * scale * sum_lv
+        loss = c * nll + latent
 
         # ---- weight prior |theta|^2 / (2 s_p^2); its gradient enters through beta below.
         wd = 0.0
         if vae.weight_prior_std is not None:
             wd = 1.0 / vae.weight_prior_std**2
-            sq = [torch.dot(p.view(-1), p.view(-1)) for p in self.params]
-            loss = loss + torch.stack(sq).sum() * (0.5 * wd)
+            loss += 0.5 * wd * sum(torch.dot(v, v).item() for v in self._flat)
 
-        # ---- backward through the decoder; the factor c enters via alpha of the matmuls.
+        # ---- backward through the decoder; c enters through alpha of the output layer.
         n_dec = len(self._dec)
         dh = g
         for k in range(n_dec - 1, -1, -1):
             if k < n_dec - 1:
                 _tanh_backward(dh, plan.dec_h[k], grad_input=dh)
-            h_in = plan.dec_h[k - 1] if k > 0 else z2
             iw, ib = self._dec_idx[k]
-            dh = self._linear_backward(
-                self._dec[k],
+            dh = _linear_backward(
                 dh,
-                h_in,
+                plan.dec_h[k - 1] if k > 0 else plan.z2,
+                self._dec_w[k],
+                self._dec_b[k],
                 c if k == n_dec - 1 else 1.0,
                 wd,
                 grads[iw],
                 grads[ib],
+                plan.ones_lm,
                 plan.dec_dh[k - 1] if k > 0 else plan.dz,
             )
-        dz = dh  # dloss/dz, (L M, J), already scaled
+        dz = dh  # dloss/dz, (L M, J)
         if not analytic:
-            dz.add_(z2, alpha=c)  # -log p(z) = z^2/2 + const
+            dz.add_(plan.z2, alpha=c)  # from -log p(z) = |z|^2 / 2 + const
 
-        # ---- through z = mu + eps * sigma to the encoder head [dmu, dlv].
-        dz3 = dz.view(L, M, J)
-        do = plan.enc_dout
-        dmu, dlv = do[:, :J], do[:, J:]
-        torch.sum(dz3, 0, out=dmu)
-        dz3.mul_(eps)
-        torch.sum(dz3, 0, out=dlv)
-        dlv.mul_(sigma).mul_(0.5)
-        if analytic:
-            dmu.add_(mu, alpha=scale)  # d KL / d mu = mu
-            dlv.addcmul_(sigma, sigma, value=0.5 * scale).sub_(0.5 * scale)  # (sigma^2-1)/2
+        # ---- through z = mu + eps * sigma, sigma = exp(lv / 2), to [dmu, dlv].
+        dmu, dlv = plan.dmu, plan.dlv
+        if L == 1:
+            dmu.copy_(dz)
+            torch.mul(dz, plan.u.view(M, J), out=dlv)  # dz * eps * sigma
         else:
-            dlv.sub_(0.5 * scale)  # d log q / d lv = -1/2 (total derivative)
+            dz3 = dz.view(L, M, J)
+            torch.sum(dz3, 0, out=dmu)
+            torch.sum(dz3.mul_(plan.u), 0, out=dlv)
+        if analytic:
+            dmu.add_(mu, alpha=scale)  # dKL/dmu = mu
+            # dlv = 1/2 sum_l dz eps sigma + s (sigma^2 - 1) / 2
+            dlv.add_(plan.sigma2, alpha=scale).sub_(scale).mul_(0.5)
+        else:
+            dlv.mul_(0.5).sub_(0.5 * scale)  # d log q / d lv = -1/2 (total derivative)
 
         # ---- backward through the encoder (no gradient for x).
         n_enc = len(self._enc)
-        dh = do
+        dh = plan.enc_dout
         for k in range(n_enc - 1, -1, -1):
-            lin = self._enc[k]
             if k < n_enc - 1:
                 _tanh_backward(dh, plan.enc_h[k], grad_input=dh)
-            h_in = plan.enc_h[k - 1] if k > 0 else x
             iw, ib = self._enc_idx[k]
-            dh = self._linear_backward(
-                lin, dh, h_in, 1.0, wd, grads[iw], grads[ib], plan.enc_dh[k - 1] if k > 0 else None
+            dh = _linear_backward(
+                dh,
+                plan.enc_h[k - 1] if k > 0 else x,
+                self._enc_w[k],
+                self._enc_b[k],
+                1.0,
+                wd,
+                grads[iw],
+                grads[ib],
+                plan.ones_rows,
+                plan.enc_dh[k - 1] if k > 0 else None,
             )
         return loss
 
-    @staticmethod
-    def _linear_backward(lin, dpre, h_in, alpha, wd, gW, gb, dh_out):
-        """Gradients of ``pre = h_in W^T + b`` given ``dpre`` (to be scaled by ``alpha``).
-
-        ``gW = alpha dpre^T h_in + wd W``, ``gb = alpha sum_rows dpre + wd b`` and, unless
-        ``dh_out`` is ``None``, ``dh_in = alpha dpre W`` written into ``dh_out``.
-        """
-        W, b = lin.weight, lin.bias
-        torch.addmm(W, dpre.t(), h_in, beta=wd, alpha=alpha, out=gW)
-        torch.sum(dpre, 0, out=gb)
-        if alpha != 1.0:
-            gb.mul_(alpha)
-        if wd:
-            gb.add_(b, alpha=wd)
-        if dh_out is None:
-            return None
-        # beta=0: the old contents of dh_out are ignored (NaN-safe, per torch docs).
-        torch.addmm(dh_out, dpre, W, beta=0.0, alpha=alpha, out=dh_out)
-        return dh_out
-
-    @staticmethod
-    def _bernoulli(a, x, g, tmp, L, M, per_row):
-        """``NLL = sum softplus(a) - x a`` (total, or per row ``(L M,)``); ``g = sigmoid(a) - x``.
-
-        ``softplus(a) = relu(a) - log(max(y, 1 - y))`` with ``y = sigmoid(a)``: exact in both
-        tails and reuses ``y``, which the gradient needs anyway (cheaper than a separate
-        softplus or BCE kernel).
-        """
-        torch.sigmoid(a, out=g)
-        torch.mul(g, -1.0, out=tmp).add_(1.0)  # 1 - y
-        torch.maximum(g, tmp, out=tmp).log_()
-        if per_row:
-            nll = torch.relu(a).sum(1) - tmp.sum(1) - (a.view(L, M, -1) * x).sum(2).view(-1)
+    def _bound_rows(self, plan: _Plan, x: torch.Tensor) -> torch.Tensor:
+        """Per-datapoint bound ``(M,)`` after :meth:`_forward`."""
+        vae = self.vae
+        L = self.num_particles
+        M = x.shape[0]
+        out = plan.dec_out
+        if vae.likelihood == "bernoulli":
+            nll = _bernoulli_nll_rows(out, x, plan.tmp, L)
         else:
-            xa = (
-                torch.mv(a.view(L, -1), x.reshape(-1)).sum()
-                if L > 1
-                else torch.dot(a.view(-1), x.reshape(-1))
-            )
-            nll = torch.relu(a).sum() - tmp.sum() - xa
-        g.view(L, M, -1).sub_(x)
-        return nll
+            nll = _gaussian_nll_rows(out, x, plan, L)
+        nll = nll.view(L, M).mean(0)
+        mu, lv, sigma = plan.mu, plan.lv, plan.sigma
+        if self.estimator == "B":
+            kl = (mu * mu + sigma * sigma - lv).sum(1).sub_(vae.latent_dim).mul_(0.5)
+            return -kl - nll
+        zz = (plan.z * plan.z - plan.eps * plan.eps).sum(2).mean(0)  # (M,)
+        return 0.5 * lv.sum(1) - nll - 0.5 * zz
 
-    @staticmethod
-    def _gaussian(out, x3, g, plan, L, M, per_row):
-        """Gaussian ``NLL = sum (x - m)^2 exp(-v) / 2 + v / 2 + log(2 pi) / 2``; gradient in g.
 
-        ``g[:, :D] = (m - x) exp(-v)`` (times ``m (1 - m)`` with a sigmoid mean) and
-        ``g[:, D:] = (1 - (x - m)^2 exp(-v)) / 2``.
-        """
-        D = x3.shape[-1]
-        mean, v = out[:, :D], out[:, D:]
-        gm, gv = g[:, :D], g[:, D:]
-        if plan.tmp2 is not None:
-            mean = torch.sigmoid(mean, out=plan.tmp2)
-        torch.sub(mean.view(L, M, D), x3, out=gm.view(L, M, D))  # r = m - x
-        torch.neg(v, out=gv).exp_()  # 1 / var
-        q = plan.tmp
-        torch.mul(gm, gm, out=q).mul_(gv)  # r^2 / var
-        if per_row:
-            nll = (q.sum(1) + v.sum(1)) * 0.5 + D * _HALF_LOG_2PI
-        else:
-            nll = (q.sum() + v.sum()) * 0.5 + (out.shape[0] * D * _HALF_LOG_2PI)
-        gm.mul_(gv)
-        if plan.tmp2 is not None:
-            _sigmoid_backward(gm, mean, grad_input=gm)
-        torch.mul(q, -0.5, out=gv).add_(0.5)
-        return nll
+def _linear_backward(dpre, h_in, W, b, alpha, wd, gW, gb, ones, dh_out):
+    """Gradients of ``pre = h_in W^T + b`` given ``dpre`` (to be scaled by ``alpha``).
+
+    ``gW = alpha dpre^T h_in + wd W`` and ``gb = alpha dpre^T 1 + wd b`` (the weight-prior
+    gradient fused into the same BLAS call through ``beta``) and, unless ``dh_out`` is
+    ``None``, ``dh_in = alpha dpre W`` written into ``dh_out`` and returned.
+    """
+    dpre_t = dpre.t()
+    torch.addmm(W, dpre_t, h_in, beta=wd, alpha=alpha, out=gW)
+    torch.addmv(b, dpre_t, ones, beta=wd, alpha=alpha, out=gb)
+    if dh_out is None:
+        return None
+    # beta=0: the old contents of dh_out are ignored (NaN-safe, per the torch docs).
+    return torch.addmm(dh_out, dpre, W, beta=0.0, alpha=alpha, out=dh_out)
+
+
+def _bernoulli_nll_grad(a, x, g, tmp, L) -> float:
+    """``sum softplus(a) - x a`` over all ``L M D`` entries; ``g = sigmoid(a) - x``.
+
+    ``softplus(a) = relu(a) - log max(y, 1 - y)`` with ``y = sigmoid(a)`` (and
+    ``max(y, 1 - y) = |y - 1/2| + 1/2``): accurate in both tails, no overflow, and it reuses
+    ``y``, which the gradient needs anyway -- cheaper than a separate softplus or
+    BCE-with-logits kernel (both are slow on CPU).
+    """
+    torch.sigmoid(a, out=g)
+    log_m = torch.sub(g, 0.5, out=tmp).abs_().add_(0.5).log_().sum().item()
+    relu = torch.clamp_min(a, 0.0, out=tmp).sum().item()
+    if L == 1:
+        xa = torch.dot(a.view(-1), x.view(-1))
+        g.sub_(x)
+    else:
+        xa = torch.mv(a.view(L, -1), x.view(-1)).sum()
+        g.view(L, *x.shape).sub_(x)
+    return relu - log_m - xa.item()
+
+
+def _bernoulli_nll_rows(a, x, tmp, L) -> torch.Tensor:
+    """Per-row ``sum_d softplus(a) - x a``, shape ``(L M,)``; same formula as above."""
+    torch.sigmoid(a, out=tmp)
+    log_m = tmp.sub_(0.5).abs_().add_(0.5).log_().sum(1)
+    relu = torch.clamp_min(a, 0.0, out=tmp).sum(1)
+    xa = torch.mul(a.view(L, *x.shape), x, out=tmp.view(L, *x.shape)).sum(2).view(-1)
+    return relu.sub_(log_m).sub_(xa)
+
+
+def _gaussian_terms(out, x, plan, L):
+    """Shared part of the Gaussian NLL: ``(mean, v, r = m - x, 1/var, q = r^2 / var)``."""
+    D = x.shape[1]
+    mean, v = out[:, :D], out[:, D:]
+    g = plan.dec_dout
+    gm, gv = g[:, :D], g[:, D:]
+    if plan.tmp2 is not None:
+        mean = torch.sigmoid(mean, out=plan.tmp2)
+    r = torch.sub(mean.view(L, *x.shape), x, out=gm.view(L, *x.shape)).view(-1, D)
+    iv = torch.neg(v, out=gv).exp_()  # 1 / var
+    q = torch.mul(r, r, out=plan.tmp).mul_(iv)  # r^2 / var
+    return mean, v, gm, gv, iv, q
+
+
+def _gaussian_nll_grad(out, x, g, plan, L) -> float:
+    """``sum (x - m)^2 exp(-v) / 2 + v / 2 + log(2 pi) / 2``; gradient into ``g``.
+
+    ``g[:, :D] = (m - x) exp(-v)`` (times ``m (1 - m)`` with a sigmoid mean) and
+    ``g[:, D:] = (1 - (x - m)^2 exp(-v)) / 2``.
+    """
+    mean, v, gm, gv, iv, q = _gaussian_terms(out, x, plan, L)
+    nll = 0.5 * (q.sum().item() + v.sum().item()) + q.numel() * _HALF_LOG_2PI
+    gm.mul_(iv)
+    if plan.tmp2 is not None:
+        _sigmoid_backward(gm, mean, grad_input=gm)
+    torch.mul(q, -0.5, out=gv).add_(0.5)
+    return nll
+
+
+def _gaussian_nll_rows(out, x, plan, L) -> torch.Tensor:
+    """Per-row Gaussian NLL, shape ``(L M,)``."""
+    mean, v, gm, gv, iv, q = _gaussian_terms(out, x, plan, L)
+    return (q.sum(1) + v.sum(1)).mul_(0.5).add_(x.shape[1] * _HALF_LOG_2PI)
 
 
 def evaluate_bound(

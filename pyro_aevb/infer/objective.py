@@ -18,6 +18,7 @@ supports the model and falls back to :class:`PyroObjective` otherwise, logging w
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import nn
@@ -38,6 +39,8 @@ class Objective:
 
     #: Short name of the implementation, shown in logs and run summaries.
     path = "base"
+    #: Whether :meth:`bound` gives a per-datapoint ELBO (not so without an encoder).
+    has_bound = True
 
     def __init__(self, module: nn.Module, estimator: str = "B", num_particles: int = 1):
         self.module = module
@@ -50,6 +53,32 @@ class Objective:
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def train_step(
+        self, x: torch.Tensor, idx: torch.Tensor, num_data: int, optimizer: torch.optim.Optimizer
+    ) -> float:
+        """One training step on the minibatch ``x = data[idx]``; returns the loss.
+
+        A non-finite loss is returned *without* updating the parameters, so the caller can
+        stop with the last finite ones. Subclasses with more than one update per minibatch
+        (Monte Carlo EM) override this.
+        """
+        loss = self.loss_and_grads(x, num_data).item()
+        if math.isfinite(loss):
+            optimizer.step()
+        return loss
+
+    def diagnostics(self) -> dict:
+        """Numbers to add to the next history record (e.g. acceptance rates); none here."""
+        return {}
+
+    def state_dict(self) -> dict:
+        """Extra state to checkpoint (tensors and numbers only); none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
 
 
 class PyroObjective(Objective):

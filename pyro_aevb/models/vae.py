@@ -72,7 +72,8 @@ class VAE(nn.Module):
         Standard deviation ``s`` of the N(0, s^2 I) MAP prior on all parameters; ``None``
         turns the prior off (plain maximum likelihood).
     init_std : float or None
-        Initialise every parameter from N(0, init_std^2); ``None`` keeps PyTorch's default.
+        Initialise every parameter from N(0, init_std^2); the default 0.1 is the paper's
+        N(0, 0.01) (variance 0.01). ``None`` keeps PyTorch's default.
     name : str
         Prefix under which ``pyro.module`` registers the parameters in Pyro's param store.
     validate : bool
@@ -87,7 +88,7 @@ class VAE(nn.Module):
         likelihood: str = "bernoulli",
         sigmoid_mean: bool = False,
         weight_prior_std: float | None = 1.0,
-        init_std: float | None = 0.01,
+        init_std: float | None = 0.1,
         name: str = "vae",
         validate: bool = True,
     ):
@@ -231,9 +232,9 @@ class VAE(nn.Module):
         ``estimator="B"`` uses the analytic KL (eq. 7) and ``"A"`` the generic estimator
         (eq. 6), each averaged over ``num_particles`` draws of ``z``. Gradients flow; wrap in
         ``torch.no_grad()`` for evaluation, or use :func:`pyro_aevb.evaluate_bound` for a
-        whole data set in batches.
+        whole data set in batches (on the fast path).
         """
-        from ..infer.bound import elbo_per_datapoint
+        from ..infer.per_datapoint import elbo_per_datapoint
 
         return elbo_per_datapoint(
             self.model, self.guide, x, estimator=estimator, num_particles=num_particles

@@ -16,7 +16,7 @@ def test_paper_presets_sizes_and_init():
     m = paper_mnist_vae(latent_dim=20)
     assert (m.data_dim, m.hidden_dims, m.latent_dim, m.likelihood) == (784, (500,), 20, "bernoulli")
     w = m.decoder.out.weight.detach()
-    assert abs(float(w.std()) - 0.01) < 5e-4 and abs(float(w.mean())) < 1e-3
+    assert abs(float(w.std()) - 0.1) < 5e-3 and abs(float(w.mean())) < 1e-2  # variance 0.01
     f = paper_frey_face_vae(latent_dim=5)
     assert (f.data_dim, f.hidden_dims, f.likelihood, f.sigmoid_mean) == (
         560,
@@ -115,3 +115,13 @@ def test_bad_dtype_and_num_data(vae):
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAE(12, 3, **{"hidden_dims": 8, **kwargs})
+
+
+def test_elbo_method_is_the_per_datapoint_bound(vae):
+    x = torch.rand(4, 12)
+    torch.manual_seed(2)
+    a = vae.elbo(x, estimator="A")
+    torch.manual_seed(2)
+    b = vae.elbo(x, estimator="B")
+    assert a.shape == b.shape == (4,)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()

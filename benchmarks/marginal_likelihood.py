@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Speed of the Appendix-D marginal-likelihood estimate: Pyro's NUTS per datapoint against the
+batched HMC of :mod:`pyro_aevb.mcmc.hmc`, on MNIST test images.
+
+A script, not a test. For a trained VAE with Nz = 3 latents and 100 hidden units (the model of
+the paper's Figure 3), it runs the paper's estimator (Appendix D: ``--num-samples`` posterior
+draws per datapoint after ``--num-warmup`` warm-up iterations, a Gaussian density estimate
+fitted on the first half, ``log p(x) = -logmeanexp(log q(z) - log p(x, z))`` on the second half,
+step sizes adapted toward ``--target-accept``) twice, in one process:
+
+* ``nuts``    -- the reference path: ``pyro.infer.MCMC`` with ``NUTS``, one run per datapoint,
+  on the first ``--nuts-datapoints`` test images only (it is slow), timed per datapoint;
+* ``batched`` -- the fast path: one batched HMC run (``--num-steps`` leapfrog steps, per-chain
+  step sizes and diagonal masses) over all ``--num-datapoints`` images at once.
+
+Both go through :func:`pyro_aevb.evaluate.log_marginal` with ``method="appendix_d"`` and differ
+only in ``sampler``; the reported seconds are the whole call (sampling, density estimate,
+diagnostics). Printed: seconds per datapoint of each, their ratio, and both estimates on the
+common subset (mean +- Monte Carlo standard error, and per-datapoint differences in units of
+their combined standard error); with ``--ais-temps > 0`` also an AIS estimate of the subset as
+a gold standard.
+
+The model is loaded from ``--checkpoint`` (a run directory written by ``pyro_aevb.fit(...,
+out_dir=...)`` / ``pyro-aevb train``, or its ``checkpoint.pt``), or trained here with
+``pyro_aevb.fit`` on ``--train-samples`` MNIST training images (``--save-run`` keeps it).
+Needs ``PYRO_AEVB_DATA`` pointing at a directory with ``mnist/``.
+
+Example (the numbers in the report)::
+
+    PYRO_AEVB_DATA=/path/to/data python benchmarks/marginal_likelihood.py \\
+        --num-datapoints 1000 --nuts-datapoints 10 --threads 1 --json ml.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_aevb import VAE, fit, load_dataset
+from pyro_aevb.evaluate import log_marginal
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-datapoints", type=int, default=1000, help="test images, batched path")
+    p.add_argument("--nuts-datapoints", type=int, default=10, help="test images, NUTS path")
+    p.add_argument("--num-samples", type=int, default=50, help="posterior draws per datapoint")
+    p.add_argument("--num-warmup", type=int, default=200, help="warm-up iterations per chain")
+    p.add_argument("--num-steps", type=int, default=4, help="leapfrog steps (batched HMC)")
+    p.add_argument("--target-accept", type=float, default=0.9)
+    p.add_argument("--density", choices=["gaussian", "kde"], default="gaussian")
+    p.add_argument("--ais-temps", type=int, default=500, help="AIS on the subset; 0: skip")
+    p.add_argument("--ais-chains", type=int, default=16)
+    p.add_argument("--checkpoint", type=Path, help="run directory or its checkpoint.pt")
+    p.add_argument("--train-samples", type=float, default=1e6, help="if no --checkpoint")
+    p.add_argument("--save-run", type=Path, help="keep the model trained here in this run dir")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the results here")
+    return p.parse_args(argv)
+
+
+def get_model(args, ds) -> tuple[VAE, dict]:
+    if args.checkpoint is not None:
+        from pyro_aevb.infer.runs import load_run
+
+        run_dir = args.checkpoint.parent if args.checkpoint.is_file() else args.checkpoint
+        run = load_run(run_dir)
+        return run.module, {"checkpoint": str(run_dir), "samples": run.history[-1]["samples"]}
+    vae = VAE(784, 3, 100, name="vae_ml_benchmark")
+    t = time.perf_counter()
+    res = fit(
+        vae,
+        ds.train,
+        num_samples=int(args.train_samples),
+        seed=args.seed,
+        progress=False,
+        eval_every=int(args.train_samples),
+        eval_size=1000,
+        out_dir=args.save_run,
+    )
+    info = {
+        "trained_samples": int(args.train_samples),
+        "train_seconds": time.perf_counter() - t,
+        "train_bound_1000": res.history[-1].get("train_bound"),
+        "training_path": res.path,
+    }
+    return vae, info
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.nuts_datapoints > args.num_datapoints:
+        sys.exit("--nuts-datapoints must not exceed --num-datapoints")
+    ds = load_dataset("mnist")
+    vae, model_info = get_model(args, ds)
+    vae.eval()
+    x = ds.test[: args.num_datapoints]
+    sub = slice(0, args.nuts_datapoints)
+    common = {
+        "num_samples": args.num_samples,
+        "num_warmup": args.num_warmup,
+        "target_accept": args.target_accept,
+        "density": args.density,
+    }
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "machine": platform.machine(),
+    }
+    print(f"model: {model_info}")
+    print(f"environment: {env}")
+
+    nuts = log_marginal(
+        vae.model, vae.guide, x[sub], "appendix_d", seed=args.seed, sampler="pyro_nuts", **common
+    )
+    batched = log_marginal(
+        vae.model,
+        vae.guide,
+        x,
+        "appendix_d",
+        seed=args.seed,
+        sampler="hmc",
+        num_steps=args.num_steps,
+        **common,
+    )
+    per_nuts = nuts.seconds / args.nuts_datapoints
+    per_batched = batched.seconds / args.num_datapoints
+    est_b, se_b = batched.estimate[sub], batched.stderr[sub]
+    diff = est_b - nuts.estimate
+    z = diff / (se_b**2 + nuts.stderr**2).sqrt()
+
+    def mean_se(se):
+        return float(se.double().pow(2).sum().sqrt() / se.numel())
+
+    out = {
+        "settings": vars(args) | {"checkpoint": str(args.checkpoint), "json": str(args.json)},
+        "model": model_info,
+        "environment": env,
+        "nuts": {
+            "datapoints": args.nuts_datapoints,
+            "seconds": nuts.seconds,
+            "seconds_per_datapoint": per_nuts,
+            "mean": nuts.mean(),
+            "mean_stderr": nuts.mean_stderr(),
+            "accept_rate": float(nuts.diagnostics["accept_rate"].mean()),
+            "step_size_median": float(nuts.diagnostics["step_size"].median()),
+        },
+        "batched": {
+            "datapoints": args.num_datapoints,
+            "seconds": batched.seconds,
+            "seconds_per_datapoint": per_batched,
+            "mean_all": batched.mean(),
+            "mean_all_stderr": batched.mean_stderr(),
+            "mean_subset": float(est_b.double().mean()),
+            "mean_subset_stderr": mean_se(se_b),
+            "accept_rate": float(batched.diagnostics["accept_rate"].mean()),
+            "step_size_median": float(batched.diagnostics["step_size"].median()),
+            "ess_bulk_median": float(batched.diagnostics["ess_bulk"].median()),
+        },
+        "speedup_per_datapoint": per_nuts / per_batched,
+        "subset_difference": {
+            "mean": float(diff.double().mean()),
+            "mean_stderr": math.hypot(nuts.mean_stderr(), mean_se(se_b)),
+            "max_abs_z": float(z.abs().max()),
+            "num_abs_z_above_2": int((z.abs() > 2).sum()),
+            "num_abs_z_above_4": int((z.abs() > 4).sum()),
+        },
+        "per_datapoint_subset": {
+            "nuts": nuts.estimate.tolist(),
+            "nuts_stderr": nuts.stderr.tolist(),
+            "batched": est_b.tolist(),
+            "batched_stderr": se_b.tolist(),
+        },
+    }
+    if args.ais_temps > 0:
+        ais = log_marginal(
+            vae.model,
+            vae.guide,
+            x[sub],
+            "ais",
+            seed=args.seed,
+            num_temps=args.ais_temps,
+            num_chains=args.ais_chains,
+        )
+        out["ais_subset"] = {
+            "mean": ais.mean(),
+            "mean_stderr": ais.mean_stderr(),
+            "seconds": ais.seconds,
+            "num_temps": args.ais_temps,
+            "num_chains": args.ais_chains,
+            "per_datapoint": ais.estimate.tolist(),
+        }
+
+    print()
+    print(
+        f"Appendix-D estimate, {args.num_samples} posterior draws per datapoint "
+        f"({args.num_warmup} warm-up), MNIST test images, Nz=3, 100 hidden units"
+    )
+    print(
+        f"  Pyro NUTS per datapoint: {nuts.seconds:.1f} s for {args.nuts_datapoints} datapoints "
+        f"(timed on this subset only) = {per_nuts:.3f} s per datapoint"
+    )
+    print(
+        f"  batched HMC:             {batched.seconds:.1f} s for {args.num_datapoints} "
+        f"datapoints = {per_batched:.4f} s per datapoint"
+    )
+    print(f"  speed-up per datapoint:  {out['speedup_per_datapoint']:.0f}x")
+    print(f"  on the common subset of {args.nuts_datapoints} datapoints:")
+    print(f"    NUTS     mean log p(x) = {nuts.mean():.3f} +- {nuts.mean_stderr():.3f}")
+    print(f"    batched  mean log p(x) = {float(est_b.mean()):.3f} +- {mean_se(se_b):.3f}")
+    if "ais_subset" in out:
+        a = out["ais_subset"]
+        print(
+            f"    AIS      mean log p(x) = {a['mean']:.3f} +- {a['mean_stderr']:.3f} "
+            f"(T={args.ais_temps}, {args.ais_chains} chains)"
+        )
+    d = out["subset_difference"]
+    print(
+        f"    batched - NUTS: mean {d['mean']:.3f} +- {d['mean_stderr']:.3f}; per datapoint "
+        f"max |diff|/s.e. {d['max_abs_z']:.2f} ({d['num_abs_z_above_2']} above 2, "
+        f"{d['num_abs_z_above_4']} above 4)"
+    )
+    print(
+        f"  batched on all {args.num_datapoints}: mean log p(x) = {batched.mean():.3f} +- "
+        f"{batched.mean_stderr():.3f}; acceptance {out['batched']['accept_rate']:.3f}, "
+        f"median bulk ESS {out['batched']['ess_bulk_median']:.1f} of {args.num_samples}"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

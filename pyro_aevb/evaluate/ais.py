@@ -1,0 +1,520 @@
+r"""Annealed importance sampling (AIS) with HMC transitions, and bidirectional Monte Carlo.
+
+**AIS (Neal 2001).** For each datapoint, anneal along the geometric path from a normalised
+initial density ``p_0(u)`` (the prior ``p(u)``, or the encoder ``q(u | x_i)``) to the
+unnormalised posterior ``gamma(u) = p(x_i, u)``, in unconstrained coordinates::
+
+    f_t(u) = p_0(u)^(1 - beta_t) gamma(u)^beta_t,     0 = beta_0 < beta_1 < ... < beta_T = 1.
+
+A chain starts at ``u_0 ~ p_0`` and, for ``t = 1..T``, adds to its log-weight::
+
+    log w += (beta_t - beta_{t-1}) * [log gamma(u) - log p_0(u)]
+
+then moves ``u`` with an HMC transition that leaves ``f_t`` invariant. ``E[w] = p(x_i)``, so
+with ``C`` chains per datapoint ``log p(x_i) ~= logmeanexp_c log w_c``: a stochastic lower
+bound (Jensen) that becomes exact as ``T`` grows. Its standard error is the delta method on
+the mean weight.
+
+**Reverse AIS and BDMC (Grosse et al. 2015).** Started from an *exact* posterior sample
+``u_T ~ p(u | x_i)`` (available for data simulated from the model together with its latent)
+and run backwards, ``t = T..1``::
+
+    log w_rev += (beta_{t-1} - beta_t) * [log gamma(u) - log p_0(u)],  then move with f_{t-1}
+
+gives ``E[w_rev] = 1 / p(x_i)``, so ``-logmeanexp_c log w_rev`` is a stochastic *upper*
+bound. Forward and reverse together sandwich ``log p(x_i)`` on simulated data; the gap bounds
+the error of forward AIS run with the same settings.
+
+**Transitions and step sizes.** Each transition is one :func:`pyro_aevb.mcmc.hmc.step`
+(``num_leapfrog`` leapfrog steps, per-chain accept/reject, chains x datapoints flattened). AIS
+is only unbiased if each transition is a fixed kernel given the temperature, so the step sizes
+are *not* adapted on the chains that produce the estimate: a short pilot run (``pilot_chains``
+chains per datapoint, step sizes adapted toward ``target_accept`` by a Robbins-Monro update
+as they anneal) records a per-datapoint step size for every temperature, and the estimating
+runs (forward and reverse) use that schedule, drawn independently of them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro.poutine as poutine
+import torch
+
+from ..mcmc import hmc
+from ..mcmc.adaptation import check_target_accept
+from ..mcmc.potential import PerDatapointPotential, value_and_grad
+from ..validation import check_choice, check_data, check_positive_int
+from .result import logmeanexp_with_stderr
+
+__all__ = [
+    "AISResult",
+    "ais",
+    "bdmc",
+    "annealing_schedule",
+    "simulate_data",
+    "INITS",
+    "SCHEDULES",
+]
+
+INITS = ("prior", "encoder")
+SCHEDULES = ("sigmoid", "linear")
+
+
+def annealing_schedule(num_temps: int, kind: str = "sigmoid", delta: float = 4.0) -> torch.Tensor:
+    r"""Inverse temperatures ``beta_0 = 0 < ... < beta_T = 1``, shape ``(T + 1,)``, float64.
+
+    ``"sigmoid"`` (Grosse et al. 2015; Wu et al. 2017): ``beta_t`` proportional to
+    ``sigmoid(delta (2t/T - 1))``, rescaled to [0, 1], which spends more steps near both
+    ends; ``"linear"``: ``t / T``.
+    """
+    num_temps = check_positive_int(num_temps, "num_temps")
+    check_choice(kind, "schedule", SCHEDULES)
+    t = torch.linspace(0.0, 1.0, num_temps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    s = torch.sigmoid(delta * (2.0 * t - 1.0))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+class _Annealed:
+    """The annealed potentials ``U_beta = -[log p_0 + beta (log gamma - log p_0)]``."""
+
+    def __init__(self, pot: PerDatapointPotential, init: str):
+        self.pot = pot
+        self.init = init
+
+    def parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p_0(u), log gamma(u) - log p_0(u))``, each ``(n,)``."""
+        log_prior, log_lik = self.pot.log_joint_parts(u)
+        if self.init == "prior":
+            return log_prior, log_lik
+        log_q = self.pot.log_guide(u)
+        return log_q, log_prior + log_lik - log_q
+
+    def potential(self, beta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        def fn(u):
+            log_p0, increment = self.parts(u)
+            return -(log_p0 + beta * increment)
+
+        return fn
+
+    def evaluate(self, u: torch.Tensor, beta: float):
+        """``(U_beta(u), dU_beta/du, log gamma(u) - log p_0(u))`` in one pass."""
+        cache = {}
+
+        def fn(v):
+            log_p0, increment = self.parts(v)
+            cache["inc"] = increment.detach()
+            return -(log_p0 + beta * increment)
+
+        value, grad = value_and_grad(fn, u)
+        return value, grad, cache["inc"]
+
+    def sample_init(self) -> torch.Tensor:
+        if self.init == "prior":
+            return self.pot.sample_prior()
+        return self.pot.sample_guide()[0]
+
+
+@dataclass
+class AISResult:
+    """Per-chain log-weights and per-datapoint estimates of one AIS run.
+
+    Attributes
+    ----------
+    log_weights : torch.Tensor
+        ``(C, B)``: forward ``log w`` (or, for a reverse run, ``log w_rev``).
+    estimate, stderr : torch.Tensor
+        ``(B,)``: ``logmeanexp_c log w`` (reverse: ``-logmeanexp_c log w_rev``) and its
+        delta-method standard error.
+    accept_rate : torch.Tensor
+        ``(B,)`` mean acceptance probability over chains and temperatures.
+    seconds : float
+    """
+
+    log_weights: torch.Tensor
+    estimate: torch.Tensor
+    stderr: torch.Tensor
+    accept_rate: torch.Tensor
+    seconds: float
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _run(
+    annealed: _Annealed,
+    start: torch.Tensor,
+    betas: torch.Tensor,
+    step_sizes: torch.Tensor,
+    *,
+    num_leapfrog: int,
+    generator: torch.Generator,
+    reverse: bool,
+    num_chains: int,
+    adapt: tuple[float, float] | None = None,
+):
+    """One (forward or reverse) annealing pass of all ``n = C * B`` chains.
+
+    ``step_sizes``: ``(T, B)``, the step size of the transition at each temperature. With
+    ``adapt = (target, rate)`` (pilot run) each chain adapts its own step size as it goes,
+    ``log eps += rate * (accept - target)``, and the per-datapoint geometric means over
+    chains are returned as the new ``(T, B)`` schedule.
+    """
+    n = start.shape[0]
+    batch = n // num_chains
+    num_temps = betas.shape[0] - 1
+    dtype = start.dtype
+    log_w = torch.zeros(n, dtype=dtype)
+    u = start
+    accept_sum = torch.zeros(n, dtype=dtype)
+    num_moves = 0
+    learned = torch.empty(num_temps, batch, dtype=dtype)
+    eps = step_sizes[0].to(dtype).repeat(num_chains) if adapt else None
+    inverse_mass = torch.ones_like(u)
+    # forward: weight at beta_t then move with f_t (t = 1..T, no move after the last weight);
+    # reverse: weight at beta_{t-1} then move with f_{t-1} (t = T..1, no move after t = 1).
+    order = range(1, num_temps + 1) if not reverse else range(num_temps, 0, -1)
+    for step_index, t in enumerate(order):
+        beta_now, beta_prev = (float(betas[t]), float(betas[t - 1]))
+        target_beta = beta_now if not reverse else beta_prev
+        value, grad, increment = annealed.evaluate(u, target_beta)
+        log_w = log_w + (beta_now - beta_prev) * increment * (1.0 if not reverse else -1.0)
+        if step_index == num_temps - 1:
+            break
+        # the transition leaves f at target_beta invariant; its step size is the schedule's
+        # entry for that temperature (index t - 1 forward, t - 2 reverse: the f_1..f_{T-1}
+        # transitions are indexed 0..T-2 in both directions)
+        k = t - 1 if not reverse else t - 2
+        if adapt:
+            step = eps
+        else:
+            step = step_sizes[k].to(dtype).repeat(num_chains)
+        state = hmc.HMCState(u, value, grad, step, inverse_mass)
+        state, info = hmc.step(
+            state, annealed.potential(target_beta), num_steps=num_leapfrog, generator=generator
+        )
+        u = state.position
+        accept_sum += info.accept_prob
+        num_moves += 1
+        if adapt:
+            target, rate = adapt
+            learned[k] = torch.exp(torch.log(eps).reshape(num_chains, batch).mean(0))
+            eps = eps * torch.exp(rate * (info.accept_prob - target))
+    accept = accept_sum / max(num_moves, 1)
+    return log_w, accept, learned
+
+
+def _pilot_schedule(
+    annealed_factory, betas, num_leapfrog, target_accept, pilot_chains, generator, init_step
+):
+    """Per-datapoint step sizes for every temperature from an adaptive pilot AIS run."""
+    annealed = annealed_factory(pilot_chains)
+    start = annealed.sample_init()
+    n = start.shape[0]
+    batch = n // pilot_chains
+    # a starting step size for the first temperature, by the doubling/halving heuristic
+    value, grad, _ = annealed.evaluate(start, float(betas[1]))
+    state = hmc.HMCState(
+        start, value, grad, torch.full((n,), init_step, dtype=start.dtype), torch.ones_like(start)
+    )
+    eps0 = hmc.find_reasonable_step_size(
+        state, annealed.potential(float(betas[1])), generator=generator
+    )
+    eps0 = torch.exp(torch.log(eps0).reshape(pilot_chains, batch).mean(0))
+    num_temps = betas.shape[0] - 1
+    schedule = eps0.unsqueeze(0).expand(max(num_temps - 1, 1), batch)
+    _, accept, learned = _run(
+        annealed,
+        start,
+        betas,
+        schedule,
+        num_leapfrog=num_leapfrog,
+        generator=generator,
+        reverse=False,
+        num_chains=pilot_chains,
+        adapt=(target_accept, 0.5),
+    )
+    return learned[: max(num_temps - 1, 1)], accept
+
+
+def ais(
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    *,
+    num_chains: int = 16,
+    num_temps: int = 500,
+    num_leapfrog: int = 5,
+    init: str = "encoder",
+    schedule: str = "sigmoid",
+    target_accept: float = 0.8,
+    pilot_chains: int = 4,
+    plate_name: str = "data",
+    generator: torch.Generator | None = None,
+) -> AISResult:
+    """Forward AIS estimate of ``log p(x_i)`` (a stochastic lower bound), per datapoint.
+
+    Parameters
+    ----------
+    model, guide : callable
+        Pyro programs called as ``fn(x)``; the guide is needed for ``init="encoder"``.
+    x : torch.Tensor
+        ``(B, data_dim)``.
+    num_chains : int
+        C, independent annealing chains per datapoint.
+    num_temps : int
+        T >= 2, the number of annealing steps (``beta_0 = 0`` to ``beta_T = 1``).
+    num_leapfrog : int
+        Leapfrog steps per HMC transition (one transition per intermediate temperature).
+    init : {"encoder", "prior"}
+        Initial distribution ``p_0``: the guide ``q(z | x_i)`` or the prior ``p(z)``.
+    schedule : {"sigmoid", "linear"}
+        Spacing of the ``beta_t`` (:func:`annealing_schedule`).
+    target_accept : float
+        Acceptance targeted by the pilot run that fixes the step sizes.
+    pilot_chains : int
+        Chains per datapoint of the pilot run (its cost is ``pilot_chains / num_chains`` of
+        the main run's).
+    plate_name : str
+        Name of the data plate.
+    generator : torch.Generator, optional
+        Source of the HMC randomness; initial draws use torch's global RNG (Pyro's).
+
+    Returns
+    -------
+    AISResult
+    """
+    t_start = time.perf_counter()
+    run = _AISRun(
+        model,
+        guide,
+        x,
+        num_chains,
+        num_temps,
+        num_leapfrog,
+        init,
+        schedule,
+        target_accept,
+        pilot_chains,
+        plate_name,
+        generator,
+    )
+    result = run.estimate()
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def bdmc(
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    z: torch.Tensor | dict,
+    *,
+    num_chains: int = 16,
+    num_temps: int = 500,
+    num_leapfrog: int = 5,
+    init: str = "encoder",
+    schedule: str = "sigmoid",
+    target_accept: float = 0.8,
+    pilot_chains: int = 4,
+    plate_name: str = "data",
+    generator: torch.Generator | None = None,
+) -> tuple[AISResult, AISResult]:
+    """Bidirectional Monte Carlo: forward AIS (lower bound) and reverse AIS from exact
+    posterior samples (upper bound), with the same step-size schedule and settings.
+
+    Parameters
+    ----------
+    z : torch.Tensor or dict
+        Exact posterior samples for ``x``: for data simulated from the model, the latents it
+        was simulated with (see :func:`simulate_data`). Either a dict of constrained site
+        values (each with batch ``B`` along the data plate), or an unconstrained flat ``(B, D)``
+        tensor in the :class:`~pyro_aevb.mcmc.potential.LatentLayout` order. Every reverse
+        chain of datapoint ``i`` starts from this one sample.
+    (others)
+        As for :func:`ais`.
+
+    Returns
+    -------
+    (forward, reverse) : tuple of AISResult
+        ``forward.estimate <= log p(x_i) <= reverse.estimate`` in expectation.
+    """
+    t_start = time.perf_counter()
+    run = _AISRun(
+        model,
+        guide,
+        x,
+        num_chains,
+        num_temps,
+        num_leapfrog,
+        init,
+        schedule,
+        target_accept,
+        pilot_chains,
+        plate_name,
+        generator,
+    )
+    z_flat = _flat_exact_sample(run.annealed.pot, z, run.x.shape[0])
+    t_pilot = time.perf_counter()
+    forward = run.estimate()
+    forward.seconds = time.perf_counter() - t_start
+    t_rev = time.perf_counter()
+    reverse = run.estimate(reverse_from=z_flat.repeat(run.num_chains, 1))
+    reverse.seconds = time.perf_counter() - t_rev + (t_pilot - t_start)
+    return forward, reverse
+
+
+class _AISRun:
+    """Validated settings, the pilot step-size schedule, and forward/reverse passes."""
+
+    def __init__(
+        self,
+        model,
+        guide,
+        x,
+        num_chains,
+        num_temps,
+        num_leapfrog,
+        init,
+        schedule,
+        target_accept,
+        pilot_chains,
+        plate_name,
+        generator,
+    ):
+        self.x = check_data(x, "x")
+        self.num_chains = check_positive_int(num_chains, "num_chains")
+        num_temps = check_positive_int(num_temps, "num_temps", minimum=2)
+        self.num_leapfrog = check_positive_int(num_leapfrog, "num_leapfrog")
+        check_choice(init, "init", INITS)
+        self.target_accept = check_target_accept(target_accept)
+        self.pilot_chains = check_positive_int(pilot_chains, "pilot_chains")
+        if init == "encoder" and guide is None:
+            raise ValueError(
+                "init='encoder' anneals from the guide q(z|x): pass a guide, or use init='prior'"
+            )
+        self.betas = annealing_schedule(num_temps, schedule)
+        self.generator = generator
+
+        def factory(chains):
+            pot = PerDatapointPotential(
+                model, self.x, num_chains=chains, plate_name=plate_name, guide=guide
+            )
+            return _Annealed(pot, init)
+
+        self.step_sizes, self.pilot_accept = _pilot_schedule(
+            factory,
+            self.betas,
+            self.num_leapfrog,
+            self.target_accept,
+            self.pilot_chains,
+            generator,
+            0.1,
+        )
+        self.annealed = factory(self.num_chains)
+
+    def estimate(self, reverse_from: torch.Tensor | None = None) -> AISResult:
+        reverse = reverse_from is not None
+        with torch.no_grad():
+            start = self.annealed.sample_init() if not reverse else reverse_from
+        log_w, accept, _ = _run(
+            self.annealed,
+            start,
+            self.betas,
+            self.step_sizes,
+            num_leapfrog=self.num_leapfrog,
+            generator=self.generator,
+            reverse=reverse,
+            num_chains=self.num_chains,
+        )
+        log_w = log_w.reshape(self.num_chains, -1)
+        estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
+        if reverse:
+            estimate = -estimate
+        accept = accept.reshape(self.num_chains, -1).mean(0)
+        diagnostics = {
+            "accept_rate": accept,
+            "pilot_accept_rate": self.pilot_accept.reshape(self.pilot_chains, -1).mean(0),
+            "step_size_first": self.step_sizes[0],
+            "step_size_last": self.step_sizes[-1],
+            "log_weight_std": log_w.std(0) if self.num_chains > 1 else torch.zeros_like(estimate),
+        }
+        return AISResult(log_w, estimate, stderr, accept, 0.0, diagnostics)
+
+
+def _flat_exact_sample(pot: PerDatapointPotential, z, batch: int) -> torch.Tensor:
+    if isinstance(z, dict):
+        missing = [s for s in pot.layout.names if s not in z]
+        if missing:
+            raise ValueError(f"z must hold a value for every latent site; missing {missing}")
+        flat = pot.layout.flatten({s: z[s] for s in pot.layout.names})
+    elif isinstance(z, torch.Tensor):
+        flat = z
+    else:
+        raise TypeError(
+            f"z must be a dict of latent site values or a (batch, D) tensor, got {type(z).__name__}"
+        )
+    if flat.shape != (batch, pot.dim):
+        raise ValueError(
+            f"z must give one exact posterior sample per datapoint: expected unconstrained "
+            f"shape (batch, D) = {(batch, pot.dim)}, got {tuple(flat.shape)}"
+        )
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("z contains non-finite values (NaN or inf)")
+    return flat.to(pot.dtype)
+
+
+@torch.no_grad()
+def simulate_data(
+    model: Callable,
+    x_template: torch.Tensor,
+    *,
+    obs_site: str | None = None,
+    plate_name: str = "data",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Simulate ``(x, z)`` from the model: latents from the prior, observations given them.
+
+    Runs ``model(x_template)`` under :func:`pyro.poutine.uncondition`, so every observed site
+    is sampled; ``x_template`` only fixes the batch size and shape. The latents are exact
+    posterior samples for the simulated ``x`` (what :func:`bdmc` needs). Uses torch's global
+    RNG.
+
+    Parameters
+    ----------
+    obs_site : str, optional
+        The observed site whose value is the data (default: the only observed site inside the
+        data plate with the shape of ``x_template``).
+
+    Returns
+    -------
+    (x, z)
+        ``x`` with the shape of ``x_template``; ``z`` a dict of latent site values.
+    """
+    from ..infer.per_datapoint import plate_frame
+
+    x_template = check_data(x_template, "x_template")
+    with poutine.block():
+        trace = poutine.trace(poutine.uncondition(model)).get_trace(x_template)
+    observed, latents = [], {}
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or plate_frame(site, plate_name) is None:
+            continue
+        if site["infer"].get("was_observed"):
+            observed.append(name)
+        elif not site["is_observed"] and not site["infer"].get("_do_not_trace"):
+            latents[name] = site["value"]
+    if obs_site is None:
+        candidates = [n for n in observed if trace.nodes[n]["value"].shape == x_template.shape]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"cannot tell which observed site is the data: candidates {candidates} among "
+                f"observed sites {observed}; pass obs_site="
+            )
+        obs_site = candidates[0]
+    elif obs_site not in observed:
+        raise ValueError(f"obs_site '{obs_site}' is not an observed site of the model: {observed}")
+    x = trace.nodes[obs_site]["value"].to(x_template.dtype)
+    latents = {k: v for k, v in latents.items() if k != obs_site}
+    return x, latents

@@ -1,0 +1,248 @@
+r"""One entry point for per-datapoint marginal likelihoods ``log p(x_i)``.
+
+Example::
+
+    result = log_marginal(vae.model, vae.guide, x_test[:1000], "iwae", seed=0,
+                          num_particles=5000)
+    result.estimate.shape, result.stderr.shape   # (1000,), (1000,)
+    print(result.summary())
+    json.dump(result.to_dict(), f)
+
+Methods (their options are keyword arguments, listed in :data:`METHOD_OPTIONS`):
+
+========== ==================================================== ===========================
+method     estimator                                            bias
+========== ==================================================== ===========================
+elbo       ``L_i`` (estimator A or B, eq. 6/7), the VAE bound   ``-KL(q || posterior)``
+iwae       importance sampling with the guide, K proposals      lower bound, -> 0 as K grows
+appendix_d the paper's HMC + density-estimator estimator        small, upward (Jensen)
+ais        annealed importance sampling with HMC                lower bound, -> 0 as T grows
+bdmc       forward AIS + reverse AIS from exact samples         sandwich (simulated data)
+========== ==================================================== ===========================
+
+Each returns a :class:`~pyro_aevb.evaluate.result.LogMarginalResult` with per-datapoint
+estimates and Monte Carlo standard errors. Randomness is explicit: ``seed`` (an int, or a
+``torch.Generator`` from which one is drawn) seeds a private generator for the HMC moves and,
+inside :func:`torch.random.fork_rng`, torch's global RNG for the draws Pyro makes (guide and
+prior samples), so a call is reproducible and leaves the caller's RNG state untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..validation import check_choice, check_data
+from .ais import INITS, SCHEDULES, ais, bdmc
+from .appendix_d import DENSITIES, SAMPLERS, appendix_d
+from .iwae import elbo_with_stderr, iwae
+from .result import LogMarginalResult
+
+__all__ = ["log_marginal", "METHODS", "METHOD_OPTIONS"]
+
+METHODS = ("elbo", "iwae", "appendix_d", "ais", "bdmc")
+
+#: Keyword options of each method with their defaults (``None``: chosen from the inputs).
+METHOD_OPTIONS: dict[str, dict] = {
+    "elbo": {"estimator": "B", "num_particles": 100},
+    "iwae": {"num_particles": 5000, "chunk_size": None, "vectorize": True},
+    "appendix_d": {
+        "num_samples": 50,
+        "num_chains": 1,
+        "num_warmup": 200,
+        "num_steps": 4,
+        "target_accept": 0.9,
+        "density": "gaussian",
+        "fit_fraction": 0.5,
+        "sampler": "hmc",
+        "stderr": "ess",
+        "adapt_mass": True,
+        "step_size_jitter": 0.5,
+        "bandwidths": None,
+    },
+    "ais": {
+        "num_chains": 16,
+        "num_temps": 500,
+        "num_leapfrog": 5,
+        "init": None,
+        "schedule": "sigmoid",
+        "target_accept": 0.8,
+        "pilot_chains": 4,
+    },
+}
+METHOD_OPTIONS["bdmc"] = {**METHOD_OPTIONS["ais"], "z": None}
+
+
+def _resolve_seed(seed) -> int:
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed))
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return seed
+
+
+def _options(method: str, given: dict) -> dict:
+    allowed = METHOD_OPTIONS[method]
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {unknown} for method='{method}'; its options are {sorted(allowed)}"
+        )
+    return {**allowed, **given}
+
+
+def log_marginal(
+    model: Callable,
+    guide: Callable | None,
+    x: torch.Tensor,
+    method: str = "iwae",
+    *,
+    seed: int | torch.Generator = 0,
+    plate_name: str = "data",
+    **method_options,
+) -> LogMarginalResult:
+    """Estimate ``log p(x_i)`` for every row of ``x``.
+
+    Parameters
+    ----------
+    model : callable
+        Pyro model called as ``model(x)``, with every per-datapoint latent inside
+        ``pyro.plate(plate_name, ...)``. Sites outside the plate that are not latent (e.g. the
+        VAE's ``"weight_prior"`` factor) are not part of ``log p(x_i)`` and are left out; a
+        latent outside the plate raises ``ValueError``. For the paper's VAE pass
+        ``vae.model``.
+    guide : callable or None
+        Pyro guide ``guide(x)`` over the same latents (the encoder). Required for ``"elbo"``
+        and ``"iwae"`` and for AIS/BDMC started from the encoder; optional for
+        ``"appendix_d"`` (chains then start from the prior).
+    x : torch.Tensor
+        ``(batch, data_dim)`` floating, finite observations.
+    method : {"elbo", "iwae", "appendix_d", "ais", "bdmc"}
+        The estimator; see :data:`METHOD_OPTIONS` for each one's options and defaults.
+    seed : int or torch.Generator
+        Makes the result reproducible (see the module docstring).
+    plate_name : str
+        Name of the data plate.
+    **method_options
+        ``elbo``: ``estimator`` ("A"/"B"), ``num_particles``.
+        ``iwae``: ``num_particles`` (K), ``chunk_size``, ``vectorize``.
+        ``appendix_d``: ``num_samples`` (per chain, split by ``fit_fraction``),
+        ``num_chains``, ``num_warmup``, ``num_steps``, ``target_accept``, ``density``
+        ("gaussian"/"kde"), ``sampler`` ("hmc"/"pyro_nuts"/"pyro_hmc"), ``stderr``
+        ("ess"/"iid"), ``adapt_mass``, ``step_size_jitter``, ``bandwidths``.
+        ``ais``/``bdmc``: ``num_chains``, ``num_temps``, ``num_leapfrog``, ``init``
+        ("encoder" if a guide is given, else "prior"), ``schedule``, ``target_accept``,
+        ``pilot_chains``; ``bdmc`` also needs ``z``, exact posterior samples for ``x`` (the
+        latents ``x`` was simulated with, e.g. from
+        :func:`~pyro_aevb.evaluate.ais.simulate_data`).
+
+    Returns
+    -------
+    LogMarginalResult
+        ``estimate`` and ``stderr`` of shape ``(batch,)``; for ``"bdmc"`` ``estimate`` is the
+        forward (lower) bound and ``upper``/``upper_stderr`` the reverse (upper) bound.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``method``, bad ``x`` (shape, dtype, NaN), an option out of range (e.g.
+        ``num_particles < 1``), a global latent, or a method that needs a guide without one.
+    TypeError
+        An option the method does not take.
+    """
+    check_choice(method, "method", METHODS)
+    x = check_data(x, "x")
+    options = _options(method, method_options)
+    if method in ("elbo", "iwae") and guide is None:
+        raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
+    int_seed = _resolve_seed(seed)
+    generator = torch.Generator().manual_seed(int_seed)
+    settings = {k: v for k, v in options.items() if k != "z"}
+    settings.update({"seed": int_seed, "plate_name": plate_name})
+    if isinstance(seed, torch.Generator):
+        settings["seed_from_generator"] = True
+    upper = upper_stderr = None
+    t_start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int_seed)
+        if method == "elbo":
+            estimate, stderr = elbo_with_stderr(
+                model,
+                guide,
+                x,
+                estimator=options["estimator"],
+                num_particles=options["num_particles"],
+                plate_name=plate_name,
+            )
+            diagnostics = {}
+        elif method == "iwae":
+            estimate, stderr, diagnostics = iwae(
+                model,
+                guide,
+                x,
+                options["num_particles"],
+                chunk_size=options["chunk_size"],
+                plate_name=plate_name,
+                vectorize=options["vectorize"],
+            )
+        elif method == "appendix_d":
+            kwargs = dict(options)
+            if kwargs["bandwidths"] is None:
+                kwargs.pop("bandwidths")
+            check_choice(kwargs["density"], "density", DENSITIES)
+            check_choice(kwargs["sampler"], "sampler", SAMPLERS)
+            estimate, stderr, diagnostics = appendix_d(
+                model,
+                guide,
+                x,
+                plate_name=plate_name,
+                generator=generator,
+                seed=int_seed,
+                **kwargs,
+            )
+            if options["bandwidths"] is None:
+                settings.pop("bandwidths")
+        else:
+            kwargs = dict(options)
+            if kwargs["init"] is None:
+                kwargs["init"] = "encoder" if guide is not None else "prior"
+                settings["init"] = kwargs["init"]
+            check_choice(kwargs["init"], "init", INITS)
+            check_choice(kwargs["schedule"], "schedule", SCHEDULES)
+            if method == "ais":
+                res = ais(model, guide, x, plate_name=plate_name, generator=generator, **kwargs)
+                estimate, stderr, diagnostics = res.estimate, res.stderr, res.diagnostics
+            else:
+                z = kwargs.pop("z")
+                if z is None:
+                    raise ValueError(
+                        "method='bdmc' needs z=, one exact posterior sample per datapoint: the "
+                        "latents x was simulated with (see pyro_aevb.evaluate.simulate_data); "
+                        "BDMC only sandwiches log p(x) on data simulated from the model"
+                    )
+                forward, reverse = bdmc(
+                    model, guide, x, z, plate_name=plate_name, generator=generator, **kwargs
+                )
+                estimate, stderr = forward.estimate, forward.stderr
+                upper, upper_stderr = reverse.estimate, reverse.stderr
+                diagnostics = {
+                    **forward.diagnostics,
+                    "reverse_accept_rate": reverse.accept_rate,
+                    "reverse_log_weight_std": reverse.diagnostics["log_weight_std"],
+                    "gap": upper - estimate,
+                }
+    seconds = time.perf_counter() - t_start
+    return LogMarginalResult(
+        estimate=estimate.detach(),
+        stderr=stderr.detach(),
+        method=method,
+        settings=settings,
+        diagnostics=diagnostics,
+        seconds=seconds,
+        upper=None if upper is None else upper.detach(),
+        upper_stderr=None if upper_stderr is None else upper_stderr.detach(),
+    )

@@ -1,0 +1,439 @@
+r"""Per-datapoint log-joint and potential energy of a Pyro model with local latents.
+
+For a model whose per-datapoint latents ``z_i`` live inside ``pyro.plate(plate_name)``, the
+log-joint factorises over datapoints, and each datapoint's posterior can be sampled on its
+own. In the unconstrained coordinates ``u_i`` of every latent site (``z = T(u)`` with
+``T = biject_to(site support)``, the transform Pyro's HMC uses) the per-datapoint log-joint is::
+
+    log p(x_i, u_i) = log p(z_i = T(u_i)) + log |det dT/du (u_i)| + log p(x_i | z_i)
+
+and the potential energy is ``U_i(u_i) = -log p(x_i, u_i)``. Since ``U = sum_i U_i`` with each
+``U_i`` depending on ``u_i`` only, ``grad_u sum_i U_i`` is exactly the per-datapoint gradient
+``(dU_i/du_i)_i``: one autograd call on the summed potential gives every chain's gradient.
+
+What is summed:
+
+* latent sites (must be inside the data plate; a global latent raises ``ValueError``), with
+  their Jacobian;
+* observed sites and factors inside the data plate;
+* **not** sites outside the data plate that are not latent (such as the VAE's global
+  ``"weight_prior"`` factor): they do not depend on any ``z_i`` and are not part of
+  ``log p(x_i)``.
+
+Several latent sites (of any event shape) are flattened into one ``(n, D)`` matrix by a
+:class:`LatentLayout`, datapoint-major: row ``r`` holds every unconstrained latent of one
+chain. Several chains per datapoint are handled by replicating the rows of ``x``: row
+``c * B + i`` of the flattened ``(C * B, D)`` position is chain ``c`` of datapoint ``i``.
+The model is called as ``model(x_rep)``, so it must take the observations as its only
+argument (bind anything else with :func:`functools.partial` or a lambda) and size its data
+plate from ``x``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.distributions.util import sum_rightmost
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
+from torch.distributions.transforms import Transform
+
+from ..infer.per_datapoint import plate_frame, sum_to_plate
+from ..validation import check_data, check_positive_int
+
+__all__ = [
+    "LatentSite",
+    "LatentLayout",
+    "PerDatapointPotential",
+    "log_density_per_datapoint",
+    "replicate_rows",
+]
+
+
+def replicate_rows(x: torch.Tensor, num_copies: int) -> torch.Tensor:
+    """Stack ``num_copies`` copies of ``x`` (shape ``(B, ...)``) into ``(num_copies * B, ...)``.
+
+    Row ``c * B + i`` is ``x[i]``: the chain-major order used for several chains per datapoint.
+    """
+    if num_copies == 1:
+        return x
+    return x.repeat((num_copies,) + (1,) * (x.dim() - 1))
+
+
+@dataclass(frozen=True)
+class LatentSite:
+    """How one latent sample site maps to columns of the flat unconstrained position.
+
+    Attributes
+    ----------
+    name : str
+        Site name.
+    transform : torch.distributions.transforms.Transform
+        ``biject_to(support)``: unconstrained -> constrained.
+    unconstrained_shape : tuple of int
+        Shape of the site's unconstrained value with the data-plate dimension removed and
+        moved out (the per-datapoint block), e.g. ``(J,)`` for the VAE's ``"z"``.
+    plate_dim : int
+        Negative position of the data-plate dimension in the site's value tensor (batch dims
+        followed by event dims).
+    event_dim : int
+        Event dimension of the site's distribution.
+    offset, size : int
+        Columns ``offset : offset + size`` of the flat position hold this site.
+    """
+
+    name: str
+    transform: Transform
+    unconstrained_shape: tuple[int, ...]
+    plate_dim: int
+    event_dim: int
+    offset: int
+    size: int
+
+
+class LatentLayout:
+    """Flatten/unflatten the local latent sites of a model to an ``(n, D)`` matrix.
+
+    Build it with :meth:`from_trace` from a trace of the model; ``n`` (the number of rows,
+    i.e. chains times datapoints) may differ between calls.
+    """
+
+    def __init__(self, sites: list[LatentSite], plate_name: str):
+        self.sites = tuple(sites)
+        self.plate_name = plate_name
+        self.dim = sum(s.size for s in sites)
+        self.names = tuple(s.name for s in sites)
+
+    @classmethod
+    def from_trace(cls, trace, plate_name: str = "data") -> LatentLayout:
+        """The layout of the latent sites of ``trace``, which must all be in ``plate_name``.
+
+        Raises ``ValueError`` naming a latent site outside the data plate (a global latent),
+        or if the model has no latent site.
+        """
+        sites = []
+        offset = 0
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                continue
+            frame = plate_frame(site, plate_name)
+            if frame is None:
+                raise ValueError(
+                    f"latent site '{name}' is outside the plate '{plate_name}': it is a global "
+                    f"latent, shared by all datapoints, so per-datapoint posteriors and "
+                    f"log p(x_i) are not defined. Put per-datapoint latents inside "
+                    f"pyro.plate('{plate_name}', ...), or pass the right plate_name"
+                )
+            fn = site["fn"]
+            transform = biject_to(fn.support)
+            value = site["value"]
+            event_dim = fn.event_dim
+            plate_dim = frame.dim - event_dim
+            if value.dim() < -plate_dim:
+                raise ValueError(
+                    f"latent site '{name}' has value shape {tuple(value.shape)}, which has no "
+                    f"dimension for the plate '{plate_name}' (dim {frame.dim}); local latents "
+                    f"must be expanded along the data plate"
+                )
+            u_shape = transform.inverse_shape(value.shape)
+            u_block = list(u_shape)
+            del u_block[len(u_block) + plate_dim]
+            size = math.prod(u_block)
+            sites.append(
+                LatentSite(name, transform, tuple(u_block), plate_dim, event_dim, offset, size)
+            )
+            offset += size
+        if not sites:
+            raise ValueError(
+                "the model has no latent sample site, so there is no posterior to sample and "
+                "log p(x) is just the log-likelihood"
+            )
+        return cls(sites, plate_name)
+
+    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Constrained site values -> unconstrained flat position, shape ``(n, D)``."""
+        blocks = []
+        for s in self.sites:
+            u = s.transform.inv(values[s.name])
+            u = u.movedim(s.plate_dim, 0)
+            blocks.append(u.reshape(u.shape[0], -1))
+        return torch.cat(blocks, dim=-1)
+
+    def unflatten(
+        self, position: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Flat unconstrained ``(n, D)`` -> (constrained values, per-site ``log|det J|``).
+
+        The log-Jacobians have the site's batch shape (event dimensions summed out), ready to
+        be added to the site's ``log_prob``.
+        """
+        values, log_jac = {}, {}
+        n = position.shape[0]
+        for s in self.sites:
+            u = position[:, s.offset : s.offset + s.size].reshape((n,) + s.unconstrained_shape)
+            u = u.movedim(0, s.plate_dim)
+            z = s.transform(u)
+            ladj = s.transform.log_abs_det_jacobian(u, z)
+            # the transform may act on fewer event dims than the site has: sum the rest
+            ladj = sum_rightmost(ladj, s.event_dim - s.transform.codomain.event_dim)
+            values[s.name] = z
+            log_jac[s.name] = ladj
+        return values, log_jac
+
+    def unflatten_constrained(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat unconstrained ``(n, D)`` -> constrained site values (no Jacobian)."""
+        return self.unflatten(position)[0]
+
+
+def _site_sum(value: torch.Tensor, site: dict, plate_name: str, n: int) -> torch.Tensor:
+    term = sum_to_plate(value, site, plate_name)
+    return term.expand(n) if term.shape[0] != n else term
+
+
+def log_density_per_datapoint(
+    fn: Callable,
+    x: torch.Tensor,
+    layout: LatentLayout,
+    values: dict[str, torch.Tensor],
+    log_jac: dict[str, torch.Tensor] | None = None,
+    include_observed: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``fn(x)`` with the latent sites fixed to ``values``; per-datapoint log densities.
+
+    Parameters
+    ----------
+    fn : callable
+        A Pyro model or guide, called as ``fn(x)``.
+    x : torch.Tensor
+        ``(n, ...)`` observations, one row per chain.
+    layout : LatentLayout
+        The latent sites.
+    values : dict
+        Constrained values of every latent site, batch ``n`` along the data plate.
+    log_jac : dict, optional
+        Per-site ``log|det dT/du|`` to add to the latent terms (unconstrained coordinates).
+    include_observed : bool
+        Sum the observed sites and factors in the data plate too (False for a guide).
+
+    Returns
+    -------
+    (log_latent, log_observed) : tuple of torch.Tensor
+        Each ``(n,)``: the latent sites' ``log p(z)`` (+ Jacobian) and the observed sites'
+        ``log p(x | z)``. Sites outside the data plate that are not latent are left out.
+    """
+    n = x.shape[0]
+    plate_name = layout.plate_name
+    trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
+    log_latent = log_obs = None
+    seen = set()
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if name in values:
+            seen.add(name)
+            lp = site["fn"].log_prob(site["value"])
+            if log_jac is not None:
+                lp = lp + log_jac[name]
+            term = _site_sum(lp, site, plate_name, n)
+            log_latent = term if log_latent is None else log_latent + term
+        elif not site["is_observed"]:
+            raise ValueError(
+                f"site '{name}' was sampled but is not one of the latent sites "
+                f"{list(layout.names)} found when the model was first traced; models with "
+                f"stochastic control flow or guide-only (auxiliary) sites are not supported"
+            )
+        elif include_observed and plate_frame(site, plate_name) is not None:
+            term = _site_sum(site["fn"].log_prob(site["value"]), site, plate_name, n)
+            log_obs = term if log_obs is None else log_obs + term
+    missing = set(values) - seen
+    if missing:
+        raise ValueError(f"latent sites {sorted(missing)} did not appear when running {fn!r}")
+    if log_obs is None:
+        log_obs = torch.zeros_like(log_latent)
+    return log_latent, log_obs
+
+
+class PerDatapointPotential:
+    r"""Per-datapoint log-joint ``log p(x_i, u_i)`` and potential ``U_i = -log p(x_i, u_i)``.
+
+    Parameters
+    ----------
+    model : callable
+        Pyro model called as ``model(x)``, latents inside ``pyro.plate(plate_name)``.
+    x : torch.Tensor
+        ``(B, data_dim)`` observations.
+    num_chains : int
+        C, chains per datapoint; positions then have ``n = C * B`` rows, chain-major.
+    plate_name : str
+        Name of the data plate.
+    guide : callable, optional
+        Pyro guide ``guide(x)`` over the same latent sites, used for :meth:`log_guide` and
+        :meth:`sample_guide` (AIS from the encoder, initial positions).
+    validate : bool
+        Keep Pyro's distribution argument validation on during evaluations. Off by default,
+        as in :class:`pyro.infer.MCMC`: the first trace (which builds the layout) is always
+        validated, and later evaluations only move ``z``.
+
+    Attributes
+    ----------
+    layout : LatentLayout
+        Flat layout of the latent sites; ``layout.dim`` is D.
+    x_rep : torch.Tensor
+        ``(C * B, data_dim)`` replicated observations.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        x: torch.Tensor,
+        *,
+        num_chains: int = 1,
+        plate_name: str = "data",
+        guide: Callable | None = None,
+        validate: bool = False,
+    ):
+        x = check_data(x, "x")
+        self.model = model
+        self.guide = guide
+        self.x = x
+        self.batch_size = x.shape[0]
+        self.num_chains = check_positive_int(num_chains, "num_chains")
+        self.plate_name = plate_name
+        self.validate = validate
+        self.x_rep = replicate_rows(x, self.num_chains)
+        with poutine.block():
+            trace = poutine.trace(model).get_trace(self.x_rep)
+        _check_plate(trace, plate_name, "model")
+        self.layout = LatentLayout.from_trace(trace, plate_name)
+        self.dtype = trace.nodes[self.layout.names[0]]["value"].dtype
+        self._guide_cache = None
+
+    @property
+    def dim(self) -> int:
+        """D, the number of unconstrained latent coordinates per datapoint."""
+        return self.layout.dim
+
+    @property
+    def num_rows(self) -> int:
+        """n = C * B, the number of chains in total."""
+        return self.x_rep.shape[0]
+
+    def _check_position(self, position: torch.Tensor) -> torch.Tensor:
+        expected = (self.num_rows, self.dim)
+        if position.shape != expected:
+            raise ValueError(
+                f"position must have shape (num_chains * batch, D) = {expected}, got "
+                f"{tuple(position.shape)}"
+            )
+        return position
+
+    def log_joint_parts(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log p(u_i) incl. Jacobian, log p(x_i | z_i))``, each ``(n,)``, at ``position``."""
+        self._check_position(position)
+        values, log_jac = self.layout.unflatten(position)
+        with poutine.block(), pyro.validation_enabled(self.validate):
+            return log_density_per_datapoint(self.model, self.x_rep, self.layout, values, log_jac)
+
+    def log_joint(self, position: torch.Tensor) -> torch.Tensor:
+        """``log p(x_i, u_i)`` in unconstrained coordinates, ``(n,)``."""
+        log_prior, log_lik = self.log_joint_parts(position)
+        return log_prior + log_lik
+
+    def __call__(self, position: torch.Tensor) -> torch.Tensor:
+        """Potential energy ``U_i = -log p(x_i, u_i)``, shape ``(n,)``."""
+        return -self.log_joint(position)
+
+    def potential_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U (n,), dU/du (n, D))``, both detached."""
+        return value_and_grad(self, position)
+
+    def log_guide(self, position: torch.Tensor) -> torch.Tensor:
+        """``log q(u_i | x_i)`` of the guide in unconstrained coordinates, ``(n,)``."""
+        if self.guide is None:
+            raise ValueError("log_guide needs a guide; pass guide= to PerDatapointPotential")
+        self._check_position(position)
+        values, log_jac = self.layout.unflatten(position)
+        cached = self._guide_site()
+        if cached is not None:
+            # one latent site: its distribution does not depend on the value it is evaluated
+            # at, so the guide need not be re-run (AIS evaluates q at every leapfrog step)
+            (name,) = self.layout.names
+            lp = cached["fn"].log_prob(values[name]) + log_jac[name]
+            return _site_sum(lp, cached, self.plate_name, self.num_rows)
+        with poutine.block(), pyro.validation_enabled(self.validate):
+            log_q, _ = log_density_per_datapoint(
+                self.guide, self.x_rep, self.layout, values, log_jac, include_observed=False
+            )
+        return log_q
+
+    def _guide_site(self) -> dict | None:
+        """The guide's trace site, if the guide has exactly the model's one latent site."""
+        if self._guide_cache is None:
+            self._guide_cache = False
+            if len(self.layout.names) == 1:
+                # fork the RNG: this throw-away draw must not shift the caller's random stream
+                with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                    trace = poutine.trace(self.guide).get_trace(self.x_rep)
+                sites = [
+                    site
+                    for site in trace.nodes.values()
+                    if site["type"] == "sample" and not site_is_subsample(site)
+                ]
+                if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:
+                    self._guide_cache = sites[0]
+        return self._guide_cache or None
+
+    @torch.no_grad()
+    def sample_guide(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draw per chain from the guide: ``(position (n, D), log q(u | x) (n,))``.
+
+        Uses Pyro's global RNG (seed it, e.g. with ``torch.random.fork_rng``).
+        """
+        if self.guide is None:
+            raise ValueError("sample_guide needs a guide; pass guide= to PerDatapointPotential")
+        with poutine.block():
+            trace = poutine.trace(self.guide).get_trace(self.x_rep)
+        _check_plate(trace, self.plate_name, "guide")
+        missing = [s for s in self.layout.names if s not in trace.nodes]
+        if missing:
+            raise ValueError(f"the guide has no site for the model's latent sites {missing}")
+        values = {s: trace.nodes[s]["value"] for s in self.layout.names}
+        position = self.layout.flatten(values)
+        return position, self.log_guide(position)
+
+    @torch.no_grad()
+    def sample_prior(self) -> torch.Tensor:
+        """One draw per chain from the model's prior over the latents, ``(n, D)``."""
+        with poutine.block():
+            trace = poutine.trace(self.model).get_trace(self.x_rep)
+        return self.layout.flatten({s: trace.nodes[s]["value"] for s in self.layout.names})
+
+
+def value_and_grad(
+    fn: Callable[[torch.Tensor], torch.Tensor], position: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fn(u) (n,), d fn(u)_i / d u_i (n, D))`` for a per-row function ``fn``; detached.
+
+    Valid because row ``i`` of ``fn(u)`` depends on row ``i`` of ``u`` only, so the gradient
+    of the sum is the per-row gradient.
+    """
+    with torch.enable_grad():
+        u = position.detach().requires_grad_(True)
+        value = fn(u)
+        (grad,) = torch.autograd.grad(value.sum(), u)
+    return value.detach(), grad
+
+
+def _check_plate(trace, plate_name: str, what: str) -> None:
+    for site in trace.nodes.values():
+        if site["type"] == "sample" and plate_frame(site, plate_name) is not None:
+            return
+    raise ValueError(
+        f"no site of the {what} is inside a plate named '{plate_name}'; pass plate_name= the "
+        f"name of the data plate"
+    )

@@ -1,0 +1,99 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_aevb.evaluate.ais import ais, annealing_schedule, bdmc, simulate_data
+
+
+def test_annealing_schedules():
+    for kind in ("sigmoid", "linear"):
+        betas = annealing_schedule(50, kind)
+        assert betas.shape == (51,) and betas[0] == 0 and betas[-1] == 1
+        assert bool((betas.diff() > 0).all())
+    sig = annealing_schedule(50).diff()
+    assert sig[0] < sig[25] and sig[-1] < sig[25]  # denser near both ends
+
+
+def test_ais_from_the_encoder_matches_exact(ppca):
+    x = ppca.simulate(4)
+    torch.manual_seed(0)
+    res = ais(
+        ppca.model,
+        ppca.guide,
+        x,
+        num_chains=64,
+        num_temps=300,
+        generator=torch.Generator().manual_seed(0),
+    )
+    err = res.estimate - ppca.log_marginal(x)
+    assert bool((err.abs() < 4 * res.stderr).all()), err / res.stderr
+    assert float(err.abs().max()) < 0.05
+    assert res.log_weights.shape == (64, 4)
+    assert bool((res.accept_rate > 0.6).all())
+
+
+def test_ais_from_the_prior_matches_exact_within_its_error(ppca):
+    # from the prior the path is much longer (KL(posterior || prior) of several nats), so the
+    # same budget gives a larger, but honestly reported, error
+    x = ppca.simulate(4)
+    torch.manual_seed(1)
+    res = ais(
+        ppca.model,
+        None,
+        x,
+        init="prior",
+        num_chains=32,
+        num_temps=300,
+        generator=torch.Generator().manual_seed(1),
+    )
+    err = res.estimate - ppca.log_marginal(x)
+    assert bool((err.abs() < 4 * res.stderr).all()), err / res.stderr
+    assert float(res.stderr.max()) < 0.15
+
+
+def test_bdmc_sandwiches_the_exact_value_on_simulated_data(ppca):
+    torch.manual_seed(2)
+    x, z = simulate_data(ppca.model, ppca.simulate(4))
+    assert x.shape == (4, 5) and set(z) == {"z"} and z["z"].shape == (4, 2)
+    exact = ppca.log_marginal(x)
+    forward, reverse = bdmc(
+        ppca.model,
+        ppca.guide,
+        x,
+        z,
+        num_chains=32,
+        num_temps=200,
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert bool((forward.estimate - 4 * forward.stderr < exact).all())
+    assert bool((reverse.estimate + 4 * reverse.stderr > exact).all())
+    gap = reverse.estimate - forward.estimate
+    assert float(gap.mean()) < 0.1, gap
+
+
+def test_simulate_data_uses_the_model():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1).expand(-1, 2), 1e-3).to_event(1), obs=x)
+
+    torch.manual_seed(0)
+    x, z = simulate_data(model, torch.zeros(3, 2))
+    torch.testing.assert_close(x, z["z"].unsqueeze(-1).expand(-1, 2), atol=0.01, rtol=0)
+
+
+def test_bad_arguments(ppca):
+    x = ppca.simulate(2)
+    with pytest.raises(ValueError, match="num_temps must be an int >= 2, got 1"):
+        ais(ppca.model, ppca.guide, x, num_temps=1)
+    with pytest.raises(ValueError, match="init='encoder' anneals from the guide"):
+        ais(ppca.model, None, x, num_temps=5)
+    with pytest.raises(ValueError, match="init must be one of"):
+        ais(ppca.model, ppca.guide, x, num_temps=5, init="posterior")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        annealing_schedule(5, "cosine")
+    with pytest.raises(ValueError, match=r"expected unconstrained shape \(batch, D\) = \(2, 2\)"):
+        bdmc(ppca.model, ppca.guide, x, torch.zeros(3, 2, dtype=torch.float64), num_temps=3)
+    with pytest.raises(ValueError, match="missing"):
+        bdmc(ppca.model, ppca.guide, x, {"w": torch.zeros(2, 2)}, num_temps=3)

@@ -1,0 +1,104 @@
+"""Monte Carlo EM: E-step chains target the exact posterior; M-step climbs to the known
+maximum-likelihood solution of probabilistic PCA."""
+
+import pytest
+import torch
+
+from pyro_aevb import VAE, fit
+from pyro_aevb.infer.mcem import MonteCarloEMObjective
+from pyro_aevb.models import LinearGaussian
+
+
+def ppca_max_log_likelihood(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Tipping & Bishop's closed-form ML solution: mean log p(x) per datapoint at the optimum."""
+    n, d = x.shape
+    mu = x.mean(0)
+    s = (x - mu).T @ (x - mu) / n
+    evals = torch.linalg.eigvalsh(s).flip(0)
+    sigma2 = evals[k:].mean()
+    cov_ml_logdet = torch.log(evals[:k]).sum() + (d - k) * torch.log(sigma2)
+    # At the optimum, tr(C^-1 S) = d.
+    return -0.5 * (d * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype)) + cov_ml_logdet + d)
+
+
+@pytest.fixture
+def ppca():
+    torch.manual_seed(0)
+    truth = LinearGaussian(4, 1, sigma=0.4).double()
+    with torch.no_grad():
+        truth.b.copy_(torch.tensor([1.0, -1.0, 0.5, 0.0]))
+    x = truth.marginal().sample((200,))
+    return truth, x
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store")
+def test_e_step_chains_sample_the_exact_posterior(ppca):
+    truth, x = ppca
+    obj = MonteCarloEMObjective(truth, num_leapfrog=10)
+    n, draws_per_chain = 100, 400
+    idx = torch.arange(n)
+    obj._init_chains(n, x[:n])
+    for _ in range(50):  # adapt step sizes
+        obj.e_step(x[:n], idx)
+    draws = torch.stack(
+        [obj.e_step(x[:n], idx, adapt=False).clone() for _ in range(draws_per_chain)]
+    )
+    mean, cov = truth.posterior(x[:n])
+    # Persistent chains are autocorrelated: allow an effective sample size of 1/10 the draws.
+    stderr = (torch.diagonal(cov).sqrt() / (draws_per_chain / 10) ** 0.5).expand_as(mean)
+    assert bool(((draws.mean(0) - mean).abs() < 4 * stderr).all())
+    var = draws.var(0).mean(0)  # pooled over the chains
+    torch.testing.assert_close(var, torch.diagonal(cov), rtol=0.1, atol=0)
+    assert 0.8 < obj.diagnostics()["accept_prob"] <= 1.0
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store")
+def test_m_steps_reach_the_maximum_likelihood_of_ppca(ppca):
+    _, x = ppca
+    torch.manual_seed(1)
+    model = LinearGaussian(4, 1, sigma=1.0, init_scale=0.3).double()
+    for p in (model.enc_A, model.enc_c, model.enc_log_var):
+        p.requires_grad_(False)  # no encoder in MCEM
+    start = float(model.log_marginal(x).mean())
+    fit(
+        model,
+        x,
+        algorithm="mcem",
+        num_samples=200 * 150,
+        batch_size=200,
+        lr=0.05,
+        fast="off",
+        progress=False,
+        eval_every=200 * 150,
+    )
+    best = float(ppca_max_log_likelihood(x, 1))
+    final = float(model.log_marginal(x).mean())
+    assert start < best - 0.5
+    assert best - 0.05 < final <= best + 1e-9
+
+
+def test_vae_direct_potential_equals_the_generic_one():
+    torch.manual_seed(0)
+    vae = VAE(12, 3, 8, init_std=0.3).double()
+    x = torch.rand(5, 12, dtype=torch.float64)
+    z = torch.randn(5, 3, dtype=torch.float64)
+    direct = MonteCarloEMObjective(vae)._potential_fn(x)(z)
+    generic = MonteCarloEMObjective(vae, fast="off")._potential_fn(x)(z)
+    torch.testing.assert_close(direct, generic)
+    a = MonteCarloEMObjective(vae)
+    b = MonteCarloEMObjective(vae, fast="off")
+    la = a.loss_and_grads(x, 50, z)
+    ga = [p.grad.clone() for p in a.params]
+    lb = b.loss_and_grads(x, 50, z)
+    torch.testing.assert_close(la, lb)
+    for g, p in zip(ga, b.params):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_mcem_runs_in_the_trainer_and_resumes(tmp_path):
+    x = (torch.rand(100, 20) < 0.3).float()
+    kw = dict(algorithm="mcem", batch_size=50, progress=False, out_dir=tmp_path)
+    fit(VAE(20, 2, 8), x, num_samples=200, **kw)
+    result = fit(VAE(20, 2, 8), x, num_samples=400, resume=True, **kw)
+    assert result.path == "mcem" and "train_bound" not in result.history[-1]
+    assert 0 < result.history[-1]["accept_prob"] <= 1

@@ -1,0 +1,142 @@
+import math
+
+import arviz as az
+import numpy as np
+import pytest
+import torch
+
+from pyro_aevb.mcmc import hmc
+from pyro_aevb.mcmc.potential import PerDatapointPotential
+
+
+def _std_normal(u):
+    return 0.5 * (u * u).sum(-1)
+
+
+def _ess(draws: np.ndarray) -> np.ndarray:
+    """ArviZ ESS for the mean of (chain, draw, ...) arrays."""
+    return az.ess(az.convert_to_dataset(draws), method="mean")["x"].values
+
+
+def test_batched_hmc_matches_exact_gaussian_posterior(ppca):
+    x = ppca.simulate(3)
+    chains = 8
+    pot = PerDatapointPotential(ppca.model, x, num_chains=chains, guide=ppca.guide)
+    init, _ = pot.sample_guide()
+    res = hmc.sample(
+        pot,
+        init,
+        num_samples=300,
+        num_warmup=150,
+        num_chains=chains,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert res.samples.shape == (300, 3 * chains, 2)
+    draws = res.by_chain(res.samples).numpy()  # (C, S, B, D)
+    mean, cov = ppca.posterior(x)
+    mean, cov = mean.numpy(), cov.numpy()
+    sd = np.sqrt(np.diag(cov))
+    n = chains * 300
+    # means: within 4 Monte Carlo standard errors (ArviZ ESS of each coordinate)
+    est_mean = draws.mean((0, 1))
+    mc_se = sd / np.sqrt(np.minimum(_ess(draws), n))
+    assert np.all(np.abs(est_mean - mean) < 4 * mc_se), (est_mean - mean) / mc_se
+    # covariances: each entry is the mean of centred products; its error uses their ESS
+    centred = draws - mean
+    for i in range(2):
+        for j in range(i, 2):
+            prod = centred[..., i] * centred[..., j]
+            se = prod.std(axis=(0, 1)) / np.sqrt(np.minimum(_ess(prod), n))
+            assert np.all(np.abs(prod.mean((0, 1)) - cov[i, j]) < 4 * se), (i, j)
+    diag = res.diagnostics()
+    assert diag["r_hat"].shape == (3,) and float(diag["r_hat"].max()) < 1.05
+    assert int(diag["num_divergent"].sum()) == 0
+    assert bool((diag["accept_rate"] > 0.8).all())
+
+
+def test_step_accepts_and_rejects_per_chain_and_is_pure():
+    position = torch.tensor([[1.0, -1.0], [1.0, -1.0], [1.0, -1.0]])
+    state = hmc.init(_std_normal, position, step_size=torch.tensor([0.1, 0.5, 50.0]))
+    snapshot = [t.clone() for t in state[:5]]
+    new, info = hmc.step(
+        state, _std_normal, num_steps=4, generator=torch.Generator().manual_seed(0)
+    )
+    for before, after in zip(snapshot, state[:5], strict=True):
+        torch.testing.assert_close(before, after)
+    assert info.accept_prob.shape == (3,)
+    assert float(info.accept_prob[0]) > 0.99 and bool(info.accepted[0])
+    # a step size of 50 blows the energy up: rejected, divergent, position kept
+    assert float(info.accept_prob[2]) < 1e-6 and not bool(info.accepted[2])
+    assert bool(info.diverging[2])
+    torch.testing.assert_close(new.position[2], position[2])
+    torch.testing.assert_close(new.potential, _std_normal(new.position))
+    torch.testing.assert_close(new.grad, new.position)
+    torch.testing.assert_close(new.step_size, state.step_size)
+
+
+def test_non_finite_proposals_are_rejected():
+    def potential(u):
+        # finite only for u_0 < 1.5: a proposal past it must be rejected, not propagated
+        return torch.where(u[:, 0] < 1.5, 0.5 * (u * u).sum(-1), torch.full_like(u[:, 0], math.nan))
+
+    state = hmc.init(potential, torch.tensor([[1.4, 0.0], [0.0, 0.0]]), step_size=1.0)
+    for seed in range(5):
+        state, info = hmc.step(
+            state, potential, num_steps=3, generator=torch.Generator().manual_seed(seed)
+        )
+        assert bool(torch.isfinite(state.position).all())
+        assert bool(torch.isfinite(state.potential).all())
+        assert bool((info.accept_prob >= 0).all())
+
+
+def test_sampling_is_reproducible_and_adaptation_tracks_the_target():
+    init = torch.zeros(20, 3)
+    kw = {"num_samples": 40, "num_warmup": 150, "adapt_mass": False}
+    a = hmc.sample(_std_normal, init, generator=torch.Generator().manual_seed(3), **kw)
+    b = hmc.sample(_std_normal, init, generator=torch.Generator().manual_seed(3), **kw)
+    torch.testing.assert_close(a.samples, b.samples)
+    low = hmc.sample(
+        _std_normal, init, target_accept=0.6, generator=torch.Generator().manual_seed(3), **kw
+    )
+    assert float(low.step_size.mean()) > float(a.step_size.mean())
+    assert float(low.accept_rate.mean()) < float(a.accept_rate.mean())
+    assert 0.45 < float(low.warmup_accept_rate.mean()) < 0.8
+    assert 0.8 < float(a.warmup_accept_rate.mean()) <= 1.0
+
+
+def test_inference_data_and_shapes():
+    res = hmc.sample(
+        _std_normal,
+        torch.zeros(6, 2),
+        num_samples=10,
+        num_warmup=20,
+        num_chains=2,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert res.batch_size == 3
+    idata = res.to_inference_data()
+    assert dict(idata.posterior["u"].sizes) == {"chain": 2, "draw": 10, "datapoint": 3, "u_dim": 2}
+    assert set(idata.sample_stats) >= {"lp", "acceptance_rate", "diverging", "step_size"}
+    assert res.by_chain(res.samples).shape == (2, 10, 3, 2)
+    assert res.per_datapoint(res.step_size).shape == (2, 3)
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(ValueError, match=r"position must have shape \(num_chains, D\)"):
+        hmc.init(_std_normal, torch.zeros(3))
+    with pytest.raises(ValueError, match="position contains non-finite"):
+        hmc.init(_std_normal, torch.full((2, 2), math.nan))
+    with pytest.raises(
+        ValueError, match="potential is not finite at the initial position of chain 1"
+    ):
+        hmc.init(lambda u: u.sum(-1) + torch.tensor([0.0, math.inf]), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"potential_fn must return shape \(num_chains,\)"):
+        hmc.init(lambda u: u.sum(), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1, got 0"):
+        hmc.sample(_std_normal, torch.zeros(2, 2), num_samples=0)
+    with pytest.raises(ValueError, match="num_chains=3"):
+        hmc.sample(_std_normal, torch.zeros(4, 2), num_samples=2, num_chains=3)
+    with pytest.raises(ValueError, match=r"step_size_jitter must be in \[0, 1\)"):
+        hmc.sample(_std_normal, torch.zeros(2, 2), num_samples=2, step_size_jitter=1.0)
+    with pytest.raises(ValueError, match=r"target_accept must be in \(0, 1\)"):
+        hmc.sample(_std_normal, torch.zeros(2, 2), num_samples=2, target_accept=0.0)

@@ -1,0 +1,142 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from marginal_helpers import GLOBAL_FACTOR
+
+from pyro_aevb.mcmc.potential import LatentLayout, PerDatapointPotential, replicate_rows
+
+
+def test_log_joint_matches_closed_form_and_excludes_global_factor(ppca):
+    x = ppca.simulate(5)
+    pot = PerDatapointPotential(ppca.model, x, num_chains=3)
+    u = torch.randn(15, 2, dtype=torch.float64)
+    xr = replicate_rows(x, 3)
+    expected = dist.Normal(0.0, 1.0).log_prob(u).sum(-1) + dist.Normal(
+        u @ ppca.W.T + ppca.b, ppca.sigma
+    ).log_prob(xr).sum(-1)
+    got = pot.log_joint(u)
+    assert got.shape == (15,)
+    # the global factor (-123) would shift every value if it were included
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, expected + GLOBAL_FACTOR)
+    # chain-major replication: row c * B + i is datapoint i
+    torch.testing.assert_close(xr[7], x[2])
+
+
+def test_gradient_is_per_datapoint(ppca):
+    x = ppca.simulate(4)
+    pot = PerDatapointPotential(ppca.model, x)
+    u = torch.randn(4, 2, dtype=torch.float64)
+    value, grad = pot.potential_and_grad(u)
+    # dU/du for U = -log N(u; 0, I) - log N(x; W u + b, sigma^2 I)
+    expected = u - (x - u @ ppca.W.T - ppca.b) @ ppca.W / ppca.sigma**2
+    torch.testing.assert_close(grad, expected)
+    torch.testing.assert_close(value, -pot.log_joint(u))
+
+
+def _constrained_model(x):
+    n = x.shape[0]
+    with pyro.plate("data", n):
+        rate = pyro.sample("rate", dist.Gamma(torch.full((n,), 2.0), 3.0))
+        mix = pyro.sample("mix", dist.Dirichlet(torch.ones(n, 3)))
+        loc = pyro.sample("loc", dist.Normal(torch.zeros(n, 2), 1.0).to_event(1))
+        mean = loc.sum(-1, keepdim=True) + (mix * torch.arange(3.0)).sum(-1, keepdim=True)
+        pyro.sample("x", dist.Normal(mean, 1.0 / rate.unsqueeze(-1)).to_event(1), obs=x)
+
+
+def test_constrained_sites_use_unconstrained_coordinates_with_jacobian():
+    x = torch.randn(4, 2)
+    pot = PerDatapointPotential(_constrained_model, x)
+    layout = pot.layout
+    # Gamma: 1 coordinate; Dirichlet on the 3-simplex: 2 (stick-breaking); Normal: 2
+    assert [(s.name, s.size) for s in layout.sites] == [("rate", 1), ("mix", 2), ("loc", 2)]
+    assert pot.dim == 5
+    u = torch.randn(4, 5)
+    values, log_jac = layout.unflatten(u)
+    torch.testing.assert_close(layout.flatten(values), u, atol=1e-5, rtol=1e-5)
+    rate = values["rate"]
+    torch.testing.assert_close(rate, torch.exp(u[:, 0]))
+    assert torch.allclose(values["mix"].sum(-1), torch.ones(4))
+    # log p(x, u) = log p(x, z(u)) + log |dz/du|, summed over all sites
+    mix_t = layout.sites[1].transform
+    expected = (
+        dist.Gamma(2.0, 3.0).log_prob(rate)
+        + u[:, 0]
+        + dist.Dirichlet(torch.ones(3)).log_prob(values["mix"])
+        + mix_t.log_abs_det_jacobian(u[:, 1:3], values["mix"])
+        + dist.Normal(0.0, 1.0).log_prob(u[:, 3:]).sum(-1)
+        + dist.Normal(
+            u[:, 3:].sum(-1, keepdim=True) + (values["mix"] * torch.arange(3.0)).sum(-1, True),
+            1.0 / rate.unsqueeze(-1),
+        )
+        .log_prob(x)
+        .sum(-1)
+    )
+    torch.testing.assert_close(pot.log_joint(u), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_global_latent_raises_naming_the_site():
+    def model(x):
+        scale = pyro.sample("scale", dist.HalfNormal(1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, scale), obs=x[:, 0])
+
+    with pytest.raises(ValueError, match="latent site 'scale' is outside the plate 'data'"):
+        PerDatapointPotential(model, torch.randn(3, 1))
+
+
+def test_wrong_plate_name_and_no_latents_raise(ppca):
+    x = ppca.simulate(2)
+    with pytest.raises(ValueError, match="plate named 'obs'"):
+        PerDatapointPotential(ppca.model, x, plate_name="obs")
+
+    def no_latents(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand([x.shape[0], 1]).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="no latent sample site"):
+        PerDatapointPotential(no_latents, torch.randn(3, 1))
+
+
+def test_bad_x_and_position_are_rejected(ppca):
+    with pytest.raises(ValueError, match="x contains non-finite"):
+        PerDatapointPotential(ppca.model, torch.full((2, 5), math.nan, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, data_dim\)"):
+        PerDatapointPotential(ppca.model, torch.zeros(5, dtype=torch.float64))
+    pot = PerDatapointPotential(ppca.model, ppca.simulate(3), num_chains=2)
+    with pytest.raises(ValueError, match=r"position must have shape .* \(6, 2\)"):
+        pot.log_joint(torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_guide_density_and_draws(ppca):
+    x = ppca.simulate(3)
+    pot = PerDatapointPotential(ppca.model, x, num_chains=2, guide=ppca.guide)
+    u, log_q = pot.sample_guide()
+    assert u.shape == (6, 2)
+    q = ppca.guide_dist(replicate_rows(x, 2))
+    torch.testing.assert_close(log_q, q.log_prob(u))
+    torch.testing.assert_close(pot.log_guide(u), q.log_prob(u))
+    assert LatentLayout.from_trace(pyro.poutine.trace(ppca.model).get_trace(x)).dim == 2
+
+
+def test_nested_plates_flatten_per_datapoint():
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2), pyro.plate("feature", 3, dim=-1):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))  # (B, 3)
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    x = torch.randn(4, 3)
+    pot = PerDatapointPotential(model, x, num_chains=2)
+    assert pot.dim == 3
+    u = torch.randn(8, 3)
+    values, _ = pot.layout.unflatten(u)
+    assert values["z"].shape == (8, 3)
+    torch.testing.assert_close(pot.layout.flatten(values), u)
+    expected = dist.Normal(0.0, 1.0).log_prob(u).sum(-1) + dist.Normal(u, 0.5).log_prob(
+        replicate_rows(x, 2)
+    ).sum(-1)
+    torch.testing.assert_close(pot.log_joint(u), expected)
