@@ -71,7 +71,7 @@ def main(argv=None) -> list[dict]:
         "--budget",
         type=lambda s: int(float(s)),
         default=None,
-        help="training samples per run (default: 1e6 MNIST, 3e6 Frey Face)",
+        help="training samples per run (default: 2e6 MNIST, 3e6 Frey Face)",
     )
     p.add_argument("--paper", action="store_true", help="the paper's budget: 1e8 samples per run")
     p.add_argument("--select-samples", type=lambda s: int(float(s)), default=100_000)
@@ -84,7 +84,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "figure2"))
     args = p.parse_args(argv)
-    default_budget = {"mnist": 1_000_000, "frey-face": 3_000_000}
+    default_budget = {"mnist": 2_000_000, "frey-face": 3_000_000}
     out = Path(args.out)
     configs = [
         {

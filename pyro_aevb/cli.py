@@ -8,6 +8,7 @@ learned manifold, random samples, reconstructions, the learning curve and a summ
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -17,7 +18,9 @@ import torch
 
 from . import __version__
 from .data import load_dataset
+from .evaluate import METHOD_OPTIONS, METHODS, log_marginal, simulate_data
 from .infer.checkpoint import write_json_atomic
+from .infer.fast_vae import evaluate_bound
 from .infer.runs import load_run
 from .infer.trainer import NonFiniteLossError, fit
 from .models import VAE
@@ -149,6 +152,74 @@ def cmd_figures(args) -> int:
     return 0
 
 
+def _option_value(text: str):
+    # "--option num_chains=32": JSON numbers, booleans and strings.
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _method_options(method: str, pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        if key not in METHOD_OPTIONS.get(method, {}):
+            valid = ", ".join(sorted(METHOD_OPTIONS.get(method, {}))) or "none"
+            raise ValueError(f"--option {key!r} is not an option of {method}; valid: {valid}")
+        options[key] = _option_value(value)
+    return options
+
+
+def cmd_evaluate(args) -> int:
+    run = load_run(args.run_dir)
+    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
+    data = dataset.train if args.split == "train" else dataset.test
+    if args.n is not None:
+        data = data[: args.n]
+    module = run.module
+    guide = None if run.config["training"].get("algorithm") == "mcem" else module.guide
+    options = _method_options(args.method, args.option)
+    x = data
+    if args.method == "bdmc" and "z" not in options:
+        # BDMC needs exact posterior samples: simulate (x, z) from the model itself.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            x, z = simulate_data(module.model, data)
+        options["z"] = z
+    result = log_marginal(module.model, guide, x, method=args.method, seed=args.seed, **options)
+    report = {
+        "run_dir": str(run.directory),
+        "dataset": dataset.name,
+        "split": "simulated" if args.method == "bdmc" else args.split,
+        "n": x.shape[0],
+        "samples_trained": run.history[-1]["samples"] if run.history else None,
+        **result.to_dict(per_datapoint=True),
+    }
+    print(result.summary())
+    if guide is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            elbo = evaluate_bound(module, x, estimator="B")
+        report["elbo_mean"] = float(elbo.mean())
+        gap = result.mean() - report["elbo_mean"]
+        report["gap_to_elbo"] = gap
+        print(
+            f"ELBO (estimator B) on the same points: {report['elbo_mean']:.4f}; "
+            f"log p(x) - ELBO = {gap:.4f} nats per datapoint"
+        )
+    out = (
+        Path(args.out)
+        if args.out
+        else run.directory / f"evaluate-{args.method}-{report['split']}.json"
+    )
+    write_json_atomic(out, report)
+    print(f"wrote {out}")
+    return 0
+
+
 def _add_training_options(p, num_samples: int, latent_dim: int, hidden: int | None) -> None:
     p.add_argument("--latent-dim", type=int, default=latent_dim, help="N_z")
     p.add_argument(
@@ -199,15 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write (default: the run directory)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("evaluate", help="estimate log p(x) per datapoint for a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--method", choices=METHODS, default="iwae")
+    p.add_argument("--n", type=int, default=1000, help="first N points of the split")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. num_particles=5000 (iwae), num_chains=32 (ais); repeatable",
+    )
+    p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # Our own messages at INFO (which training path runs, resumes); other libraries' at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -66,3 +66,35 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert "cifar" in capsys.readouterr().err
     assert main(["figures", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_evaluate_writes_json_with_estimates_and_elbo_gap(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(
+        [
+            "train",
+            "--dataset",
+            "embedded-mnist",
+            "--out",
+            str(out),
+            "--latent-dim",
+            "2",
+            "--hidden",
+            "32",
+            "--num-samples",
+            "2000",
+            "--no-progress",
+            "--no-figures",
+        ]
+    )
+    code = main(
+        ["evaluate", str(out), "--method", "iwae", "--n", "20", "--option", "num_particles=200"]
+    )
+    assert code == 0
+    report = json.loads((out / "evaluate-iwae-test.json").read_text())
+    assert report["n"] == 20 and len(report["estimate"]) == 20
+    assert report["settings"]["num_particles"] == 200
+    assert report["mean"] >= report["elbo_mean"] - 4 * report["mean_stderr"]
+    assert "log p(x) - ELBO" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--option", "bogus=1"]) == 2
+    assert "bogus" in capsys.readouterr().err
