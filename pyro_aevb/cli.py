@@ -104,6 +104,7 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "source": dataset.source,
         "model": module.config,
         "estimator": args.estimator,
+        "optimizer": f"{args.optimizer} (lr {args.lr})",
         "path": result.path,
         "samples": result.samples,
         "train_bound": final.get("train_bound"),
@@ -118,7 +119,8 @@ def _train(args, dataset, out_dir: Path) -> dict:
 
 def _print_summary(summary: dict) -> None:
     print(f"dataset           {summary['dataset']}  ({summary['source']})")
-    print(f"training path     {summary['path']}, estimator {summary['estimator']}")
+    path, estimator, optimizer = summary["path"], summary["estimator"], summary["optimizer"]
+    print(f"training path     {path}, estimator {estimator}, {optimizer}")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
@@ -138,7 +140,8 @@ def cmd_demo(args) -> int:
     args.dataset = dataset.name
     print(
         f"pyro-aevb demo: training a 784-{args.hidden}-{args.latent_dim} VAE on "
-        f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples"
+        f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
+        f"({args.optimizer}, lr {args.lr})"
     )
     _print_summary(_train(args, dataset, Path(args.out)))
     return 0
@@ -220,14 +223,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _add_training_options(p, num_samples: int, latent_dim: int, hidden: int | None) -> None:
+def _add_training_options(
+    p,
+    num_samples: int,
+    latent_dim: int,
+    hidden: int | None,
+    optimizer: str = "adagrad",
+    lr: float = 0.02,
+) -> None:
     p.add_argument("--latent-dim", type=int, default=latent_dim, help="N_z")
     p.add_argument(
         "--hidden", type=int, default=hidden, help="hidden units (paper: 500 MNIST, 200 Frey Face)"
     )
     p.add_argument("--estimator", choices=["A", "B"], default="B")
-    p.add_argument("--optimizer", choices=["adagrad", "adam"], default="adagrad")
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--optimizer", choices=["adagrad", "adam"], default=optimizer)
+    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--num-samples", type=_positive_number, default=num_samples)
     p.add_argument("--epochs", type=float, default=None, help="budget in epochs instead")
@@ -262,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: train on the embedded MNIST slice")
     p.add_argument("--out", default="runs/demo", help="output directory")
-    _add_training_options(p, num_samples=300_000, latent_dim=2, hidden=500)
+    # Adam draws a clearer manifold than the paper's Adagrad within the demo's minute.
+    _add_training_options(
+        p, num_samples=300_000, latent_dim=2, hidden=500, optimizer="adam", lr=1e-3
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("figures", help="redraw the figures of a run")
