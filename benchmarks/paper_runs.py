@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from pyro_aevb import VAE, fit, load_dataset
+from pyro_aevb import VAE, NonFiniteLossError, fit, load_dataset
+from pyro_aevb.infer.checkpoint import read_json
 
 HIDDEN = {"mnist": 500, "frey-face": 200}
 
@@ -63,26 +64,37 @@ def early_score(history: list[dict]) -> float:
 def select_lr(cfg: dict, dataset) -> tuple[float, dict]:
     """Train with each step size in ``cfg["lrs"]`` for ``cfg["select_samples"]`` samples.
 
-    Each run is saved under ``work_dir`` so that the chosen one can be continued. Returns the
-    best step size and the early score of every candidate.
+    Each run is saved under ``work_dir`` so that the chosen one can be continued, and so that
+    an interrupted script picks up where it stopped (a candidate already trained past
+    ``select_samples`` is scored from its history). A candidate that diverges scores -inf.
+    Returns the best step size and the early score of every candidate.
     """
     early = {}
+    select = min(cfg["select_samples"], cfg["budget"])
     for lr in cfg["lrs"]:
+        out = Path(cfg["work_dir"]) / f"{run_tag(cfg)}-lr{lr}"
+        done = read_json(out / "history.json") if (out / "history.json").exists() else []
+        if done and done[-1]["samples"] >= select:
+            early[lr] = early_score([h for h in done if h["samples"] <= select])
+            continue
         torch.manual_seed(cfg["seed"])
         vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
-        out = Path(cfg["work_dir"]) / f"{run_tag(cfg)}-lr{lr}"
-        result = fit(
-            vae,
-            dataset,
-            lr=lr,
-            num_samples=min(cfg["select_samples"], cfg["budget"]),
-            out_dir=out,
-            resume=(out / "checkpoint.pt").exists(),
-            algorithm=cfg["algorithm"],
-            seed=cfg["seed"],
-            eval_size=cfg["eval_size"],
-            progress=False,
-        )
+        try:
+            result = fit(
+                vae,
+                dataset,
+                lr=lr,
+                num_samples=select,
+                out_dir=out,
+                resume=(out / "checkpoint.pt").exists(),
+                algorithm=cfg["algorithm"],
+                seed=cfg["seed"],
+                eval_size=cfg["eval_size"],
+                progress=False,
+            )
+        except NonFiniteLossError:
+            early[lr] = float("-inf")
+            continue
         early[lr] = early_score(result.history)
     return max(early, key=early.get), early
 

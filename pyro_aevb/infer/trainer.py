@@ -320,19 +320,28 @@ class Trainer:
         self.pos += idx.numel()
         return idx
 
-    def _fail(self, value: float) -> None:
+    def _fail(self, value: float, cause: BaseException | None = None) -> None:
         last = self.history[-1]["samples"] if self.history else 0
         where = (
             f"the last good checkpoint ({self.out_dir / CHECKPOINT_NAME}, {last} samples) is kept"
             if self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).exists()
             else "no checkpoint was written (set out_dir to keep one)"
         )
+        if cause is None:
+            what = (
+                f"non-finite loss ({value}) at step {self.step + 1} after {self.samples} "
+                f"training samples; training stopped before applying it, so the module's "
+                f"parameters are the last finite ones"
+            )
+        else:
+            what = (
+                f"parameters became non-finite before step {self.step + 1} (after "
+                f"{self.samples} training samples): a previous update had non-finite gradients"
+            )
         raise NonFiniteLossError(
-            f"non-finite loss ({value}) at step {self.step + 1} after {self.samples} training "
-            f"samples; training stopped before applying it, so module parameters are the last "
-            f"finite ones, and {where}. Try a smaller lr (now "
-            f"{self.training_config['lr']}), estimator 'B', or check the data."
-        )
+            f"{what}, and {where}. Try a smaller lr (now {self.training_config['lr']}), "
+            f"estimator 'B', or check the data."
+        ) from cause
 
     def run(self) -> FitResult:
         """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`."""
@@ -362,7 +371,15 @@ class Trainer:
                 in_step = True
                 idx = self._next_batch()
                 xb = torch.index_select(self.train, 0, idx)  # 4x faster than self.train[idx]
-                loss = self.objective.train_step(xb, idx, self.num_train, self.optimizer)
+                try:
+                    loss = self.objective.train_step(xb, idx, self.num_train, self.optimizer)
+                except (ValueError, RuntimeError) as err:
+                    # With non-finite parameters Pyro's argument validation fails before a
+                    # loss exists; report it as the divergence it is.
+                    if all(bool(torch.isfinite(p).all()) for p in self.objective.params):
+                        raise
+                    self.pos -= xb.shape[0]
+                    self._fail(float("nan"), cause=err)
                 if not math.isfinite(loss):
                     self.pos -= xb.shape[0]  # the step did not happen
                     self._fail(loss)

@@ -63,10 +63,17 @@ class WakeSleepObjective(Objective):
         return self.evaluator.bound(x)
 
     def loss_and_grads(self, x: torch.Tensor, num_data: int) -> torch.Tensor:
+        """The wake loss (or, if the sleep phase diverged, its non-finite loss) and the grads.
+
+        Both phases are checked: a NaN sleep loss would leave NaN gradients in phi while the
+        wake loss still looks fine, and the trainer stops on the returned non-finite value.
+        """
         for p in self.params:
             p.grad = None
         phases = self._vae_phases if self.direct else self._pyro_phases
         wake, sleep = phases(x, num_data)
+        if not bool(torch.isfinite(sleep)):
+            return sleep.detach()
         (wake + sleep).backward()
         return wake.detach()
 

@@ -153,3 +153,35 @@ def test_checkpoints_refuse_arbitrary_pickled_objects(tmp_path):
 def test_eval_schedule():
     assert eval_schedule(1200, "log") == [100, 200, 500, 1000, 1200]
     assert eval_schedule(1000, 300) == [300, 600, 900, 1000]
+
+
+def test_non_finite_gradients_are_reported_as_divergence(tmp_path, monkeypatch):
+    """A finite loss with a NaN gradient poisons the parameters; the next step must stop
+    with NonFiniteLossError (not Pyro's validation error) and keep the last checkpoint."""
+    x = binary_data()
+    vae = tiny_vae()
+    trainer = Trainer(
+        vae,
+        x,
+        num_samples=5000,
+        batch_size=50,
+        out_dir=tmp_path,
+        eval_every=500,
+        progress=False,
+        fast="off",
+    )
+    calls = {"n": 0}
+    real = trainer.objective.loss_and_grads
+
+    def poisoned(xb, num_data):
+        calls["n"] += 1
+        loss = real(xb, num_data)
+        if calls["n"] == 12:
+            for p in trainer.objective.params:
+                p.grad.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(trainer.objective, "loss_and_grads", poisoned)
+    with pytest.raises(NonFiniteLossError, match="parameters became non-finite before step 13"):
+        trainer.run()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["samples"] == 500
