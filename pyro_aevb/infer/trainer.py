@@ -262,10 +262,12 @@ class Trainer:
         self.perm, self.pos = progress["perm"], progress["pos"]
         self._loss_sum, self._loss_count = progress["loss_sum"], progress["loss_count"]
         self.history = list(payload["history"])
-        if self.samples > self.total:
-            raise ValueError(
-                f"cannot resume: the checkpoint has already seen {self.samples} samples, more "
-                f"than this run's budget of {self.total}"
+        if self.samples >= self.total:
+            logger.warning(
+                "the checkpoint has already seen %d samples, at least this run's budget of %d: "
+                "nothing to train",
+                self.samples,
+                self.total,
             )
         logger.info("resumed from checkpoint at %d samples (step %d)", self.samples, self.step)
 
@@ -316,6 +318,9 @@ class Trainer:
             self.perm = torch.randperm(self.num_train, generator=self.data_rng)
             self.pos = 0
             self.epoch += 1
+        # Minibatches stay whole (the last one of an epoch may be smaller), so a run may end
+        # up to M - 1 samples past its budget; cutting the last one short would make the
+        # draws depend on where a run was stopped and break exact resume.
         idx = self.perm[self.pos : self.pos + self.batch_size]
         self.pos += idx.numel()
         return idx

@@ -185,3 +185,20 @@ def test_non_finite_gradients_are_reported_as_divergence(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="parameters became non-finite before step 13"):
         trainer.run()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["samples"] == 500
+
+
+def test_budget_is_met_and_a_finished_run_resumes_as_a_no_op(tmp_path):
+    x = binary_data(n=130)  # epochs of 64 + 64 + 2 rows
+    result = fit(tiny_vae(), x, num_samples=1000, batch_size=64, out_dir=tmp_path, progress=False)
+    assert 1000 <= result.samples < 1000 + 64
+    assert result.history[-1]["samples"] == result.samples
+    again = fit(
+        tiny_vae(),
+        x,
+        num_samples=1000,
+        batch_size=64,
+        out_dir=tmp_path,
+        resume=True,
+        progress=False,
+    )
+    assert again.steps == result.steps and again.history == result.history
