@@ -34,6 +34,26 @@ LATENTS = {"mnist": [3, 5, 10, 20, 200], "frey-face": [2, 5, 10, 20]}
 ALGORITHMS = {"aevb": "AEVB", "wake-sleep": "Wake-Sleep"}
 
 
+def _zoom(ax, histories, start: int = 100_000) -> None:
+    """Show the curves from ``start`` samples on, as the paper's axes do (from 1e5 samples):
+    untrained wake-sleep encoders give bounds of -1e10 that would flatten everything else."""
+    last = max(h[-1]["samples"] for h in histories)
+    if last <= start:
+        return
+    values = [
+        h[key]
+        for history in histories
+        for h in history
+        if h["samples"] >= start
+        for key in ("train_bound", "test_bound")
+        if h.get(key) is not None
+    ]
+    lo, hi = min(values), max(values)
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.set_xlim(start, last * 1.3)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 def plot(results: list[dict], path: Path) -> Path:
     datasets = [d for d in LATENTS if any(r["dataset"] == d for r in results)]
     ncols = max(len({r["latent_dim"] for r in results if r["dataset"] == d}) for d in datasets)
@@ -54,6 +74,7 @@ def plot(results: list[dict], path: Path) -> Path:
                 if r["dataset"] == ds and r["latent_dim"] == nz
             }
             plot_learning_curves(runs, None, title=f"{ds}, $N_z$ = {nz}", ylabel="L", ax=ax)
+            _zoom(ax, runs.values())
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
