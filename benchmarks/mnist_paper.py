@@ -17,8 +17,7 @@ import time
 
 import torch
 
-from pyro_aevb import fit, load_dataset, paper_mnist_vae
-from pyro_aevb.infer.fast_vae import evaluate_bound
+from pyro_aevb import evaluate_bound, fit, load_dataset, paper_mnist_vae
 
 
 def run(estimator: str, args, dataset) -> dict:

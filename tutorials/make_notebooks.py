@@ -36,8 +36,7 @@ import torch
 from IPython.display import Image, display
 
 import pyro_aevb
-from pyro_aevb import fit, load_dataset, paper_mnist_vae
-from pyro_aevb.infer.fast_vae import evaluate_bound
+from pyro_aevb import evaluate_bound, fit, load_dataset, paper_mnist_vae
 from pyro_aevb.plots import plot_learning_curves, plot_manifold, plot_samples
 
 QUICK = os.environ.get("PYRO_AEVB_QUICK") == "1"  # the test suite runs a short version
