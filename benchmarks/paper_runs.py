@@ -141,8 +141,24 @@ def run_parallel(fn, configs: list[dict], jobs: int) -> list[dict]:
         return list(pool.map(fn, configs))
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def portable_paths(obj, root: Path = REPO_ROOT):
+    """``obj`` with every string path under the repository ``root`` made relative to it, so
+    that saved results name no directory of the machine that produced them."""
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable_paths(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(root) + os.sep):
+        return Path(obj).relative_to(root).as_posix()
+    return obj
+
+
 def save_results(path: Path, settings: dict, results, seconds: float) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    settings, results = portable_paths(settings), portable_paths(results)
     payload = {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "settings": settings,

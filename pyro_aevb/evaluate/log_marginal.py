@@ -36,7 +36,7 @@ import torch
 
 from ..validation import check_choice, check_data
 from .ais import INITS, SCHEDULES, ais, bdmc
-from .appendix_d import DENSITIES, SAMPLERS, appendix_d
+from .appendix_d import DEFAULT_PRIOR_INIT_PARTICLES, DENSITIES, SAMPLERS, appendix_d
 from .iwae import elbo_with_stderr, iwae
 from .result import LogMarginalResult
 
@@ -61,6 +61,7 @@ METHOD_OPTIONS: dict[str, dict] = {
         "adapt_mass": True,
         "step_size_jitter": 0.5,
         "bandwidths": None,
+        "init_particles": None,
     },
     "ais": {
         "num_chains": 16,
@@ -133,7 +134,9 @@ def log_marginal(
         ``appendix_d``: ``num_samples`` (per chain, split by ``fit_fraction``),
         ``num_chains``, ``num_warmup``, ``num_steps``, ``target_accept``, ``density``
         ("gaussian"/"kde"), ``sampler`` ("hmc"/"pyro_nuts"/"pyro_hmc"), ``stderr``
-        ("ess"/"iid"), ``adapt_mass``, ``step_size_jitter``, ``bandwidths``.
+        ("ess"/"iid"), ``adapt_mass``, ``step_size_jitter``, ``bandwidths``,
+        ``init_particles`` (SIR proposals per chain for the start; 1 from a guide, 1000
+        from the prior by default).
         ``ais``/``bdmc``: ``num_chains``, ``num_temps``, ``num_leapfrog``, ``init``
         ("encoder" if a guide is given, else "prior"), ``schedule``, ``target_accept``,
         ``pilot_chains``; ``bdmc`` also needs ``z``, exact posterior samples for ``x`` (the
@@ -195,6 +198,9 @@ def log_marginal(
                 kwargs.pop("bandwidths")
             check_choice(kwargs["density"], "density", DENSITIES)
             check_choice(kwargs["sampler"], "sampler", SAMPLERS)
+            if kwargs["init_particles"] is None:
+                kwargs["init_particles"] = 1 if guide is not None else DEFAULT_PRIOR_INIT_PARTICLES
+                settings["init_particles"] = kwargs["init_particles"]
             estimate, stderr, diagnostics = appendix_d(
                 model,
                 guide,

@@ -4,6 +4,7 @@
   from a Pyro model (unconstrained transforms, Jacobians, several latent sites flattened).
 * :mod:`~pyro_aevb.mcmc.hmc`: pure ``init``/``step`` kernels over :class:`HMCState` and the
   :func:`sample` loop (warm-up, per-chain step size and mass, diagnostics).
+* :mod:`~pyro_aevb.mcmc.initialization`: importance-resampled starting points for the chains.
 * :mod:`~pyro_aevb.mcmc.adaptation`: per-chain dual-averaging step size, Stan's windows.
 * :mod:`~pyro_aevb.mcmc.pyro_reference`: :class:`pyro.infer.MCMC` (NUTS/HMC) per datapoint,
   with an ArviZ ``InferenceData``.
@@ -18,6 +19,7 @@ from .adaptation import (
     warmup_windows,
 )
 from .hmc import BatchedHMCResult, HMCInfo, HMCState, find_reasonable_step_size
+from .initialization import importance_resampled_init
 from .potential import LatentLayout, LatentSite, PerDatapointPotential
 from .pyro_reference import PyroMCMCResult, sample_posterior_pyro
 
@@ -35,6 +37,7 @@ __all__ = [
     "LatentLayout",
     "LatentSite",
     "PerDatapointPotential",
+    "importance_resampled_init",
     "PyroMCMCResult",
     "sample_posterior_pyro",
 ]

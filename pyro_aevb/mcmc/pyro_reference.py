@@ -124,6 +124,7 @@ def sample_posterior_pyro(
     max_tree_depth: int = 10,
     adapt_mass: bool = True,
     guide: Callable | None = None,
+    initial_positions: torch.Tensor | None = None,
     plate_name: str = "data",
     seed: int = 0,
 ) -> PyroMCMCResult:
@@ -155,6 +156,11 @@ def sample_posterior_pyro(
     guide : callable, optional
         If given, each chain starts at a draw from ``guide(x_i)`` (else Pyro's
         ``init_to_uniform``).
+    initial_positions : torch.Tensor, optional
+        ``(num_chains, B, D)`` starting points in the flat unconstrained layout of
+        :class:`~pyro_aevb.mcmc.potential.LatentLayout` (e.g. from
+        :func:`~pyro_aevb.mcmc.initialization.importance_resampled_init`); overrides
+        ``guide``.
     plate_name : str
         Name of the data plate.
     seed : int
@@ -176,6 +182,13 @@ def sample_posterior_pyro(
 
     with poutine.block():
         layout = LatentLayout.from_trace(poutine.trace(model).get_trace(x[:1]), plate_name)
+    if initial_positions is not None:
+        expected = (num_chains, batch, layout.dim)
+        if tuple(initial_positions.shape) != expected:
+            raise ValueError(
+                f"initial_positions must have shape (num_chains, batch, D) = {expected}, got "
+                f"{tuple(initial_positions.shape)}"
+            )
     local_model = _local_only(model, plate_name)
     draws = {s.name: [] for s in layout.sites}
     flat = []
@@ -191,7 +204,12 @@ def sample_posterior_pyro(
             xi = x[i : i + 1]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_run_seed(seed, i, c))
-                initial_params = _initial_params(guide, xi, layout) if guide is not None else None
+                if initial_positions is not None:
+                    initial_params = _unflatten_unconstrained(initial_positions[c, i], layout)
+                elif guide is not None:
+                    initial_params = _initial_params(guide, xi, layout)
+                else:
+                    initial_params = None
                 kern = _make_kernel(
                     kernel,
                     local_model,
@@ -292,6 +310,12 @@ def _initial_params(guide, xi, layout: LatentLayout) -> dict[str, torch.Tensor]:
     with poutine.block():
         trace = poutine.trace(guide).get_trace(xi)
     return {s.name: s.transform.inv(trace.nodes[s.name]["value"]) for s in layout.sites}
+
+
+def _unflatten_unconstrained(position: torch.Tensor, layout: LatentLayout) -> dict:
+    """A flat ``(D,)`` unconstrained position as Pyro MCMC's per-site ``initial_params``."""
+    values = layout.unflatten_constrained(position[None])
+    return {s.name: s.transform.inv(values[s.name]) for s in layout.sites}
 
 
 def _inference_data(constrained: dict, diverging: np.ndarray):

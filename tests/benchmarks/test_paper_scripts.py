@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -85,6 +86,8 @@ def test_figure3_quick(tmp_path):
             "40",
             "--num-warmup",
             "40",
+            "--ais-check-points",
+            "3",
             "--jobs",
             "1",
             "--out",
@@ -92,6 +95,10 @@ def test_figure3_quick(tmp_path):
         ]
     )
     assert [r["algorithm"] for r in results] == ["aevb", "wake-sleep", "mcem"]
+    for r in results:
+        check = r["final_ais_check"]
+        assert check["points"] == 3
+        assert math.isfinite(check["ais"]) and math.isfinite(check["appendix_d"])
     for r in results:
         last = r["history"][-1]
         assert last["test_log_marginal"] < 0 and last["train_log_marginal"] < 0
@@ -121,3 +128,10 @@ def test_figures45_quick(tmp_path):
     for name in ("figure4_mnist.png", "figure4_frey_face.png", "figure5.png", "figures45.json"):
         assert (tmp_path / name).is_file()
     assert set(summary["figure5"]["samples_from"]) == {2, 3}
+
+
+def test_saved_results_name_no_directory_of_this_machine():
+    runs = load_script("paper_runs")
+    root = BENCH.resolve().parent
+    saved = runs.portable_paths({"out": str(root / "a" / "b"), "runs": [str(root / "c"), "/x"]})
+    assert saved == {"out": "a/b", "runs": ["c", "/x"]}

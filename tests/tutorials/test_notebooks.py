@@ -1,5 +1,6 @@
 """Every tutorial notebook executes from top to bottom (in quick mode)."""
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,10 @@ TUTORIALS = sorted((Path(__file__).parents[2] / "tutorials").glob("*.ipynb"))
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_AEVB_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    data = os.environ.get("PYRO_AEVB_DATA")
+    if data:
+        # the kernel runs in tmp_path: a data directory relative to here must stay valid there
+        monkeypatch.setenv("PYRO_AEVB_DATA", str(Path(data).resolve()))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
