@@ -264,6 +264,12 @@ def log_joint_at(
     return torch.cat(out)
 
 
+def default_init_particles(guide: Callable | None) -> int:
+    """Proposals per chain for the start: 1 from a guide (a plain encoder draw, as in the
+    paper), :data:`DEFAULT_PRIOR_INIT_PARTICLES` from the prior."""
+    return 1 if guide is not None else DEFAULT_PRIOR_INIT_PARTICLES
+
+
 def appendix_d(
     model: Callable,
     guide: Callable | None,
@@ -336,7 +342,7 @@ def appendix_d(
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
     if init_particles is None:
-        init_particles = 1 if guide is not None else DEFAULT_PRIOR_INIT_PARTICLES
+        init_particles = default_init_particles(guide)
     init_particles = check_positive_int(init_particles, "init_particles")
     pot = PerDatapointPotential(model, x, num_chains=num_chains, plate_name=plate_name, guide=guide)
     with torch.no_grad():

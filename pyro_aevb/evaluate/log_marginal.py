@@ -36,7 +36,7 @@ import torch
 
 from ..validation import check_choice, check_data
 from .ais import INITS, SCHEDULES, ais, bdmc
-from .appendix_d import DEFAULT_PRIOR_INIT_PARTICLES, DENSITIES, SAMPLERS, appendix_d
+from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
 from .iwae import elbo_with_stderr, iwae
 from .result import LogMarginalResult
 
@@ -199,7 +199,7 @@ def log_marginal(
             check_choice(kwargs["density"], "density", DENSITIES)
             check_choice(kwargs["sampler"], "sampler", SAMPLERS)
             if kwargs["init_particles"] is None:
-                kwargs["init_particles"] = 1 if guide is not None else DEFAULT_PRIOR_INIT_PARTICLES
+                kwargs["init_particles"] = default_init_particles(guide)
                 settings["init_particles"] = kwargs["init_particles"]
             estimate, stderr, diagnostics = appendix_d(
                 model,
