@@ -29,15 +29,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from paper_runs import (  # noqa: E402
-    build_vae,
     load_config_dataset,
     run_parallel,
+    run_summary,
     run_tag,
     save_results,
     select_lr,
+    train_run,
 )
 
-from pyro_aevb import fit  # noqa: E402
 from pyro_aevb.evaluate import log_marginal  # noqa: E402
 
 ALGORITHMS = {"aevb": "AEVB", "wake-sleep": "Wake-Sleep", "mcem": "MCEM"}
@@ -98,33 +98,15 @@ def train_with_marginal_likelihood(cfg: dict) -> dict:
     dataset = load_config_dataset(cfg)
     t0 = time.perf_counter()
     best, early = select_lr(cfg, dataset)
-    torch.manual_seed(cfg["seed"])
-    vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
     # A fresh run of the chosen step size, so that every evaluation point carries an estimate.
     run_dir = Path(cfg["work_dir"]) / f"{run_tag(cfg)}-final-lr{best}"
-    result = fit(
-        vae,
-        dataset,
-        lr=best,
-        num_samples=cfg["budget"],
-        algorithm=cfg["algorithm"],
-        seed=cfg["seed"],
-        eval_size=cfg["eval_points"],
-        progress=False,
-        out_dir=run_dir,
-        resume=(run_dir / "checkpoint.pt").exists(),
-        callback=marginal_likelihood_callback(cfg, dataset),
-    )
+    callback = marginal_likelihood_callback(cfg, dataset)
+    vae, result = train_run(cfg, dataset, best, run_dir, cfg["budget"], callback)
     h = result.history[-1]
-    check = final_ais_check(cfg, vae, dataset) if cfg["ais_check_points"] else None
     return {
-        **{k: cfg[k] for k in ("dataset", "num_train", "latent_dim", "hidden", "algorithm")},
-        "lr": best,
-        "early_score": {str(k): v for k, v in early.items()},
-        "history": result.history,
+        **run_summary(cfg, best, early, result.history, run_dir),
         "train_seconds_per_sample": h["train_seconds"] / h["samples"],
-        "final_ais_check": check,
-        "run_dir": str(run_dir),
+        "final_ais_check": final_ais_check(cfg, vae, dataset) if cfg["ais_check_points"] else None,
         "seconds": time.perf_counter() - t0,
     }
 

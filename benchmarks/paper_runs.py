@@ -52,6 +52,38 @@ def run_tag(cfg: dict) -> str:
     return f"{cfg['dataset']}-n{n}-z{cfg['latent_dim']}-{cfg['algorithm']}"
 
 
+def train_run(cfg: dict, dataset, lr: float, run_dir: Path, num_samples: int, callback=None):
+    """Train (or continue, if ``run_dir`` holds a checkpoint) one run of ``cfg`` with step size
+    ``lr`` up to ``num_samples``; returns ``(vae, FitResult)``."""
+    torch.manual_seed(cfg["seed"])  # the initialisation of a new run; a resume overwrites it
+    vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
+    result = fit(
+        vae,
+        dataset,
+        lr=lr,
+        num_samples=num_samples,
+        out_dir=run_dir,
+        resume=(run_dir / "checkpoint.pt").exists(),
+        algorithm=cfg["algorithm"],
+        seed=cfg["seed"],
+        eval_size=cfg["eval_size"],
+        progress=False,
+        callback=callback,
+    )
+    return vae, result
+
+
+def run_summary(cfg: dict, lr: float, early: dict, history: list[dict], run_dir: Path) -> dict:
+    """What a figure script saves of one configuration."""
+    return {
+        **{k: cfg[k] for k in ("dataset", "num_train", "latent_dim", "hidden", "algorithm")},
+        "lr": lr,
+        "early_score": {str(k): v for k, v in early.items()},
+        "history": history,
+        "run_dir": str(run_dir),
+    }
+
+
 def early_score(history: list[dict]) -> float:
     """Early performance: the training bound, or minus the loss without a bound (MCEM)."""
     last = history[-1]
@@ -77,21 +109,8 @@ def select_lr(cfg: dict, dataset) -> tuple[float, dict]:
         if done and done[-1]["samples"] >= select:
             early[lr] = early_score([h for h in done if h["samples"] <= select])
             continue
-        torch.manual_seed(cfg["seed"])
-        vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
         try:
-            result = fit(
-                vae,
-                dataset,
-                lr=lr,
-                num_samples=select,
-                out_dir=out,
-                resume=(out / "checkpoint.pt").exists(),
-                algorithm=cfg["algorithm"],
-                seed=cfg["seed"],
-                eval_size=cfg["eval_size"],
-                progress=False,
-            )
+            _, result = train_run(cfg, dataset, lr, out, select)
         except NonFiniteLossError:
             early[lr] = float("-inf")
             continue
@@ -109,26 +128,10 @@ def select_and_train(cfg: dict) -> dict:
     dataset = load_config_dataset(cfg)
     t0 = time.perf_counter()
     best, early = select_lr(cfg, dataset)
-    vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
     run_dir = Path(cfg["work_dir"]) / f"{run_tag(cfg)}-lr{best}"
-    result = fit(
-        vae,
-        dataset,
-        lr=best,
-        num_samples=cfg["budget"],
-        out_dir=run_dir,
-        resume=True,
-        algorithm=cfg["algorithm"],
-        seed=cfg["seed"],
-        eval_size=cfg["eval_size"],
-        progress=False,
-    )
+    _, result = train_run(cfg, dataset, best, run_dir, cfg["budget"])
     return {
-        **{k: cfg[k] for k in ("dataset", "num_train", "latent_dim", "hidden", "algorithm")},
-        "lr": best,
-        "early_score": {str(k): v for k, v in early.items()},
-        "history": result.history,
-        "run_dir": str(run_dir),
+        **run_summary(cfg, best, early, result.history, run_dir),
         "seconds": time.perf_counter() - t0,
     }
 
