@@ -37,7 +37,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..distributions import FractionalBernoulli
+from ..distributions import FractionalBernoulli, lazy_factor
 from ..nets import (
     BernoulliMLPDecoder,
     GaussianMLPDecoder,
@@ -174,7 +174,7 @@ class VAE(nn.Module):
         else:
             batch_size = 1 if batch_size is None else check_positive_int(batch_size, "batch_size")
         if self.weight_prior_std is not None:
-            pyro.factor("weight_prior", self.log_weight_prior())
+            lazy_factor("weight_prior", self.log_weight_prior, self._dtype)
         loc = torch.zeros(batch_size, self.latent_dim, dtype=self._dtype)
         with self._plate(batch_size, num_data):
             z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))

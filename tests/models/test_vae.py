@@ -125,3 +125,26 @@ def test_elbo_method_is_the_per_datapoint_bound(vae):
     b = vae.elbo(x, estimator="B")
     assert a.shape == b.shape == (4,)
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
+
+
+def test_weight_prior_is_a_factor_computed_only_when_read(vae, monkeypatch):
+    from pyro.poutine.util import site_is_factor
+
+    from pyro_aevb.mcmc.potential import PerDatapointPotential
+
+    calls = []
+    original = vae.log_weight_prior
+    monkeypatch.setattr(vae, "log_weight_prior", lambda: calls.append(1) or original())
+    x = torch.rand(4, 12)
+    PerDatapointPotential(vae.model, x).potential_and_grad(torch.randn(4, 3))
+    assert calls == []  # per-datapoint potentials never read the global factor
+    tr = poutine.trace(vae.model).get_trace(x)
+    site = tr.nodes["weight_prior"]
+    assert site_is_factor(site) and site["is_observed"] and site["infer"]["is_auxiliary"]
+    # a consumer of the whole model's density gets exactly -|theta|^2 / 2, computed once
+    tr.compute_log_prob()
+    torch.testing.assert_close(
+        site["log_prob"], -0.5 * sum(p.pow(2).sum() for p in vae.parameters())
+    )
+    tr.log_prob_sum()
+    assert len(calls) == 1
