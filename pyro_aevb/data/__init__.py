@@ -9,7 +9,8 @@ Full data sets are read from ``data_dir``, else ``$PYRO_AEVB_DATA``, else the us
 (``~/.cache/pyro-aevb``), where they are downloaded on first use; see :func:`load_dataset`.
 """
 
-from .datasets import DATASET_NAMES, Dataset, load_dataset
+from .dataset import Dataset
+from .datasets import DATASET_NAMES, load_dataset
 from .download import data_dir_from_env
 from .embedded import load_embedded
 

@@ -9,17 +9,23 @@ uint8 pixels into float32 ``pixel / 256.`` (the paper's convention; not 255, so 
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from .dataset import (
+    FASHION_MNIST_LICENSE,
+    FREY_FACE_LICENSE,
+    MNIST_LICENSE,
+    Dataset,
+    to_float,
+    to_labels,
+)
 from .download import fetch_verified, resolve_data_dir
+from .embedded import load_embedded
 from .idx import read_idx_images, read_idx_labels
 
 __all__ = [
@@ -39,154 +45,7 @@ FREY_NUM_TEST = 200
 FREY_SPLIT_SEED = 0
 FREY_IMAGE_SHAPE = (28, 20)
 
-MNIST_LICENSE = "MNIST by Yann LeCun, Corinna Cortes and Christopher J.C. Burges; CC BY-SA 3.0"
-FASHION_MNIST_LICENSE = "Fashion-MNIST by Zalando Research (Xiao, Rasul, Vollgraf 2017); MIT"
-FREY_FACE_LICENSE = (
-    "Brendan Frey's face images, from Sam Roweis's data page (cs.nyu.edu/~roweis/data.html); "
-    "no licence stated by the source, cite Frey"
-)
-
 PathLike = str | os.PathLike[str]
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A preprocessed image data set with a train/test split.
-
-    ``eq=False``: comparing tensor fields element-wise is not a meaningful ``==`` for a data
-    set, so instances compare (and hash) by identity.
-
-    Attributes
-    ----------
-    name : str
-        One of :data:`DATASET_NAMES`.
-    train : torch.Tensor
-        (N, D) float32 in [0, 255/256], images flattened row-major (D = H * W).
-    test : torch.Tensor
-        (N_test, D) float32, same preprocessing.
-    train_labels, test_labels : torch.Tensor or None
-        (N,) and (N_test,) int64 class labels, None for unlabelled data (Frey Face).
-    image_shape : tuple of int
-        (H, W): (28, 28) for MNIST-like data, (28, 20) for Frey Face.
-    likelihood : str
-        The paper's decoder for this data: ``"bernoulli"`` or ``"gaussian"``.
-    source : str
-        The files the data was read from.
-    license : str
-        Short attribution.
-    validation, validation_labels : torch.Tensor or None
-        A held-out split where the data set has one (MNIST: training images 50000-59999),
-        (N_val, D) float32 and (N_val,) int64; None otherwise.
-    """
-
-    name: str
-    train: torch.Tensor
-    test: torch.Tensor
-    train_labels: torch.Tensor | None
-    test_labels: torch.Tensor | None
-    image_shape: tuple[int, int]
-    likelihood: str
-    source: str
-    license: str
-    validation: torch.Tensor | None = None
-    validation_labels: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        dim = self.image_shape[0] * self.image_shape[1]
-        for split in ("train", "test", "validation"):
-            x = getattr(self, split)
-            labels = getattr(self, f"{split}_labels")
-            if x is None:
-                if labels is not None:
-                    raise ValueError(f"{self.name}: {split}_labels given without {split} data")
-                continue
-            if x.dim() != 2 or x.shape[1] != dim or x.dtype != torch.float32:
-                raise ValueError(
-                    f"{self.name}: {split} must be float32 of shape (N, {dim}) for images of "
-                    f"shape {self.image_shape}, got {x.dtype} {tuple(x.shape)}"
-                )
-            if labels is not None and (
-                labels.shape != (x.shape[0],) or labels.dtype != torch.int64
-            ):
-                raise ValueError(
-                    f"{self.name}: {split}_labels must be int64 of shape ({x.shape[0]},), "
-                    f"got {labels.dtype} {tuple(labels.shape)}"
-                )
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(
-                f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}"
-            )
-
-    @property
-    def data_dim(self) -> int:
-        """D, the number of pixels per image."""
-        return self.train.shape[1]
-
-    @property
-    def num_train(self) -> int:
-        return self.train.shape[0]
-
-    @property
-    def num_test(self) -> int:
-        return self.test.shape[0]
-
-    def subset(self, num_train: int | None = None, num_test: int | None = None) -> Dataset:
-        """The same data set restricted to the first ``num_train`` / ``num_test`` rows.
-
-        Parameters
-        ----------
-        num_train, num_test : int, optional
-            Number of leading rows to keep; None keeps the split whole. The validation split is
-            kept as is.
-
-        Returns
-        -------
-        Dataset
-            A new instance whose tensors are views of this one's (no copy).
-
-        Raises
-        ------
-        ValueError
-            If a requested size is negative or larger than the split.
-        """
-        train, train_labels = _head(self.train, self.train_labels, num_train, "num_train")
-        test, test_labels = _head(self.test, self.test_labels, num_test, "num_test")
-        return dataclasses.replace(
-            self, train=train, train_labels=train_labels, test=test, test_labels=test_labels
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"Dataset(name={self.name!r}, train={tuple(self.train.shape)}, "
-            f"test={tuple(self.test.shape)}, image_shape={self.image_shape}, "
-            f"likelihood={self.likelihood!r})"
-        )
-
-
-def _head(
-    x: torch.Tensor, labels: torch.Tensor | None, n: int | None, what: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if n is None:
-        return x, labels
-    if not 0 <= n <= x.shape[0]:
-        raise ValueError(f"{what}={n} is outside [0, {x.shape[0]}]")
-    return x[:n], None if labels is None else labels[:n]
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 images (N, H, W) -> float32 (N, H * W) holding ``pixel / 256.`` (exact in float32)."""
-    if images.dtype != np.uint8:
-        raise TypeError(f"expected uint8 images, got {images.dtype}")
-    flat = np.ascontiguousarray(images).reshape(images.shape[0], -1)
-    return torch.from_numpy(flat.astype(np.float32) * np.float32(1 / 256))
-
-
-def to_labels(labels: np.ndarray) -> torch.Tensor:
-    """uint8 labels (N,) -> int64 tensor (N,)."""
-    return torch.from_numpy(labels.astype(np.int64))
 
 
 def _describe(paths: list[Path]) -> str:
@@ -328,9 +187,7 @@ def load_frey_face(data_dir: PathLike | None = None, download: bool = True) -> D
 
 
 def _load_embedded(data_dir: PathLike | None = None, download: bool = True) -> Dataset:
-    # Imported here because embedded.py imports Dataset from this module.
-    from .embedded import load_embedded
-
+    # The embedded slice ships with the package: there is no directory to read or download into.
     return load_embedded()
 
 

@@ -16,7 +16,7 @@ from importlib import resources
 
 import numpy as np
 
-from .datasets import MNIST_LICENSE, Dataset, to_float, to_labels
+from .dataset import MNIST_LICENSE, Dataset, to_float, to_labels
 
 __all__ = ["EMBEDDED_FILE", "EMBEDDED_SHA256", "embedded_path", "load_embedded"]
 

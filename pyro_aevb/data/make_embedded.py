@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import MNIST_LICENSE, MNIST_NUM_TRAIN, read_idx_split
+from .dataset import MNIST_LICENSE
+from .datasets import MNIST_NUM_TRAIN, read_idx_split
 from .download import FILES, resolve_data_dir
 from .embedded import EMBEDDED_FILE
 
