@@ -1,10 +1,13 @@
-"""The AEVB paper's data sets (MNIST, Frey Face) and Fashion-MNIST, preprocessed as in the paper.
+"""The loaders of the data sets by name: MNIST, Fashion-MNIST, Frey Face and the embedded slice.
 
-Every loader goes through the same path: resolve the data directory
-(:func:`~pyro_aevb.data.download.resolve_data_dir`), fetch and verify each file against its SHA-256
-(:func:`~pyro_aevb.data.download.fetch_verified`, downloading it if allowed), parse it, and turn
-uint8 pixels into float32 ``pixel / 256.`` (the paper's convention; not 255, so 255 maps to
-0.99609375 and the values stay strictly below 1) flattened row-major to ``(N, H * W)``.
+Every file-backed loader goes through the same path: resolve the data directory
+(:func:`~pyro_aevb.data.download.resolve_data_dir`), fetch and verify each file against its size
+and SHA-256 (:func:`~pyro_aevb.data.download.fetch_verified`, downloading it if allowed), parse
+it, and turn uint8 pixels into float32 ``pixel / 256.`` (:func:`~pyro_aevb.data.dataset.to_float`:
+the paper's convention) of shape ``(N, H * W)``, or ``(N, 1, H, W)`` with ``flatten=False``.
+
+:func:`load_dataset` is the registry: it maps each name of :data:`DATASET_NAMES` to its loader,
+including the embedded slice of :mod:`~pyro_aevb.data.embedded`.
 """
 
 from __future__ import annotations
@@ -99,7 +102,13 @@ def read_idx_split(
 
 
 def _load_mnist_like(
-    name: str, folder: str, license: str, data_dir: PathLike | None, download: bool, num_train: int
+    name: str,
+    folder: str,
+    license: str,
+    data_dir: PathLike | None,
+    download: bool,
+    flatten: bool,
+    num_train: int,
 ) -> Dataset:
     root = resolve_data_dir(data_dir)
     train_images, train_labels, train_paths = read_idx_split(
@@ -109,34 +118,44 @@ def _load_mnist_like(
     has_validation = num_train < train_images.shape[0]
     return Dataset(
         name=name,
-        train=to_float(train_images[:num_train]),
-        test=to_float(test_images),
+        train=to_float(train_images[:num_train], flatten),
+        test=to_float(test_images, flatten),
         train_labels=to_labels(train_labels[:num_train]),
         test_labels=to_labels(test_labels),
         image_shape=(28, 28),
         likelihood="bernoulli",
         source=_describe(train_paths + test_paths),
         license=license,
-        validation=to_float(train_images[num_train:]) if has_validation else None,
+        validation=to_float(train_images[num_train:], flatten) if has_validation else None,
         validation_labels=to_labels(train_labels[num_train:]) if has_validation else None,
     )
 
 
-def load_mnist(data_dir: PathLike | None = None, download: bool = True) -> Dataset:
+def load_mnist(
+    data_dir: PathLike | None = None, download: bool = True, flatten: bool = True
+) -> Dataset:
     """MNIST with the AEVB paper's split.
 
-    train: the first 50000 images of ``train-images-idx3-ubyte`` (50000, 784);
-    validation: the last 10000 (10000, 784); test: the 10000 ``t10k`` images (10000, 784).
+    train: the first 50000 images of ``train-images-idx3-ubyte``, (50000, 784);
+    validation: the last 10000, (10000, 784); test: the 10000 ``t10k`` images, (10000, 784).
+    With ``flatten=False`` each image is (1, 28, 28) instead of (784,), e.g. (50000, 1, 28, 28).
     Pixels are ``uint8 / 256.``; likelihood ``"bernoulli"`` (the paper uses these grey levels as
     Bernoulli targets, without binarization).
     """
-    return _load_mnist_like("mnist", "mnist", MNIST_LICENSE, data_dir, download, MNIST_NUM_TRAIN)
-
-
-def load_fashion_mnist(data_dir: PathLike | None = None, download: bool = True) -> Dataset:
-    """Fashion-MNIST: train (60000, 784), test (10000, 784), ``uint8 / 256.``, ``"bernoulli"``."""
     return _load_mnist_like(
-        "fashion-mnist", "fashion-mnist", FASHION_MNIST_LICENSE, data_dir, download, 60_000
+        "mnist", "mnist", MNIST_LICENSE, data_dir, download, flatten, MNIST_NUM_TRAIN
+    )
+
+
+def load_fashion_mnist(
+    data_dir: PathLike | None = None, download: bool = True, flatten: bool = True
+) -> Dataset:
+    """Fashion-MNIST: train (60000, 784), test (10000, 784), ``uint8 / 256.``, ``"bernoulli"``.
+
+    With ``flatten=False``: train (60000, 1, 28, 28), test (10000, 1, 28, 28).
+    """
+    return _load_mnist_like(
+        "fashion-mnist", "fashion-mnist", FASHION_MNIST_LICENSE, data_dir, download, flatten, 60_000
     )
 
 
@@ -150,13 +169,16 @@ def frey_split(num_images: int) -> tuple[np.ndarray, np.ndarray]:
     return order[:-FREY_NUM_TEST], order[-FREY_NUM_TEST:]
 
 
-def load_frey_face(data_dir: PathLike | None = None, download: bool = True) -> Dataset:
+def load_frey_face(
+    data_dir: PathLike | None = None, download: bool = True, flatten: bool = True
+) -> Dataset:
     """Frey Face: 1965 unlabelled 28x20 face images, likelihood ``"gaussian"``.
 
     The file holds no split, so a deterministic one is used (:func:`frey_split`): the images of
     ``frey_rawface.mat`` are permuted with ``numpy.random.default_rng(0).permutation(1965)``;
     the last 200 of that order are the test set (200, 560) and the first 1765, in that
-    (shuffled) order, the training set (1765, 560). Pixels are ``uint8 / 256.``.
+    (shuffled) order, the training set (1765, 560). With ``flatten=False`` the splits are
+    (1765, 1, 28, 20) and (200, 1, 28, 20). Pixels are ``uint8 / 256.``.
     """
     from scipy.io import loadmat  # scipy is slow to import; only this loader needs it
 
@@ -175,8 +197,8 @@ def load_frey_face(data_dir: PathLike | None = None, download: bool = True) -> D
     train_idx, test_idx = frey_split(images.shape[0])
     return Dataset(
         name="frey-face",
-        train=to_float(images[train_idx]),
-        test=to_float(images[test_idx]),
+        train=to_float(images[train_idx], flatten),
+        test=to_float(images[test_idx], flatten),
         train_labels=None,
         test_labels=None,
         image_shape=FREY_IMAGE_SHAPE,
@@ -186,9 +208,11 @@ def load_frey_face(data_dir: PathLike | None = None, download: bool = True) -> D
     )
 
 
-def _load_embedded(data_dir: PathLike | None = None, download: bool = True) -> Dataset:
+def _load_embedded(
+    data_dir: PathLike | None = None, download: bool = True, flatten: bool = True
+) -> Dataset:
     # The embedded slice ships with the package: there is no directory to read or download into.
-    return load_embedded()
+    return load_embedded(flatten=flatten)
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -206,7 +230,9 @@ def _canonical_name(name: str) -> str:
     return canonical
 
 
-def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = True) -> Dataset:
+def load_dataset(
+    name: str, data_dir: PathLike | None = None, download: bool = True, flatten: bool = True
+) -> Dataset:
     """Load a data set by name.
 
     Parameters
@@ -223,7 +249,10 @@ def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = T
         ``mnist/``, ``fashion-mnist/`` and ``frey-face/`` with the original file names.
         Ignored for ``"embedded-mnist"``.
     download : bool
-        Download missing files into the data directory (verified by SHA-256).
+        Download missing files into the data directory (verified by size and SHA-256).
+    flatten : bool
+        True (default): splits of shape ``(N, H * W)``, for MLPs. False: ``(N, 1, H, W)``, one
+        channel, for convolutional models (see :attr:`Dataset.event_shape`).
 
     Returns
     -------
@@ -236,4 +265,5 @@ def load_dataset(name: str, data_dir: PathLike | None = None, download: bool = T
     FileNotFoundError
         A file is missing and could not (or may not) be downloaded.
     """
-    return _LOADERS[_canonical_name(name)](data_dir=data_dir, download=download)
+    loader = _LOADERS[_canonical_name(name)]
+    return loader(data_dir=data_dir, download=download, flatten=flatten)

@@ -37,13 +37,14 @@ def embedded_path() -> str:
     return str(resources.files(__package__).joinpath("embedded").joinpath(EMBEDDED_FILE))
 
 
-def load_embedded() -> Dataset:
+def load_embedded(flatten: bool = True) -> Dataset:
     """5000 training and 1000 test MNIST digits shipped with the package (no file access needed).
 
     Preprocessed like :func:`~pyro_aevb.data.datasets.load_mnist`: train (5000, 784) and test
-    (1000, 784) float32 ``uint8 / 256.``, int64 labels, likelihood ``"bernoulli"``. The rows are
-    the MNIST training images 0, 10, ..., 49990 (all inside the paper's 50000-image training
-    split) and the t10k images 0, 10, ..., 9990.
+    (1000, 784) float32 ``uint8 / 256.``, or (5000, 1, 28, 28) and (1000, 1, 28, 28) with
+    ``flatten=False``; int64 labels, likelihood ``"bernoulli"``. The datapoints are the MNIST
+    training images 0, 10, ..., 49990 (all inside the paper's 50000-image training split) and
+    the t10k images 0, 10, ..., 9990.
 
     Raises
     ------
@@ -62,8 +63,8 @@ def load_embedded() -> Dataset:
         arrays = {key: npz[key] for key in EMBEDDED_KEYS}
     return Dataset(
         name="embedded-mnist",
-        train=to_float(arrays["train_images"]),
-        test=to_float(arrays["test_images"]),
+        train=to_float(arrays["train_images"], flatten),
+        test=to_float(arrays["test_images"], flatten),
         train_labels=to_labels(arrays["train_labels"]),
         test_labels=to_labels(arrays["test_labels"]),
         image_shape=(28, 28),
