@@ -1,7 +1,7 @@
 """The loaders of the data sets by name: MNIST, Fashion-MNIST, Frey Face and the embedded slice.
 
 Every file-backed loader goes through the same path: resolve the data directory
-(:func:`~pyro_aevb.data.download.resolve_data_dir`), fetch and verify each file against its size
+(:func:`~pyro_aevb.data.data_dir.resolve_data_dir`), fetch and verify each file against its size
 and SHA-256 (:func:`~pyro_aevb.data.download.fetch_verified`, downloading it if allowed), parse
 it, and turn uint8 pixels into float32 ``pixel / 256.`` (:func:`~pyro_aevb.data.dataset.to_float`:
 the paper's convention) of shape ``(N, H * W)``, or ``(N, 1, H, W)`` with ``flatten=False``.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data_dir import resolve_data_dir
 from .dataset import (
     FASHION_MNIST_LICENSE,
     FREY_FACE_LICENSE,
@@ -27,7 +28,7 @@ from .dataset import (
     to_float,
     to_labels,
 )
-from .download import fetch_verified, resolve_data_dir
+from .download import fetch_verified
 from .embedded import load_embedded
 from .idx import read_idx_images, read_idx_labels
 

@@ -15,6 +15,9 @@ import numpy as np
 
 __all__ = ["IMAGES_MAGIC", "LABELS_MAGIC", "read_idx", "read_idx_images", "read_idx_labels"]
 
+# What the readers accept: bytes, or a memoryview of a verified file's content.
+Buffer = bytes | bytearray | memoryview
+
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
@@ -37,14 +40,15 @@ def _corrupt(name: str, problem: str) -> ValueError:
 
 
 def read_idx(
-    data: bytes, *, name: str = "<bytes>", expected_magic: int | None = None
+    data: Buffer, *, name: str = "<bytes>", expected_magic: int | None = None
 ) -> np.ndarray:
     """Parse the (decompressed) bytes of an IDX file.
 
     Parameters
     ----------
-    data : bytes
-        The whole file content, already decompressed.
+    data : bytes-like
+        The whole file content, already decompressed (``bytes`` or a ``memoryview`` such as
+        :func:`~pyro_aevb.data.download.fetch_verified` returns).
     name : str
         Used in error messages (typically the file path).
     expected_magic : int, optional
@@ -53,8 +57,8 @@ def read_idx(
     Returns
     -------
     numpy.ndarray
-        Array of shape ``dims`` from the header, in native byte order. It is a read-only view of
-        ``data`` when the element type is a single byte (no copy).
+        Array of shape ``dims`` from the header, in native byte order. It is a view of ``data``
+        (read-only when ``data`` is) when the element type is a single byte (no copy).
 
     Raises
     ------
@@ -88,7 +92,7 @@ def read_idx(
 
 
 def read_idx_images(
-    data: bytes, *, name: str = "<bytes>", image_shape: tuple[int, int] = (28, 28)
+    data: Buffer, *, name: str = "<bytes>", image_shape: tuple[int, int] = (28, 28)
 ) -> np.ndarray:
     """Parse an IDX images file (magic 2051) of uint8 images.
 
@@ -103,7 +107,7 @@ def read_idx_images(
     return images
 
 
-def read_idx_labels(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
+def read_idx_labels(data: Buffer, *, name: str = "<bytes>") -> np.ndarray:
     """Parse an IDX labels file (magic 2049).
 
     Returns

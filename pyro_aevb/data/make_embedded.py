@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .data_dir import resolve_data_dir
 from .dataset import MNIST_LICENSE
 from .datasets import MNIST_NUM_TRAIN, read_idx_split
-from .download import FILES, resolve_data_dir
 from .embedded import EMBEDDED_FILE
+from .layout import FILES
 
 STRIDE = 10
 TRAIN_INDICES = np.arange(0, MNIST_NUM_TRAIN, STRIDE, dtype=np.int32)  # 5000 of the paper's train

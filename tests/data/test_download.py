@@ -49,7 +49,8 @@ def fake_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, labels_idx: byte
     good = tmp_path / "good_mirror"
     good.mkdir()
     (good / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels_idx))
-    monkeypatch.setitem(dl.FILES, LABELS, RemoteFile(LABELS, sha(labels_idx), gzipped=True))
+    spec = RemoteFile(LABELS, sha(labels_idx), gzipped=True, size=len(labels_idx))
+    monkeypatch.setitem(dl.FILES, LABELS, spec)
     missing = (tmp_path / "no_such_mirror").as_uri() + "/"
     monkeypatch.setitem(dl.MIRRORS, "mnist", (missing, good.as_uri() + "/"))
     return good
@@ -81,6 +82,9 @@ def test_resolve_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
     assert resolve_data_dir() == tmp_path / "cache" / "pyro-aevb"
+    assert not (tmp_path / "cache").exists()  # the default is created by a download only
+    for name in ("env", "arg", "rel"):
+        (tmp_path / name).mkdir()
     monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "env"))
     assert resolve_data_dir() == tmp_path / "env"
     assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
@@ -88,6 +92,22 @@ def test_resolve_data_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(DATA_ENV_VAR, "rel")
     assert resolve_data_dir() == tmp_path / "rel"
+
+
+def test_explicit_data_dir_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # A typo in data_dir or $PYRO_AEVB_DATA is reported, not replaced by another directory.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path / "no_such_env"))
+    with pytest.raises(FileNotFoundError, match=f"{DATA_ENV_VAR}=.*no_such_env.* does not exist"):
+        resolve_data_dir()
+    with pytest.raises(FileNotFoundError, match="argument data_dir=.*no_such_arg.* does not exist"):
+        resolve_data_dir(tmp_path / "no_such_arg")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(NotADirectoryError, match="data_dir=.*a_file.* is not a directory"):
+        resolve_data_dir(tmp_path / "a_file")
+    with pytest.raises(FileNotFoundError, match="no_such_env"):
+        load_dataset("mnist", download=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing created
 
 
 # --------------------------------------------------------------------------- download_file
@@ -203,7 +223,7 @@ def test_fetch_refuses_bad_download(fake_mnist: Path, tmp_path: Path) -> None:
     (fake_mnist / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01garbage"))
     with pytest.raises(ValueError, match="integrity check"):
         fetch_verified(LABELS, tmp_path / "data", download=True)
-    assert list((tmp_path / "data" / "mnist").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # the folders made for the download are removed
 
 
 # --------------------------------------------------------------------------- real files
@@ -235,6 +255,7 @@ def test_load_mnist_via_mirror_fallback(
 ) -> None:
     mirrors = ((tmp_path / "dead").as_uri() + "/", (real_dir / "mnist").as_uri() + "/")
     monkeypatch.setitem(dl.MIRRORS, "mnist", mirrors)
+    (tmp_path / "data").mkdir()  # an explicit data_dir must exist; mnist/ in it is created
     ds = load_dataset("mnist", data_dir=tmp_path / "data")
     assert ds.num_train == 50_000 and ds.num_test == 10_000
     assert len(list((tmp_path / "data" / "mnist").glob("*.gz"))) == 4
