@@ -25,16 +25,16 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from paper_runs import HIDDEN, build_vae, save_results  # noqa: E402
+from paper_runs import HIDDEN, save_results  # noqa: E402
 
-from pyro_aevb import fit, load_dataset  # noqa: E402
-from pyro_aevb.infer.runs import load_run  # noqa: E402
+from pyro_aevb import fit, load_dataset, paper_vae  # noqa: E402
 from pyro_aevb.plots import image_grid, plot_manifold  # noqa: E402
+from pyro_aevb.train.runs import load_run  # noqa: E402
 
 
 def train(dataset, latent_dim: int, hidden: int, budget: int, lr: float, seed: int):
     torch.manual_seed(seed)
-    vae = build_vae(dataset, latent_dim, hidden)
+    vae = paper_vae(dataset, latent_dim, hidden)
     result = fit(vae, dataset, lr=lr, num_samples=budget, seed=seed, progress=False)
     return vae, result.history
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_aevb import VAE, fit, load_dataset
+from pyro_aevb import VAE, fit, load_dataset, mlp_vae
 from pyro_aevb.evaluate import log_marginal
 
 
@@ -70,12 +70,12 @@ def parse_args(argv=None):
 
 def get_model(args, ds) -> tuple[VAE, dict]:
     if args.checkpoint is not None:
-        from pyro_aevb.infer.runs import load_run
+        from pyro_aevb.train.runs import load_run
 
         run_dir = args.checkpoint.parent if args.checkpoint.is_file() else args.checkpoint
         run = load_run(run_dir)
         return run.module, {"checkpoint": str(run_dir), "samples": run.history[-1]["samples"]}
-    vae = VAE(784, 3, 100, name="vae_ml_benchmark")
+    vae = mlp_vae(784, 3, 100, name="vae_ml_benchmark")
     t = time.perf_counter()
     res = fit(
         vae,

@@ -23,21 +23,9 @@ from pathlib import Path
 
 import torch
 
-from pyro_aevb import VAE, NonFiniteLossError, fit, load_dataset
-from pyro_aevb.infer.checkpoint import read_json
-
-HIDDEN = {"mnist": 500, "frey-face": 200}
-
-
-def build_vae(dataset, latent_dim: int, hidden: int) -> VAE:
-    gaussian = dataset.likelihood == "gaussian"
-    return VAE(
-        dataset.data_dim,
-        latent_dim,
-        hidden,
-        likelihood=dataset.likelihood,
-        sigmoid_mean=gaussian,
-    )
+from pyro_aevb import NonFiniteLossError, fit, load_dataset, paper_vae
+from pyro_aevb.models import PAPER_HIDDEN as HIDDEN
+from pyro_aevb.train.checkpoint import read_json
 
 
 def load_config_dataset(cfg: dict):
@@ -56,7 +44,7 @@ def train_run(cfg: dict, dataset, lr: float, run_dir: Path, num_samples: int, ca
     """Train (or continue, if ``run_dir`` holds a checkpoint) one run of ``cfg`` with step size
     ``lr`` up to ``num_samples``; returns ``(vae, FitResult)``."""
     torch.manual_seed(cfg["seed"])  # the initialisation of a new run; a resume overwrites it
-    vae = build_vae(dataset, cfg["latent_dim"], cfg["hidden"])
+    vae = paper_vae(dataset, cfg["latent_dim"], cfg["hidden"])
     result = fit(
         vae,
         dataset,

@@ -6,8 +6,8 @@ A script, not a test. For each architecture (the paper's MNIST model 784-500-20 
 N(0, 0.1^2) -- the paper's N(0, 0.01), variance 0.01 -- N(0, I) weight prior, N/M minibatch
 scaling), it times, in one process:
 
-* ``ours``            -- what :mod:`pyro_aevb.infer.trainer` does each step with the default
-  objective (``make_objective(vae, "B", fast="auto")``, the fast path) and optimizer
+* ``ours``            -- what :mod:`pyro_aevb.train.trainer` does each step with the default
+  objective (``ELBO("B").bind(...)``, the fast path) and optimizer
   (``make_optimizer("adagrad", ...)``): take the minibatch ``x[idx]``,
   ``loss = objective.loss_and_grads(xb, N)``, ``loss.item()``, finiteness check,
   ``optimizer.step()``;
@@ -131,38 +131,36 @@ class Batches:
 def make_ours(arch, X, args):
     import torch
 
-    from pyro_aevb.infer.objective import make_objective
-    from pyro_aevb.infer.optim import make_optimizer
-    from pyro_aevb.models import VAE
+    from pyro_aevb.infer import ELBO
+    from pyro_aevb.models import mlp_vae
+    from pyro_aevb.poutine import TrainingProgram
+    from pyro_aevb.train.optim import make_optimizer
 
     D, H, J = arch
     torch.manual_seed(args.seed)
-    vae = VAE(D, J, H, weight_prior_std=args.weight_prior, init_std=args.init_std, name="vae_ours")
-    objective = make_objective(vae, "B", 1, fast="auto")
+    vae = mlp_vae(
+        D, J, H, weight_prior_std=args.weight_prior, init_std=args.init_std, name="vae_ours"
+    )
+    N = X.shape[0]
+    # the objective the trainer binds for fit(vae, X, estimator="B")
+    program = TrainingProgram(vae.model, vae.guide, num_data=N)
+    objective = ELBO("B", 1).bind(program, fast="auto")
     if objective.path != "fast":
         raise RuntimeError(f"expected the fast path, got {objective.path!r}")
-    optimizer = make_optimizer("adagrad", vae.parameters(), lr=args.lr)
+    objective.setup(X[: args.batch_size])
+    optimizer = make_optimizer("adagrad", list(objective.params), lr=args.lr)
     batches = Batches(X, args.batch_size, args.seed)
-    N = X.shape[0]
 
     def step():
         idx = batches.next_index()
         xb = X[idx]
-        # The trainer's step: loss_and_grads(xb, N).item(), finiteness check, optimizer.step().
-        value = objective.train_step(xb, idx, N, optimizer)
+        # The trainer's step: loss_and_grads(xb).item(), finiteness check, optimizer.step().
+        value = objective.train_step(xb, idx, optimizer)
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite loss {value}")
         return value
 
-    def step_explicit():  # the same sequence, for objectives without train_step
-        xb = X[batches.next_index()]
-        value = objective.loss_and_grads(xb, N).item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"non-finite loss {value}")
-        optimizer.step()
-        return value
-
-    return step if hasattr(objective, "train_step") else step_explicit
+    return step
 
 
 def _reference_module(arch, weight_prior, init_std):
@@ -243,13 +241,13 @@ def make_pyro(arch, X, args, meanfield=False):
     import torch
     from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
-    from pyro_aevb.models import VAE
+    from pyro_aevb.models import mlp_vae
 
     D, H, J = arch
     torch.manual_seed(args.seed)
     name = "vae_pyro_mf" if meanfield else "vae_pyro"
     # validate=False: our model's own per-call data check is not part of stock Pyro.
-    vae = VAE(
+    vae = mlp_vae(
         D,
         J,
         H,
@@ -344,9 +342,9 @@ def preimport(variant) -> None:
     if variant in ("ours", "pyro", "pyro-meanfield"):
         import pyro.infer  # noqa: F401
 
-        import pyro_aevb.infer.fast_vae  # noqa: F401
-        import pyro_aevb.infer.objective  # noqa: F401
-        import pyro_aevb.infer.optim  # noqa: F401
+        import pyro_aevb.infer.objectives.base  # noqa: F401
+        import pyro_aevb.infer.objectives.fast_vae  # noqa: F401
+        import pyro_aevb.train.optim  # noqa: F401
     elif variant == "numpyro":
         import jax.numpy as jnp
         import numpyro.infer  # noqa: F401

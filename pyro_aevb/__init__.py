@@ -1,30 +1,63 @@
 """pyro-aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2014) for Pyro.
 
-The paper's variational auto-encoders as ordinary Pyro model/guide pairs, both SGVB
-estimators (A: ``Trace_ELBO``; B: strict analytic KL), a fast minibatch trainer with exact
-resume, and marginal-likelihood estimation.
+Your own Pyro models with amortized guides, trained by SVI with the paper's estimators and
+evaluated honestly: the paper's VAEs as presets, both SGVB estimators (A: ``Trace_ELBO``; B:
+strict analytic KL), a fast minibatch trainer with exact resume, per-datapoint marginal
+likelihoods (IWAE, the paper's Appendix-D HMC estimator, AIS, BDMC) and the paper's baselines.
+The flat API below is what most users need; the subpackages hold the rest.
 """
 
-__version__ = "0.1.0"
-
-from .data import Dataset, load_dataset  # noqa: E402
-from .infer import AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, make_elbo  # noqa: E402
-from .infer.fast_vae import evaluate_bound  # noqa: E402
-from .infer.trainer import FitResult, NonFiniteLossError, fit  # noqa: E402
-from .models import VAE, paper_frey_face_vae, paper_mnist_vae  # noqa: E402
+from .data import Dataset, load_dataset
+from .evaluate import LogMarginalResult, evaluate_bound, log_marginal
+from .infer import (
+    ELBO,
+    AnalyticKL_ELBO,
+    AnalyticKLError,
+    MonteCarloEM,
+    Objective,
+    WakeSleep,
+    elbo_per_datapoint,
+    make_elbo,
+)
+from .models import (
+    VAE,
+    LinearGaussian,
+    build_model,
+    mlp_vae,
+    paper_frey_face_vae,
+    paper_mnist_vae,
+    paper_vae,
+)
+from .poutine import PerDatapointProgram
+from .train import FitResult, NonFiniteLossError, Run, fit, load_run
+from .version import __version__
 
 __all__ = [
-    "VAE",
-    "paper_mnist_vae",
-    "paper_frey_face_vae",
+    "__version__",
+    "fit",
+    "FitResult",
+    "NonFiniteLossError",
+    "load_run",
+    "Run",
+    "Objective",
+    "ELBO",
+    "WakeSleep",
+    "MonteCarloEM",
     "AnalyticKL_ELBO",
     "AnalyticKLError",
     "make_elbo",
     "elbo_per_datapoint",
     "evaluate_bound",
-    "fit",
-    "FitResult",
-    "NonFiniteLossError",
+    "log_marginal",
+    "LogMarginalResult",
+    "PerDatapointProgram",
+    "VAE",
+    "mlp_vae",
+    "paper_mnist_vae",
+    "paper_frey_face_vae",
+    "paper_vae",
+    "build_model",
+    "LinearGaussian",
     "Dataset",
     "load_dataset",
 ]

@@ -16,19 +16,15 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .data import load_dataset
-from .evaluate import METHOD_OPTIONS, METHODS, log_marginal, simulate_data
-from .infer.checkpoint import write_json_atomic
-from .infer.fast_vae import evaluate_bound
-from .infer.runs import load_run
-from .infer.trainer import NonFiniteLossError, fit
-from .models import VAE
+from .evaluate import METHOD_OPTIONS, METHODS, evaluate_bound, log_marginal, simulate_data
+from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
+from .models import build_model, paper_vae
 from .plots import plot_learning_curves, plot_manifold, plot_reconstructions, plot_samples
+from .train import NonFiniteLossError, fit, load_run, write_json_atomic
+from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
-
-PAPER_HIDDEN = {"mnist": 500, "fashion-mnist": 500, "embedded-mnist": 500, "frey-face": 200}
 
 
 def _positive_number(text: str) -> int:
@@ -60,30 +56,30 @@ def write_figures(module, dataset, history, out_dir: Path) -> list[Path]:
     return figures
 
 
-def _build_model(args, dataset) -> VAE:
-    hidden = args.hidden if args.hidden is not None else PAPER_HIDDEN.get(dataset.name, 500)
-    gaussian = dataset.likelihood == "gaussian"
-    return VAE(
-        dataset.data_dim,
-        args.latent_dim,
-        hidden,
-        likelihood=dataset.likelihood,
-        sigmoid_mean=gaussian,
-        weight_prior_std=None if args.no_weight_prior else 1.0,
-    )
+def _objective(args):
+    """The objective the training options ask for."""
+    if args.algorithm == "mcem":
+        return MonteCarloEM(**{k: getattr(args, f"mcem_{k}") for k in MCEM_OPTIONS})
+    return ALGORITHMS[args.algorithm](args.estimator, 1)
 
 
 def _train(args, dataset, out_dir: Path) -> dict:
     torch.manual_seed(args.seed)
-    module = _build_model(args, dataset)
     if args.resume:
-        module = VAE(**load_run(out_dir).config["model"])
+        module = build_model(load_run(out_dir).config["model"])
+    else:
+        module = paper_vae(
+            dataset,
+            args.latent_dim,
+            args.hidden,
+            weight_prior_std=None if args.no_weight_prior else 1.0,
+        )
     budget = {"epochs": args.epochs} if args.epochs else {"num_samples": args.num_samples}
     t0 = time.perf_counter()
     result = fit(
         module,
         dataset,
-        estimator=args.estimator,
+        objective=_objective(args),
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -103,9 +99,11 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "dataset": dataset.name,
         "source": dataset.source,
         "model": module.config,
+        "algorithm": args.algorithm,
         "estimator": args.estimator,
         "optimizer": f"{args.optimizer} (lr {args.lr})",
         "path": result.path,
+        "path_reason": result.path_reason,
         "samples": result.samples,
         "train_bound": final.get("train_bound"),
         "test_bound": final.get("test_bound"),
@@ -120,7 +118,9 @@ def _train(args, dataset, out_dir: Path) -> dict:
 def _print_summary(summary: dict) -> None:
     print(f"dataset           {summary['dataset']}  ({summary['source']})")
     path, estimator, optimizer = summary["path"], summary["estimator"], summary["optimizer"]
-    print(f"training path     {path}, estimator {estimator}, {optimizer}")
+    why = f" ({summary['path_reason']})" if summary.get("path_reason") else ""
+    print(f"algorithm         {summary['algorithm']}, estimator {estimator}, {optimizer}")
+    print(f"training path     {path}{why}")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
@@ -183,16 +183,25 @@ def cmd_evaluate(args) -> int:
     if args.n is not None:
         data = data[: args.n]
     module = run.module
-    guide = None if run.config["training"].get("algorithm") == "mcem" else module.guide
+    guide = None if run.algorithm == "mcem" else module.guide
+    plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
     x = data
     if args.method == "bdmc" and "z" not in options:
         # BDMC needs exact posterior samples: simulate (x, z) from the model itself.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            x, z = simulate_data(module.model, data)
+            x, z = simulate_data(module.model, data, plate_name=plate_name)
         options["z"] = z
-    result = log_marginal(module.model, guide, x, method=args.method, seed=args.seed, **options)
+    result = log_marginal(
+        module.model,
+        guide,
+        x,
+        method=args.method,
+        seed=args.seed,
+        plate_name=plate_name,
+        **options,
+    )
     report = {
         "run_dir": str(run.directory),
         "dataset": dataset.name,
@@ -205,7 +214,7 @@ def cmd_evaluate(args) -> int:
     if guide is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(args.seed)
-            elbo = evaluate_bound(module, x, estimator="B")
+            elbo = evaluate_bound(module, x, estimator="B", plate_name=plate_name)
         report["elbo_mean"] = float(elbo.mean())
         gap = result.mean() - report["elbo_mean"]
         report["gap_to_elbo"] = gap
@@ -235,7 +244,22 @@ def _add_training_options(
     p.add_argument(
         "--hidden", type=int, default=hidden, help="hidden units (paper: 500 MNIST, 200 Frey Face)"
     )
+    p.add_argument(
+        "--algorithm",
+        choices=sorted(ALGORITHMS),
+        default="aevb",
+        help="AEVB (default), the wake-sleep baseline, or Monte Carlo EM",
+    )
     p.add_argument("--estimator", choices=["A", "B"], default="B")
+    for key, default in MCEM_OPTIONS.items():
+        kind = int if isinstance(default, int) else float
+        p.add_argument(
+            f"--mcem-{key.replace('_', '-')}",
+            dest=f"mcem_{key}",
+            type=kind,
+            default=default,
+            help=f"Monte Carlo EM: {key} (default {default})",
+        )
     p.add_argument("--optimizer", choices=["adagrad", "adam"], default=optimizer)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--batch-size", type=int, default=100)
@@ -297,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="method option, e.g. num_particles=5000 (iwae), num_chains=32 (ais); repeatable",
     )
+    p.add_argument("--plate-name", default=None, help="the data plate's name (default: the run's)")
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)

@@ -14,6 +14,7 @@ import torch
 
 __all__ = [
     "check_data",
+    "event_shape_of",
     "check_positive_int",
     "check_positive_float",
     "check_choice",
@@ -21,23 +22,31 @@ __all__ = [
 ]
 
 
+def event_shape_of(event_shape) -> tuple[int, ...] | None:
+    """``None``, an int ``D`` (flat rows) or a tuple: the expected shape of one datapoint."""
+    if event_shape is None:
+        return None
+    return (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+
+
 def check_data(
     x,
     name: str = "x",
-    data_dim: int | None = None,
+    event_shape=None,
     unit_interval: bool = False,
     allow_empty: bool = False,
 ) -> torch.Tensor:
-    """Check a data matrix and return it as a floating tensor.
+    """Check a batch of datapoints and return it.
 
     Parameters
     ----------
     x : torch.Tensor
-        Shape ``(batch, data_dim)``, floating dtype, finite values.
+        Shape ``(batch, *event_shape)``: one row per datapoint, of any shape (flat vectors
+        ``(batch, D)``, images ``(batch, C, H, W)``); floating dtype; finite values.
     name : str
         Argument name used in error messages.
-    data_dim : int, optional
-        Required size of the last dimension.
+    event_shape : int or tuple of int, optional
+        Required shape of one datapoint (an int ``D`` means ``(D,)``).
     unit_interval : bool
         Require every value to lie in ``[0, 1]`` (Bernoulli decoders).
     allow_empty : bool
@@ -45,21 +54,25 @@ def check_data(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor of shape (batch, data_dim), got {type(x).__name__}"
+            f"{name} must be a torch.Tensor of shape (batch, *event_shape), got {type(x).__name__}"
         )
     if not (x.is_floating_point()):
         raise TypeError(
             f"{name} must have a floating dtype (e.g. torch.float32), got {x.dtype}; "
             f"convert uint8 images with x.float() / 256 as the paper does"
         )
-    if x.dim() != 2:
+    if x.dim() < 1:
         raise ValueError(
-            f"{name} must have shape (batch, data_dim), got shape {tuple(x.shape)}; "
-            f"flatten images with x.reshape(len(x), -1)"
+            f"{name} must have a batch dimension, shape (batch, *event_shape), got a scalar"
         )
-    if data_dim is not None and x.shape[1] != data_dim:
+    expected = event_shape_of(event_shape)
+    if expected is not None and tuple(x.shape[1:]) != expected:
+        hint = ""
+        if math.prod(x.shape[1:]) == math.prod(expected):
+            hint = f"; reshape it with {name}.reshape(len({name}), *{expected})"
         raise ValueError(
-            f"{name} must have data_dim={data_dim} columns, got shape {tuple(x.shape)}"
+            f"{name} must have shape (batch, *{expected}) (one datapoint of shape {expected}), "
+            f"got shape {tuple(x.shape)}{hint}"
         )
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")

@@ -91,9 +91,9 @@ def mnist():
 @functools.lru_cache(maxsize=1)
 def trained_mnist_vae(num_samples: int = 100_000):
     """A VAE with Nz = 3 and 100 hidden units trained on ``num_samples`` MNIST images."""
-    from pyro_aevb import VAE, fit
+    from pyro_aevb import fit, mlp_vae
 
-    vae = VAE(784, 3, 100, name="vae_marginal_tests")
+    vae = mlp_vae(784, 3, 100, name="vae_marginal_tests")
     fit(
         vae,
         mnist().train,
@@ -112,3 +112,17 @@ requires_data = pytest.mark.skipif(
     reason="real-MNIST test: set PYRO_AEVB_DATA to a directory holding mnist/ "
     "(e.g. ../shared/data)",
 )
+
+
+def bound_objective(objective, module, num_data, x=None, fast="auto", guide=None, plate="data"):
+    """``objective`` bound to a model object's programs for a data set of ``num_data`` rows
+    (set up on the minibatch ``x`` if given), as the trainer binds it."""
+    from pyro_aevb.poutine import TrainingProgram
+    from pyro_aevb.train.trainer import resolve_programs
+
+    model, guide_fn, _ = resolve_programs(module, guide)
+    program = TrainingProgram(model, guide_fn, num_data=num_data, plate_name=plate)
+    bound = objective.bind(program, fast)
+    if x is not None:
+        bound.setup(x)
+    return bound

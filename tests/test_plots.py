@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from pyro_aevb import VAE
+from pyro_aevb import mlp_vae
 from pyro_aevb.plots import (
     image_grid,
     manifold_grid,
@@ -33,7 +33,7 @@ def test_image_grid_tiles_images():
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_figures_are_written_as_png(tmp_path, likelihood):
-    vae = VAE(28 * 20, 2, 16, likelihood=likelihood, sigmoid_mean=likelihood == "gaussian")
+    vae = mlp_vae(28 * 20, 2, 16, likelihood=likelihood, sigmoid_mean=likelihood == "gaussian")
     shape = (28, 20)
     paths = [
         plot_manifold(vae, tmp_path / "m.png", shape, n=5),

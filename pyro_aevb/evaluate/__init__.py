@@ -8,12 +8,14 @@ available on their own: :func:`iwae`, :func:`appendix_d` (and its density estima
 
 from .ais import AISResult, ais, annealing_schedule, bdmc, simulate_data
 from .appendix_d import appendix_d, appendix_d_from_samples, fit_gaussian, fit_kde
+from .bound import evaluate_bound
 from .iwae import elbo_with_stderr, iwae, iwae_log_weights
 from .log_marginal import METHOD_OPTIONS, METHODS, log_marginal
 from .result import LogMarginalResult, logmeanexp_with_stderr
 
 __all__ = [
     "log_marginal",
+    "evaluate_bound",
     "METHODS",
     "METHOD_OPTIONS",
     "LogMarginalResult",

@@ -42,10 +42,12 @@ from dataclasses import dataclass, field
 
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from ..mcmc import hmc
 from ..mcmc.adaptation import check_target_accept
 from ..mcmc.potential import PerDatapointPotential, value_and_grad
+from ..poutine import as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr
 
@@ -191,9 +193,13 @@ def _run(
             step = eps
         else:
             step = step_sizes[k].to(dtype).repeat(num_chains)
-        state = hmc.HMCState(u, value, grad, step, inverse_mass)
         state, info = hmc.step(
-            state, annealed.potential(target_beta), num_steps=num_leapfrog, generator=generator
+            hmc.HMCState(u, value, grad),
+            annealed.potential(target_beta),
+            step_size=step,
+            inverse_mass=inverse_mass,
+            num_steps=num_leapfrog,
+            generator=generator,
         )
         u = state.position
         accept_sum += info.accept_prob
@@ -216,11 +222,11 @@ def _pilot_schedule(
     batch = n // pilot_chains
     # a starting step size for the first temperature, by the doubling/halving heuristic
     value, grad, _ = annealed.evaluate(start, float(betas[1]))
-    state = hmc.HMCState(
-        start, value, grad, torch.full((n,), init_step, dtype=start.dtype), torch.ones_like(start)
-    )
     eps0 = hmc.find_reasonable_step_size(
-        state, annealed.potential(float(betas[1])), generator=generator
+        hmc.HMCState(start, value, grad),
+        annealed.potential(float(betas[1])),
+        torch.full((n,), init_step, dtype=start.dtype),
+        generator=generator,
     )
     eps0 = torch.exp(torch.log(eps0).reshape(pilot_chains, batch).mean(0))
     num_temps = betas.shape[0] - 1
@@ -253,6 +259,7 @@ def ais(
     pilot_chains: int = 4,
     plate_name: str = "data",
     generator: torch.Generator | None = None,
+    global_values: dict | None = None,
 ) -> AISResult:
     """Forward AIS estimate of ``log p(x_i)`` (a stochastic lower bound), per datapoint.
 
@@ -300,6 +307,7 @@ def ais(
         pilot_chains,
         plate_name,
         generator,
+        global_values,
     )
     result = run.estimate()
     result.seconds = time.perf_counter() - t_start
@@ -321,6 +329,7 @@ def bdmc(
     pilot_chains: int = 4,
     plate_name: str = "data",
     generator: torch.Generator | None = None,
+    global_values: dict | None = None,
 ) -> tuple[AISResult, AISResult]:
     """Bidirectional Monte Carlo: forward AIS (lower bound) and reverse AIS from exact
     posterior samples (upper bound), with the same step-size schedule and settings.
@@ -355,6 +364,7 @@ def bdmc(
         pilot_chains,
         plate_name,
         generator,
+        global_values,
     )
     z_flat = _flat_exact_sample(run.annealed.pot, z, run.x.shape[0])
     t_pilot = time.perf_counter()
@@ -383,6 +393,7 @@ class _AISRun:
         pilot_chains,
         plate_name,
         generator,
+        global_values=None,
     ):
         self.x = check_data(x, "x")
         self.num_chains = check_positive_int(num_chains, "num_chains")
@@ -398,11 +409,13 @@ class _AISRun:
         self.betas = annealing_schedule(num_temps, schedule)
         self.generator = generator
 
+        program = as_program(
+            model, guide, self.x, plate_name=plate_name, global_values=global_values
+        )
+        self.program = program
+
         def factory(chains):
-            pot = PerDatapointPotential(
-                model, self.x, num_chains=chains, plate_name=plate_name, guide=guide
-            )
-            return _Annealed(pot, init)
+            return _Annealed(PerDatapointPotential(program, self.x, num_chains=chains), init)
 
         self.step_sizes, self.pilot_accept = _pilot_schedule(
             factory,
@@ -473,36 +486,48 @@ def simulate_data(
     *,
     obs_site: str | None = None,
     plate_name: str = "data",
+    global_values: dict | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Simulate ``(x, z)`` from the model: latents from the prior, observations given them.
 
     Runs ``model(x_template)`` under :func:`pyro.poutine.uncondition`, so every observed site
     is sampled; ``x_template`` only fixes the batch size and shape. The latents are exact
-    posterior samples for the simulated ``x`` (what :func:`bdmc` needs). Uses torch's global
-    RNG.
+    posterior samples for the simulated ``x`` (what :func:`bdmc` needs). Global latents
+    (outside the data plate) are drawn from the prior too, or fixed at ``global_values``; they
+    are returned in ``z`` as well, and :func:`~pyro_aevb.evaluate.log_marginal` with
+    ``method="bdmc"`` conditions on them. Uses torch's global RNG.
 
     Parameters
     ----------
     obs_site : str, optional
         The observed site whose value is the data (default: the only observed site inside the
         data plate with the shape of ``x_template``).
+    global_values : dict, optional
+        Values of global latents to simulate with.
 
     Returns
     -------
     (x, z)
-        ``x`` with the shape of ``x_template``; ``z`` a dict of latent site values.
+        ``x`` with the shape of ``x_template``; ``z`` a dict of latent site values (local
+        ones with the data plate's batch, global ones as drawn).
     """
-    from ..infer.per_datapoint import plate_frame
-
     x_template = check_data(x_template, "x_template")
+    simulator = poutine.uncondition(model)
+    if global_values:
+        # outside uncondition, or it would turn the given values back into draws
+        simulator = poutine.condition(simulator, data=global_values)
     with poutine.block():
-        trace = poutine.trace(poutine.uncondition(model)).get_trace(x_template)
+        trace = poutine.trace(simulator).get_trace(x_template)
     observed, latents = [], {}
     for name, site in trace.nodes.items():
-        if site["type"] != "sample" or plate_frame(site, plate_name) is None:
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
-        if site["infer"].get("was_observed"):
-            observed.append(name)
+        local = plate_frame(site, plate_name) is not None
+        if global_values and name in global_values:
+            latents[name] = site["value"]
+        elif site["infer"].get("was_observed"):
+            if local:
+                observed.append(name)
         elif not site["is_observed"] and not site["infer"].get("_do_not_trace"):
             latents[name] = site["value"]
     if obs_site is None:

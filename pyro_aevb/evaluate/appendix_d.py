@@ -44,10 +44,11 @@ import numpy as np
 import torch
 import torch.distributions as tdist
 
-from ..mcmc import hmc
+from ..mcmc import sample as hmc_sample
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
 from ..mcmc.pyro_reference import sample_posterior_pyro
+from ..poutine import PerDatapointProgram, as_program
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr, pareto_k
 
@@ -247,19 +248,24 @@ def appendix_d_from_samples(
 
 
 def log_joint_at(
-    model: Callable, x: torch.Tensor, samples: torch.Tensor, plate_name: str = "data"
+    model: Callable | PerDatapointProgram,
+    x: torch.Tensor,
+    samples: torch.Tensor,
+    plate_name: str = "data",
+    global_values: dict | None = None,
 ) -> torch.Tensor:
     """``log p(x_i, u)`` at unconstrained draws ``(N, B, D)``; returns ``(N, B)``.
 
     Evaluated in blocks of draws to keep the replicated ``x`` small.
     """
+    program = as_program(model, None, x, plate_name=plate_name, global_values=global_values)
     n, b, d = samples.shape
     block = max(1, min(n, (2**22) // max(1, x.numel())))
     out = []
     with torch.no_grad():
         for start in range(0, n, block):
             chunk = samples[start : start + block]
-            pot = PerDatapointPotential(model, x, num_chains=chunk.shape[0], plate_name=plate_name)
+            pot = PerDatapointPotential(program, x, num_chains=chunk.shape[0])
             out.append(pot.log_joint(chunk.reshape(-1, d).to(pot.dtype)).reshape(-1, b))
     return torch.cat(out)
 
@@ -291,6 +297,7 @@ def appendix_d(
     plate_name: str = "data",
     generator: torch.Generator | None = None,
     seed: int = 0,
+    global_values: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Sample each datapoint's posterior, then apply :func:`appendix_d_from_samples`.
 
@@ -318,7 +325,7 @@ def appendix_d(
     sampler : {"hmc", "pyro_nuts", "pyro_hmc"}
         Batched HMC (fast) or Pyro's MCMC per datapoint (reference).
     adapt_mass, step_size_jitter
-        Batched HMC options (:func:`pyro_aevb.mcmc.hmc.sample`).
+        Batched HMC options (:func:`pyro_aevb.mcmc.sample`).
     init_particles : int, optional
         K, proposals per chain for the starting point (default 1 with a guide, a plain draw
         from the encoder as in the paper; 1000 from the prior, whose single draws start
@@ -341,10 +348,12 @@ def appendix_d(
     check_choice(density, "density", DENSITIES)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
+    program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+    guide = program.guide
     if init_particles is None:
         init_particles = default_init_particles(guide)
     init_particles = check_positive_int(init_particles, "init_particles")
-    pot = PerDatapointPotential(model, x, num_chains=num_chains, plate_name=plate_name, guide=guide)
+    pot = PerDatapointPotential(program, x, num_chains=num_chains)
     with torch.no_grad():
         if init_particles > 1:
             init = importance_resampled_init(pot, init_particles, generator=generator)
@@ -353,7 +362,7 @@ def appendix_d(
         else:
             init = pot.sample_prior()
     if sampler == "hmc":
-        res = hmc.sample(
+        res = hmc_sample(
             pot,
             init,
             num_samples=num_samples,
@@ -371,7 +380,7 @@ def appendix_d(
         diagnostics["sampler_seconds"] = res.seconds
     else:
         res = sample_posterior_pyro(
-            model,
+            program,
             x,
             kernel=sampler.removeprefix("pyro_"),
             num_samples=num_samples,
@@ -381,12 +390,11 @@ def appendix_d(
             num_steps=num_steps,
             adapt_mass=adapt_mass,
             initial_positions=init.reshape(num_chains, x.shape[0], -1),
-            plate_name=plate_name,
             seed=seed,
         )
         samples = res.samples
         c, s, b, d = samples.shape
-        log_joint = log_joint_at(model, x, samples.reshape(c * s, b, d), plate_name)
+        log_joint = log_joint_at(program, x, samples.reshape(c * s, b, d))
         log_joint = log_joint.reshape(c, s, b)
         diagnostics = res.diagnostics()
         diagnostics["inference_data"] = res.inference_data

@@ -11,13 +11,13 @@ the ELBO (eq. 2). Its Monte Carlo standard error is the delta method on the mean
 ``std_k(w_k / mean w) / sqrt(K)``; it is zero when the guide is the exact posterior (every
 ``w_k = p(x_i)``).
 
-**Vectorisation.** Particles are drawn by running guide and model under an extra outer
-``pyro.plate`` (dimension ``-(max_plate_nesting + 1)``), as Pyro's ``vectorize_particles``
-does, in chunks of ``chunk_size`` particles to bound memory; every site's log-density is
-then reduced to ``(particles, batch)`` with :func:`~pyro_aevb.infer.per_datapoint.sum_to_plate`
-applied per particle. Sites outside the data plate that are not latent (the VAE's weight
-prior) are left out; a latent outside it raises. ``vectorize=False`` runs one guide trace per
-particle instead, for models that do not broadcast over an extra batch dimension.
+**Vectorisation.** A chunk of ``k`` particles is drawn by running guide and model once on
+``k`` stacked copies of the rows (``(k B, *event_shape)``, copy-major), so the programs see an
+ordinary bigger batch: any user code that works on a batch (``torch.cat``, ``reshape(-1, k)``,
+convolutions) works, unlike an extra outer plate dimension. Chunks bound the memory. If a
+program still fails on the stacked rows, the estimate falls back to one trace per particle,
+with a warning. Global latents are conditioned on a point estimate and the data plate must
+cover the rows given (:class:`~pyro_aevb.poutine.PerDatapointProgram`).
 
 :func:`elbo_with_stderr` gives the per-datapoint ELBO (estimator A or B) with its standard
 error over ``L`` draws, reusing :func:`~pyro_aevb.infer.per_datapoint.elbo_per_datapoint`.
@@ -26,21 +26,18 @@ error over ``L`` draws, reusing :func:`~pyro_aevb.infer.per_datapoint.elbo_per_d
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
-import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from ..infer.elbo import ESTIMATORS
-from ..infer.per_datapoint import elbo_per_datapoint, plate_frame, sum_to_plate
+from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo
+from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr, pareto_k
 
 __all__ = ["iwae_log_weights", "iwae", "elbo_with_stderr", "default_chunk_size"]
-
-PARTICLE_PLATE = "_iwae_particles"
 
 
 def default_chunk_size(x: torch.Tensor, num_particles: int, budget: int = 2**22) -> int:
@@ -48,103 +45,34 @@ def default_chunk_size(x: torch.Tensor, num_particles: int, budget: int = 2**22)
     return max(1, min(num_particles, budget // max(1, x.numel())))
 
 
-def _max_plate_nesting(model: Callable, guide: Callable, x: torch.Tensor) -> int:
-    # a throw-away trace: fork the RNG so that it does not shift the particles' draws
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=[]):
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    nesting = 0
-    for trace in (guide_trace, model_trace):
-        for site in trace.nodes.values():
-            if site["type"] != "sample":
-                continue
-            for frame in site["cond_indep_stack"]:
-                if frame.vectorized and frame.dim is not None:
-                    nesting = max(nesting, -frame.dim)
-    return nesting
-
-
-def _per_particle_plate_sum(
-    value: torch.Tensor, site: dict, plate_name: str, particle_dim: int, k: int, b: int
-) -> torch.Tensor | None:
-    """Reduce a site's log-density (batch shape incl. the particle dim) to ``(k, b)``."""
-    if plate_frame(site, plate_name) is None:
-        return None
-    if site.get("mask") is not None:
-        value = torch.where(site["mask"], value, value.new_zeros(()))
-    n = -particle_dim
-    if value.dim() < n:
-        value = value.reshape((1,) * (n - value.dim()) + tuple(value.shape))
-    value = value.movedim(value.dim() + particle_dim, 0)
-    unmasked = {**site, "mask": None}
-    term = torch.vmap(lambda v: sum_to_plate(v, unmasked, plate_name))(value)
-    return term.expand(k, b)
-
-
-def _log_weights_chunk(model, guide, x, k, plate_name, particle_dim) -> torch.Tensor:
-    b = x.shape[0]
-    with poutine.block():
-        with pyro.plate(PARTICLE_PLATE, k, dim=particle_dim):
-            guide_trace = poutine.trace(guide).get_trace(x)
-        with pyro.plate(PARTICLE_PLATE, k, dim=particle_dim):
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    log_w = x.new_zeros(k, b)
-    found_plate = False
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        lp = site["fn"].log_prob(site["value"])
-        term = _per_particle_plate_sum(lp, site, plate_name, particle_dim, k, b)
-        if not site["is_observed"]:
-            if term is None:
-                raise ValueError(
-                    f"latent site '{name}' is outside the plate '{plate_name}': a global "
-                    f"latent makes log p(x_i) ill-defined per datapoint; put per-datapoint "
-                    f"latents inside pyro.plate('{plate_name}', ...) or pass the right plate_name"
-                )
-            guide_site = guide_trace.nodes[name]
-            q_lp = guide_site["fn"].log_prob(guide_site["value"])
-            term = term - _per_particle_plate_sum(q_lp, guide_site, plate_name, particle_dim, k, b)
-        if term is None:
-            continue  # a non-latent site outside the data plate (e.g. a weight prior)
-        found_plate = True
-        log_w = log_w + term
-    for name, site in guide_trace.nodes.items():
-        if (
-            site["type"] == "sample"
-            and not site_is_subsample(site)
-            and name not in model_trace.nodes
-        ):
-            raise ValueError(
-                f"guide site '{name}' is not in the model (an auxiliary variable); "
-                f"importance weights p(x, z) / q(z | x) need every guide site in the model"
-            )
-    if not found_plate:
-        raise ValueError(
-            f"no site of the model is inside a plate named '{plate_name}'; pass plate_name="
-            f"the name of the data plate"
-        )
-    return log_w
+def _log_weights_chunk(program: PerDatapointProgram, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``(k, B)`` log weights from one run of guide and model on ``k`` copies of the rows."""
+    x_rep = replicate_rows(x, k)
+    guide_trace, model_trace = trace_guide_and_model(program.model, program.guide, x_rep)
+    log_w = elbo_particle_per_datapoint(model_trace, guide_trace, "A", program.plate_name)
+    return log_w.expand(x_rep.shape[0]).reshape(k, x.shape[0])
 
 
 def iwae_log_weights(
-    model: Callable,
-    guide: Callable,
+    model: Callable | PerDatapointProgram,
+    guide: Callable | None,
     x: torch.Tensor,
     num_particles: int,
     *,
     chunk_size: int | None = None,
     plate_name: str = "data",
     vectorize: bool = True,
+    global_values: dict | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights ``log p(x_i, z_k) - log q(z_k | x_i)``.
 
     Parameters
     ----------
     model, guide : callable
-        Pyro programs called as ``fn(x)``; latents inside ``pyro.plate(plate_name)``.
+        Pyro programs called as ``fn(x)``; latents inside ``pyro.plate(plate_name, len(x))``.
+        ``model`` may also be a prepared :class:`~pyro_aevb.poutine.PerDatapointProgram`.
     x : torch.Tensor
-        ``(B, data_dim)``.
+        ``(B, *event_shape)``.
     num_particles : int
         K >= 1.
     chunk_size : int, optional
@@ -152,7 +80,9 @@ def iwae_log_weights(
     plate_name : str
         Name of the data plate.
     vectorize : bool
-        Draw a chunk's particles under one outer plate (fast) or one trace per particle.
+        Draw a chunk's particles in one run on stacked rows (fast), or one trace per particle.
+    global_values : dict, optional
+        Values to condition global latents on (default: the guide's point estimate).
 
     Returns
     -------
@@ -161,25 +91,35 @@ def iwae_log_weights(
     """
     x = check_data(x, "x")
     num_particles = check_positive_int(num_particles, "num_particles")
+    program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+    if program.guide is None:
+        raise ValueError("importance weights need a guide q(z | x) as proposal; got None")
     if chunk_size is None:
         chunk_size = default_chunk_size(x, num_particles) if vectorize else 1
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     chunks = []
+    done = 0
     with torch.no_grad():
-        if vectorize:
-            particle_dim = -(_max_plate_nesting(model, guide, x) + 1)
-            done = 0
-            while done < num_particles:
-                k = min(chunk_size, num_particles - done)
-                chunks.append(_log_weights_chunk(model, guide, x, k, plate_name, particle_dim))
-                done += k
-        else:
-            for _ in range(num_particles):
-                chunks.append(
-                    elbo_per_datapoint(
-                        model, guide, x, estimator="A", plate_name=plate_name
-                    ).unsqueeze(0)
+        while vectorize and done < num_particles:
+            k = min(chunk_size, num_particles - done)
+            try:
+                chunks.append(_log_weights_chunk(program, x, k))
+            except (RuntimeError, ValueError, IndexError) as err:
+                if k == 1:
+                    raise
+                warnings.warn(
+                    f"IWAE: the model or guide failed on {k} stacked copies of the rows "
+                    f"({type(err).__name__}: {err}); falling back to one trace per particle "
+                    f"(slower). Pass vectorize=False to skip the attempt.",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
+                vectorize = False
+                break
+            done += k
+        while done < num_particles:
+            chunks.append(program_elbo(program, x, "A", 1).unsqueeze(0))
+            done += 1
     return torch.cat(chunks)
 
 
@@ -192,6 +132,7 @@ def iwae(
     chunk_size: int | None = None,
     plate_name: str = "data",
     vectorize: bool = True,
+    global_values: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """IWAE estimate of ``log p(x_i)`` with ``K = num_particles`` guide proposals.
 
@@ -211,6 +152,7 @@ def iwae(
         chunk_size=chunk_size,
         plate_name=plate_name,
         vectorize=vectorize,
+        global_values=global_values,
     )
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
@@ -225,6 +167,7 @@ def elbo_with_stderr(
     estimator: str = "B",
     num_particles: int = 100,
     plate_name: str = "data",
+    global_values: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datapoint ELBO ``L_i`` averaged over ``L = num_particles`` draws, and its s.e.
 
@@ -234,13 +177,9 @@ def elbo_with_stderr(
     check_choice(estimator, "estimator", ESTIMATORS)
     num_particles = check_positive_int(num_particles, "num_particles")
     x = check_data(x, "x")
+    program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     with torch.no_grad():
-        draws = torch.stack(
-            [
-                elbo_per_datapoint(model, guide, x, estimator=estimator, plate_name=plate_name)
-                for _ in range(num_particles)
-            ]
-        )
+        draws = torch.stack([program_elbo(program, x, estimator, 1) for _ in range(num_particles)])
     mean = draws.mean(0)
     if num_particles < 2:
         return mean, torch.full_like(mean, math.nan)

@@ -32,8 +32,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pyro.poutine as poutine
 import torch
 
+from ..infer.per_datapoint import check_per_datapoint
+from ..poutine import PerDatapointProgram, latent_sites, plate_frame
 from ..validation import check_choice, check_data
 from .ais import INITS, SCHEDULES, ais, bdmc
 from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
@@ -86,6 +89,22 @@ def _resolve_seed(seed) -> int:
     return seed
 
 
+def _program_for(method, model, guide, x, plate_name, global_values, options):
+    """The model/guide pair prepared once for the chosen estimator. For BDMC on data from
+    :func:`~pyro_aevb.evaluate.ais.simulate_data`, ``z`` also holds the globals the data was
+    simulated with: the program is conditioned on those, and ``z`` keeps the local latents."""
+    z = options.get("z")
+    if method == "bdmc" and isinstance(z, dict) and global_values is None:
+        with poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(x)
+        local = {n for n, s in latent_sites(trace).items() if plate_frame(s, plate_name)}
+        globals_in_z = {n: v for n, v in z.items() if n in latent_sites(trace) and n not in local}
+        if globals_in_z:
+            global_values = globals_in_z
+            options["z"] = {n: v for n, v in z.items() if n not in globals_in_z}
+    return PerDatapointProgram(model, guide, x, plate_name=plate_name, global_values=global_values)
+
+
 def _options(method: str, given: dict) -> dict:
     allowed = METHOD_OPTIONS[method]
     unknown = sorted(set(given) - set(allowed))
@@ -104,6 +123,7 @@ def log_marginal(
     *,
     seed: int | torch.Generator = 0,
     plate_name: str = "data",
+    global_values: dict | None = None,
     **method_options,
 ) -> LogMarginalResult:
     """Estimate ``log p(x_i)`` for every row of ``x``.
@@ -112,22 +132,26 @@ def log_marginal(
     ----------
     model : callable
         Pyro model called as ``model(x)``, with every per-datapoint latent inside
-        ``pyro.plate(plate_name, ...)``. Sites outside the plate that are not latent (e.g. the
-        VAE's ``"weight_prior"`` factor) are not part of ``log p(x_i)`` and are left out; a
-        latent outside the plate raises ``ValueError``. For the paper's VAE pass
-        ``vae.model``.
+        ``pyro.plate(plate_name, len(x))``. Sites outside the plate that are not latent (e.g.
+        the VAE's ``"weight_prior"`` factor) are not part of ``log p(x_i)`` and are left out.
+        Global latents (outside the plate) are conditioned on ``global_values`` or the guide's
+        point estimate, so the result is ``log p(x_i | g)``, and the values used are in
+        ``result.settings["globals_conditioned_on"]``. For the paper's VAE pass ``vae.model``.
     guide : callable or None
         Pyro guide ``guide(x)`` over the same latents (the encoder). Required for ``"elbo"``
         and ``"iwae"`` and for AIS/BDMC started from the encoder; optional for
         ``"appendix_d"`` (chains then start from the prior).
     x : torch.Tensor
-        ``(batch, data_dim)`` floating, finite observations.
+        ``(batch, *event_shape)`` floating, finite observations (flat rows or images).
     method : {"elbo", "iwae", "appendix_d", "ais", "bdmc"}
         The estimator; see :data:`METHOD_OPTIONS` for each one's options and defaults.
     seed : int or torch.Generator
         Makes the result reproducible (see the module docstring).
     plate_name : str
         Name of the data plate.
+    global_values : dict, optional
+        Values of the model's global latents to condition on (see
+        :class:`~pyro_aevb.poutine.PerDatapointProgram`).
     **method_options
         ``elbo``: ``estimator`` ("A"/"B"), ``num_particles``.
         ``iwae``: ``num_particles`` (K), ``chunk_size``, ``vectorize``.
@@ -164,8 +188,11 @@ def log_marginal(
         raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
     int_seed = _resolve_seed(seed)
     generator = torch.Generator().manual_seed(int_seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int_seed)
+        program = _program_for(method, model, guide, x, plate_name, global_values, options)
     settings = {k: v for k, v in options.items() if k != "z"}
-    settings.update({"seed": int_seed, "plate_name": plate_name})
+    settings.update({"seed": int_seed, **program.settings})
     if isinstance(seed, torch.Generator):
         settings["seed_from_generator"] = True
     upper = upper_stderr = None
@@ -174,22 +201,20 @@ def log_marginal(
         torch.manual_seed(int_seed)
         if method == "elbo":
             estimate, stderr = elbo_with_stderr(
-                model,
-                guide,
+                program,
+                None,
                 x,
                 estimator=options["estimator"],
                 num_particles=options["num_particles"],
-                plate_name=plate_name,
             )
             diagnostics = {}
         elif method == "iwae":
             estimate, stderr, diagnostics = iwae(
-                model,
-                guide,
+                program,
+                None,
                 x,
                 options["num_particles"],
                 chunk_size=options["chunk_size"],
-                plate_name=plate_name,
                 vectorize=options["vectorize"],
             )
         elif method == "appendix_d":
@@ -199,13 +224,12 @@ def log_marginal(
             check_choice(kwargs["density"], "density", DENSITIES)
             check_choice(kwargs["sampler"], "sampler", SAMPLERS)
             if kwargs["init_particles"] is None:
-                kwargs["init_particles"] = default_init_particles(guide)
+                kwargs["init_particles"] = default_init_particles(program.guide)
                 settings["init_particles"] = kwargs["init_particles"]
             estimate, stderr, diagnostics = appendix_d(
-                model,
-                guide,
+                program,
+                None,
                 x,
-                plate_name=plate_name,
                 generator=generator,
                 seed=int_seed,
                 **kwargs,
@@ -220,7 +244,7 @@ def log_marginal(
             check_choice(kwargs["init"], "init", INITS)
             check_choice(kwargs["schedule"], "schedule", SCHEDULES)
             if method == "ais":
-                res = ais(model, guide, x, plate_name=plate_name, generator=generator, **kwargs)
+                res = ais(program, guide, x, generator=generator, **kwargs)
                 estimate, stderr, diagnostics = res.estimate, res.stderr, res.diagnostics
             else:
                 z = kwargs.pop("z")
@@ -230,9 +254,7 @@ def log_marginal(
                         "latents x was simulated with (see pyro_aevb.evaluate.simulate_data); "
                         "BDMC only sandwiches log p(x) on data simulated from the model"
                     )
-                forward, reverse = bdmc(
-                    model, guide, x, z, plate_name=plate_name, generator=generator, **kwargs
-                )
+                forward, reverse = bdmc(program, guide, x, z, generator=generator, **kwargs)
                 estimate, stderr = forward.estimate, forward.stderr
                 upper, upper_stderr = reverse.estimate, reverse.stderr
                 diagnostics = {
@@ -242,6 +264,7 @@ def log_marginal(
                     "gap": upper - estimate,
                 }
     seconds = time.perf_counter() - t_start
+    estimate = check_per_datapoint(estimate, x.shape[0], f"log_marginal(method='{method}')")
     return LogMarginalResult(
         estimate=estimate.detach(),
         stderr=stderr.detach(),

@@ -1,6 +1,18 @@
-"""Estimators, objectives and trainers."""
+"""Estimators (the paper's A and B as Pyro ELBOs, the per-datapoint bound) and the training
+objectives built on them (:mod:`pyro_aevb.infer.objectives`)."""
 
 from .elbo import AnalyticKL_ELBO, AnalyticKLError, make_elbo
+from .objectives import ALGORITHMS, ELBO, MonteCarloEM, Objective, WakeSleep
 from .per_datapoint import elbo_per_datapoint
 
-__all__ = ["AnalyticKL_ELBO", "AnalyticKLError", "make_elbo", "elbo_per_datapoint"]
+__all__ = [
+    "AnalyticKL_ELBO",
+    "AnalyticKLError",
+    "make_elbo",
+    "elbo_per_datapoint",
+    "Objective",
+    "ELBO",
+    "WakeSleep",
+    "MonteCarloEM",
+    "ALGORITHMS",
+]

@@ -1,114 +1,97 @@
-r"""Per-datapoint quantities of a Pyro model with local latents in a data plate.
+r"""The per-datapoint bound of a Pyro model with local latents in a data plate.
 
 Pyro's ELBOs return one number for a whole batch. Here every term is reduced to the data plate
 instead, giving tensors of shape ``(batch,)``::
 
-    L_i = E_q[ log p(x_i, z_i) - log q(z_i | x_i) ]        estimator A
-    L_i = -KL(q(z_i | x_i) || p(z_i)) + E_q[ log p(x_i | z_i) ]   estimator B
+    L_i = E_q[ log p(x_i, z_i) - log q(z_i | x_i) ]                estimator A
+    L_i = -KL(q(z_i | x_i) || p(z_i)) + E_q[ log p(x_i | z_i) ]    estimator B
 
 Terms are **unscaled**: the ``N / M`` minibatch scale of a subsampled plate is not applied,
-so ``L_i`` is the bound of datapoint ``i`` alone. Sites outside the data plate (such as the
-VAE's ``"weight_prior"`` factor) are not part of any datapoint's bound and are left out; a
-*latent* site outside the plate would make the per-datapoint bound ill-defined, so it raises.
+so ``L_i`` is the bound of datapoint ``i`` alone. Sites outside the data plate that are not
+latent (such as the VAE's ``"weight_prior"`` factor) are not part of any datapoint's bound and
+are left out. Global latents (outside the plate) are conditioned on a point estimate, so
+``L_i`` is the bound of ``log p(x_i | g)`` (see :class:`~pyro_aevb.poutine.PerDatapointProgram`,
+which also refuses a data plate that would give results for other rows than those given).
 """
 
 from __future__ import annotations
 
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
-from ..validation import check_choice, check_positive_int
+from ..poutine import PerDatapointProgram, sample_sites, sum_to_plate, trace_guide_and_model
+from ..poutine.plates import global_latent_error
+from ..validation import check_choice, check_data, check_positive_int
 from .elbo import ESTIMATORS, site_kl
 
-__all__ = ["elbo_per_datapoint", "sum_to_plate", "plate_frame"]
-
-
-def plate_frame(site: dict, plate_name: str):
-    """The ``CondIndepStackFrame`` of ``plate_name`` in a trace site, or ``None``."""
-    for frame in site["cond_indep_stack"]:
-        if frame.name == plate_name:
-            return frame
-    return None
-
-
-def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tensor | None:
-    """Sum a per-site tensor (shape ``site["fn"].batch_shape``) to the data plate.
-
-    Returns shape ``(batch,)``, or ``(1,)`` for a term that is broadcast along the plate (the
-    same for every datapoint; it broadcasts when added to the others), or ``None`` when the
-    site is not inside ``plate_name``. Masks are applied, scales are not.
-    """
-    frame = plate_frame(site, plate_name)
-    if frame is None:
-        return None
-    if site.get("mask") is not None:
-        value = torch.where(site["mask"], value, value.new_zeros(()))
-    if value.dim() < -frame.dim:
-        value = value.reshape((1,) * (-frame.dim - value.dim()) + tuple(value.shape))
-    value = value.movedim(frame.dim, 0)
-    return value.reshape(value.shape[0], -1).sum(-1)
-
-
-def _check_local(name: str, site: dict, plate_name: str) -> None:
-    if plate_frame(site, plate_name) is None:
-        raise ValueError(
-            f"latent site '{name}' is outside the plate '{plate_name}', so a per-datapoint "
-            f"bound is not defined; put per-datapoint latents inside "
-            f"pyro.plate('{plate_name}', ...) or pass the right plate_name"
-        )
+__all__ = [
+    "elbo_per_datapoint",
+    "elbo_particle_per_datapoint",
+    "program_elbo",
+    "check_per_datapoint",
+]
 
 
 def _log_prob(site: dict) -> torch.Tensor:
     return site["fn"].log_prob(site["value"])
 
 
-def elbo_particle_per_datapoint(model_trace, guide_trace, estimator: str, plate_name: str):
-    """One particle's per-datapoint bound from a guide trace and the model replayed on it."""
+def elbo_particle_per_datapoint(
+    model_trace, guide_trace, estimator: str, plate_name: str
+) -> torch.Tensor:
+    """One particle's per-datapoint bound ``(batch,)`` from a guide trace and the model
+    replayed on it (global latents already conditioned)."""
     total = None
-    found_plate = False
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for name, site in sample_sites(model_trace):
         if site["is_observed"]:
             term = sum_to_plate(_log_prob(site), site, plate_name)
         else:
-            _check_local(name, site, plate_name)
             guide_site = guide_trace.nodes[name]
             if estimator == "B":
-                term = -sum_to_plate(site_kl(name, guide_site, site), guide_site, plate_name)
+                kl = sum_to_plate(site_kl(name, guide_site, site), guide_site, plate_name)
+                term = None if kl is None else -kl
             else:
-                term = sum_to_plate(_log_prob(site), site, plate_name) - sum_to_plate(
-                    _log_prob(guide_site), guide_site, plate_name
-                )
+                term = sum_to_plate(_log_prob(site), site, plate_name)
+                if term is not None:
+                    term = term - sum_to_plate(_log_prob(guide_site), guide_site, plate_name)
+            if term is None:
+                raise global_latent_error(name, plate_name, "a per-datapoint bound")
         if term is None:
             continue
-        found_plate = True
         total = term if total is None else total + term
-    if not found_plate:
-        raise ValueError(
-            f"no site of the model is inside a plate named '{plate_name}'; pass plate_name="
-            f"the name of the data plate"
-        )
     return total
+
+
+def check_per_datapoint(value: torch.Tensor, rows: int, what: str) -> torch.Tensor:
+    """Broadcast a ``(1,)`` term to ``(rows,)``; raise if a result has another length."""
+    if value.shape == (1,) and rows != 1:
+        return value.expand(rows)
+    if value.shape != (rows,):
+        raise RuntimeError(
+            f"{what} gave shape {tuple(value.shape)} for {rows} rows; a per-datapoint result "
+            f"must have one entry per row"
+        )
+    return value
 
 
 def elbo_per_datapoint(
     model,
     guide,
-    *args,
+    x: torch.Tensor,
+    *,
     estimator: str = "B",
     num_particles: int = 1,
     plate_name: str = "data",
-    **kwargs,
+    global_values: dict | None = None,
 ) -> torch.Tensor:
-    """Per-datapoint ELBO ``L_i`` of ``model``/``guide`` on ``*args``; shape ``(batch,)``.
+    """Per-datapoint ELBO ``L_i`` of ``model``/``guide`` on the rows of ``x``; ``(batch,)``.
 
     Parameters
     ----------
     model, guide : callable
-        Pyro programs taking ``*args, **kwargs``, with every latent site inside
-        ``pyro.plate(plate_name, ...)``.
+        Pyro programs called as ``fn(x)``, with every per-datapoint latent inside
+        ``pyro.plate(plate_name, len(x))``.
+    x : torch.Tensor
+        ``(batch, *event_shape)`` observations.
     estimator : {"A", "B"}
         Generic (eq. 6) or analytic-KL (eq. 7) estimator; B raises
         :class:`~pyro_aevb.infer.elbo.AnalyticKLError` for a site without closed-form KL.
@@ -116,6 +99,8 @@ def elbo_per_datapoint(
         L, the number of ``z`` draws averaged.
     plate_name : str
         Name of the data plate.
+    global_values : dict, optional
+        Values to condition global latents on (default: the guide's point estimate).
 
     Returns
     -------
@@ -124,11 +109,23 @@ def elbo_per_datapoint(
     """
     check_choice(estimator, "estimator", ESTIMATORS)
     num_particles = check_positive_int(num_particles, "num_particles")
+    x = check_data(x, "x")
+    program = PerDatapointProgram(
+        model, guide, x, plate_name=plate_name, global_values=global_values
+    )
+    return program_elbo(program, x, estimator, num_particles)
+
+
+def program_elbo(
+    program: PerDatapointProgram, x: torch.Tensor, estimator: str, num_particles: int
+) -> torch.Tensor:
+    """:func:`elbo_per_datapoint` on a prepared program (no re-preparation); ``(batch,)``."""
+    if program.guide is None:
+        raise ValueError("the per-datapoint bound needs a guide q(z | x); got None")
     total = 0.0
     for _ in range(num_particles):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
+        guide_trace, model_trace = trace_guide_and_model(program.model, program.guide, x)
+        total = total + elbo_particle_per_datapoint(
+            model_trace, guide_trace, estimator, program.plate_name
         )
-        total = total + elbo_particle_per_datapoint(model_trace, guide_trace, estimator, plate_name)
-    return total / num_particles
+    return check_per_datapoint(total / num_particles, x.shape[0], "the bound")

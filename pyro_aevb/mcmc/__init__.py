@@ -2,10 +2,12 @@
 
 * :mod:`~pyro_aevb.mcmc.potential`: per-datapoint log-joint ``log p(x_i, u_i)`` and potential
   from a Pyro model (unconstrained transforms, Jacobians, several latent sites flattened).
-* :mod:`~pyro_aevb.mcmc.hmc`: pure ``init``/``step`` kernels over :class:`HMCState` and the
-  :func:`sample` loop (warm-up, per-chain step size and mass, diagnostics).
-* :mod:`~pyro_aevb.mcmc.initialization`: importance-resampled starting points for the chains.
+* :mod:`~pyro_aevb.mcmc.hmc`: the pure kernel, ``init``/``step`` over :class:`HMCState`, with
+  step size and mass as arguments.
 * :mod:`~pyro_aevb.mcmc.adaptation`: per-chain dual-averaging step size, Stan's windows.
+* :mod:`~pyro_aevb.mcmc.sampler`: :func:`sample`, warm-up with adaptation, then draws.
+* :mod:`~pyro_aevb.mcmc.diagnostics`: ArviZ ESS and R-hat per datapoint.
+* :mod:`~pyro_aevb.mcmc.initialization`: importance-resampled starting points for the chains.
 * :mod:`~pyro_aevb.mcmc.pyro_reference`: :class:`pyro.infer.MCMC` (NUTS/HMC) per datapoint,
   with an ArviZ ``InferenceData``.
 """
@@ -18,25 +20,28 @@ from .adaptation import (
     step_size_adapt_update,
     warmup_windows,
 )
-from .hmc import BatchedHMCResult, HMCInfo, HMCState, find_reasonable_step_size
+from .diagnostics import ess_rhat
+from .hmc import HMCInfo, HMCState, find_reasonable_step_size
 from .initialization import importance_resampled_init
-from .potential import LatentLayout, LatentSite, PerDatapointPotential
+from .potential import PerDatapointPotential, value_and_grad
 from .pyro_reference import PyroMCMCResult, sample_posterior_pyro
+from .sampler import BatchedHMCResult, sample
 
 __all__ = [
     "hmc",
     "HMCState",
     "HMCInfo",
-    "BatchedHMCResult",
     "find_reasonable_step_size",
+    "sample",
+    "BatchedHMCResult",
+    "ess_rhat",
     "StepSizeAdaptState",
     "step_size_adapt_init",
     "step_size_adapt_update",
     "step_size_adapt_final",
     "warmup_windows",
-    "LatentLayout",
-    "LatentSite",
     "PerDatapointPotential",
+    "value_and_grad",
     "importance_resampled_init",
     "PyroMCMCResult",
     "sample_posterior_pyro",

@@ -74,13 +74,7 @@ def importance_resampled_init(
         k = min(chunk_size, num_particles - done)
         # k particles per chain as one model call: k * C chains per datapoint, chain-major,
         # so row j * (C * B) + r is particle j of chain r
-        chunk = PerDatapointPotential(
-            potential.model,
-            potential.x,
-            num_chains=k * potential.num_chains,
-            plate_name=potential.plate_name,
-            guide=potential.guide if proposal == "guide" else None,
-        )
+        chunk = potential.with_chains(k * potential.num_chains)
         if proposal == "guide":
             position, log_q = chunk.sample_guide()
             log_w = chunk.log_joint(position) - log_q

@@ -13,8 +13,9 @@ and the potential energy is ``U_i(u_i) = -log p(x_i, u_i)``. Since ``U = sum_i U
 
 What is summed:
 
-* latent sites (must be inside the data plate; a global latent raises ``ValueError``), with
-  their Jacobian;
+* local latent sites (inside the data plate), with their Jacobian; global latents are
+  conditioned on a point estimate (:class:`~pyro_aevb.poutine.PerDatapointProgram`), so the
+  potential is that of ``p(z_i | x_i, g)``;
 * observed sites and factors inside the data plate;
 * **not** sites outside the data plate that are not latent (such as the VAE's global
   ``"weight_prior"`` factor): they do not depend on any ``z_i`` and are not part of
@@ -31,163 +32,30 @@ plate from ``x``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.util import sum_rightmost
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to
-from torch.distributions.transforms import Transform
 
-from ..infer.per_datapoint import plate_frame, sum_to_plate
+from ..poutine import (
+    LatentLayout,
+    PerDatapointProgram,
+    as_program,
+    latent_sites,
+    plate_frame,
+    replicate_rows,
+    require_plate,
+    sample_sites,
+    sum_to_plate,
+)
 from ..validation import check_data, check_positive_int
 
 __all__ = [
-    "LatentSite",
-    "LatentLayout",
     "PerDatapointPotential",
     "log_density_per_datapoint",
-    "replicate_rows",
+    "value_and_grad",
 ]
-
-
-def replicate_rows(x: torch.Tensor, num_copies: int) -> torch.Tensor:
-    """Stack ``num_copies`` copies of ``x`` (shape ``(B, ...)``) into ``(num_copies * B, ...)``.
-
-    Row ``c * B + i`` is ``x[i]``: the chain-major order used for several chains per datapoint.
-    """
-    if num_copies == 1:
-        return x
-    return x.repeat((num_copies,) + (1,) * (x.dim() - 1))
-
-
-@dataclass(frozen=True)
-class LatentSite:
-    """How one latent sample site maps to columns of the flat unconstrained position.
-
-    Attributes
-    ----------
-    name : str
-        Site name.
-    transform : torch.distributions.transforms.Transform
-        ``biject_to(support)``: unconstrained -> constrained.
-    unconstrained_shape : tuple of int
-        Shape of the site's unconstrained value with the data-plate dimension removed and
-        moved out (the per-datapoint block), e.g. ``(J,)`` for the VAE's ``"z"``.
-    plate_dim : int
-        Negative position of the data-plate dimension in the site's value tensor (batch dims
-        followed by event dims).
-    event_dim : int
-        Event dimension of the site's distribution.
-    offset, size : int
-        Columns ``offset : offset + size`` of the flat position hold this site.
-    """
-
-    name: str
-    transform: Transform
-    unconstrained_shape: tuple[int, ...]
-    plate_dim: int
-    event_dim: int
-    offset: int
-    size: int
-
-
-class LatentLayout:
-    """Flatten/unflatten the local latent sites of a model to an ``(n, D)`` matrix.
-
-    Build it with :meth:`from_trace` from a trace of the model; ``n`` (the number of rows,
-    i.e. chains times datapoints) may differ between calls.
-    """
-
-    def __init__(self, sites: list[LatentSite], plate_name: str):
-        self.sites = tuple(sites)
-        self.plate_name = plate_name
-        self.dim = sum(s.size for s in sites)
-        self.names = tuple(s.name for s in sites)
-
-    @classmethod
-    def from_trace(cls, trace, plate_name: str = "data") -> LatentLayout:
-        """The layout of the latent sites of ``trace``, which must all be in ``plate_name``.
-
-        Raises ``ValueError`` naming a latent site outside the data plate (a global latent),
-        or if the model has no latent site.
-        """
-        sites = []
-        offset = 0
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-                continue
-            frame = plate_frame(site, plate_name)
-            if frame is None:
-                raise ValueError(
-                    f"latent site '{name}' is outside the plate '{plate_name}': it is a global "
-                    f"latent, shared by all datapoints, so per-datapoint posteriors and "
-                    f"log p(x_i) are not defined. Put per-datapoint latents inside "
-                    f"pyro.plate('{plate_name}', ...), or pass the right plate_name"
-                )
-            fn = site["fn"]
-            transform = biject_to(fn.support)
-            value = site["value"]
-            event_dim = fn.event_dim
-            plate_dim = frame.dim - event_dim
-            if value.dim() < -plate_dim:
-                raise ValueError(
-                    f"latent site '{name}' has value shape {tuple(value.shape)}, which has no "
-                    f"dimension for the plate '{plate_name}' (dim {frame.dim}); local latents "
-                    f"must be expanded along the data plate"
-                )
-            u_shape = transform.inverse_shape(value.shape)
-            u_block = list(u_shape)
-            del u_block[len(u_block) + plate_dim]
-            size = math.prod(u_block)
-            sites.append(
-                LatentSite(name, transform, tuple(u_block), plate_dim, event_dim, offset, size)
-            )
-            offset += size
-        if not sites:
-            raise ValueError(
-                "the model has no latent sample site, so there is no posterior to sample and "
-                "log p(x) is just the log-likelihood"
-            )
-        return cls(sites, plate_name)
-
-    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Constrained site values -> unconstrained flat position, shape ``(n, D)``."""
-        blocks = []
-        for s in self.sites:
-            u = s.transform.inv(values[s.name])
-            u = u.movedim(s.plate_dim, 0)
-            blocks.append(u.reshape(u.shape[0], -1))
-        return torch.cat(blocks, dim=-1)
-
-    def unflatten(
-        self, position: torch.Tensor
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Flat unconstrained ``(n, D)`` -> (constrained values, per-site ``log|det J|``).
-
-        The log-Jacobians have the site's batch shape (event dimensions summed out), ready to
-        be added to the site's ``log_prob``.
-        """
-        values, log_jac = {}, {}
-        n = position.shape[0]
-        for s in self.sites:
-            u = position[:, s.offset : s.offset + s.size].reshape((n,) + s.unconstrained_shape)
-            u = u.movedim(0, s.plate_dim)
-            z = s.transform(u)
-            ladj = s.transform.log_abs_det_jacobian(u, z)
-            # the transform may act on fewer event dims than the site has: sum the rest
-            ladj = sum_rightmost(ladj, s.event_dim - s.transform.codomain.event_dim)
-            values[s.name] = z
-            log_jac[s.name] = ladj
-        return values, log_jac
-
-    def unflatten_constrained(self, position: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat unconstrained ``(n, D)`` -> constrained site values (no Jacobian)."""
-        return self.unflatten(position)[0]
 
 
 def _site_sum(value: torch.Tensor, site: dict, plate_name: str, n: int) -> torch.Tensor:
@@ -231,9 +99,7 @@ def log_density_per_datapoint(
     trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
     log_latent = log_obs = None
     seen = set()
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
+    for name, site in sample_sites(trace):
         if name in values:
             seen.add(name)
             lp = site["fn"].log_prob(site["value"])
@@ -289,29 +155,35 @@ class PerDatapointPotential:
 
     def __init__(
         self,
-        model: Callable,
+        model: Callable | PerDatapointProgram,
         x: torch.Tensor,
         *,
         num_chains: int = 1,
         plate_name: str = "data",
         guide: Callable | None = None,
         validate: bool = False,
+        global_values: dict | None = None,
     ):
         x = check_data(x, "x")
-        self.model = model
-        self.guide = guide
+        program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+        self.program = program
+        self.model = program.model
+        self.guide = program.guide
+        self.plate_name = program.plate_name
         self.x = x
         self.batch_size = x.shape[0]
         self.num_chains = check_positive_int(num_chains, "num_chains")
-        self.plate_name = plate_name
         self.validate = validate
         self.x_rep = replicate_rows(x, self.num_chains)
-        with poutine.block():
-            trace = poutine.trace(model).get_trace(self.x_rep)
-        _check_plate(trace, plate_name, "model")
-        self.layout = LatentLayout.from_trace(trace, plate_name)
-        self.dtype = trace.nodes[self.layout.names[0]]["value"].dtype
+        self.layout: LatentLayout = program.layout
+        self.dtype = program.dtype
         self._guide_cache = None
+
+    def with_chains(self, num_chains: int) -> PerDatapointPotential:
+        """The same target with ``num_chains`` chains per datapoint (no re-preparation)."""
+        return PerDatapointPotential(
+            self.program, self.x, num_chains=num_chains, validate=self.validate
+        )
 
     @property
     def dim(self) -> int:
@@ -379,11 +251,7 @@ class PerDatapointPotential:
                 # fork the RNG: this throw-away draw must not shift the caller's random stream
                 with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=[]):
                     trace = poutine.trace(self.guide).get_trace(self.x_rep)
-                sites = [
-                    site
-                    for site in trace.nodes.values()
-                    if site["type"] == "sample" and not site_is_subsample(site)
-                ]
+                sites = list(latent_sites(trace).values())
                 if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:
                     self._guide_cache = sites[0]
         return self._guide_cache or None
@@ -398,7 +266,7 @@ class PerDatapointPotential:
             raise ValueError("sample_guide needs a guide; pass guide= to PerDatapointPotential")
         with poutine.block():
             trace = poutine.trace(self.guide).get_trace(self.x_rep)
-        _check_plate(trace, self.plate_name, "guide")
+        require_plate(trace, self.plate_name, "guide")
         missing = [s for s in self.layout.names if s not in trace.nodes]
         if missing:
             raise ValueError(f"the guide has no site for the model's latent sites {missing}")
@@ -427,13 +295,3 @@ def value_and_grad(
         value = fn(u)
         (grad,) = torch.autograd.grad(value.sum(), u)
     return value.detach(), grad
-
-
-def _check_plate(trace, plate_name: str, what: str) -> None:
-    for site in trace.nodes.values():
-        if site["type"] == "sample" and plate_frame(site, plate_name) is not None:
-            return
-    raise ValueError(
-        f"no site of the {what} is inside a plate named '{plate_name}'; pass plate_name= the "
-        f"name of the data plate"
-    )

@@ -29,10 +29,10 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import HMC, MCMC, NUTS
 
-from ..infer.per_datapoint import plate_frame
+from ..poutine import LatentLayout, as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
 from .adaptation import check_target_accept
-from .potential import LatentLayout
+from .diagnostics import ess_rhat
 
 __all__ = ["PyroMCMCResult", "sample_posterior_pyro", "KERNELS"]
 
@@ -83,8 +83,6 @@ class PyroMCMCResult:
         ESS is ArviZ's bulk ESS (minimum over a datapoint's latent coordinates); R-hat (the
         maximum) is only reported with at least 2 chains per datapoint.
         """
-        from .hmc import ess_rhat
-
         out = {
             "accept_rate": self.accept_rate.mean(0),
             "step_size": self.step_size.mean(0),
@@ -127,6 +125,7 @@ def sample_posterior_pyro(
     initial_positions: torch.Tensor | None = None,
     plate_name: str = "data",
     seed: int = 0,
+    global_values: dict | None = None,
 ) -> PyroMCMCResult:
     """Sample each datapoint's posterior with :class:`pyro.infer.MCMC`, one run per datapoint
     and chain.
@@ -166,6 +165,9 @@ def sample_posterior_pyro(
     seed : int
         Run ``(i, c)`` seeds torch's RNG with ``seed``, ``i`` and ``c`` inside
         :func:`torch.random.fork_rng`, so the caller's RNG state is untouched.
+    global_values : dict, optional
+        Values of global latents to condition on (default: the guide's point estimate; see
+        :class:`~pyro_aevb.poutine.PerDatapointProgram`).
 
     Returns
     -------
@@ -180,8 +182,9 @@ def sample_posterior_pyro(
     target_accept = check_target_accept(target_accept)
     batch = x.shape[0]
 
-    with poutine.block():
-        layout = LatentLayout.from_trace(poutine.trace(model).get_trace(x[:1]), plate_name)
+    program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+    layout = program.layout
+    model, guide = program.model, program.guide
     if initial_positions is not None:
         expected = (num_chains, batch, layout.dim)
         if tuple(initial_positions.shape) != expected:

@@ -1,6 +1,28 @@
-"""Model/guide pairs as Pyro programs."""
+"""Model/guide pairs as Pyro programs, composed from the building blocks of :mod:`pyro_aevb.nn`,
+and the named presets (the paper's models) in one place."""
 
 from .linear_gaussian import LinearGaussian
-from .vae import VAE, paper_frey_face_vae, paper_mnist_vae
+from .presets import (
+    PAPER_HIDDEN,
+    PRESETS,
+    build_model,
+    mlp_vae,
+    paper_frey_face_vae,
+    paper_mnist_vae,
+    paper_vae,
+    register_preset,
+)
+from .vae import VAE
 
-__all__ = ["VAE", "paper_mnist_vae", "paper_frey_face_vae", "LinearGaussian"]
+__all__ = [
+    "VAE",
+    "LinearGaussian",
+    "mlp_vae",
+    "paper_mnist_vae",
+    "paper_frey_face_vae",
+    "paper_vae",
+    "PAPER_HIDDEN",
+    "PRESETS",
+    "build_model",
+    "register_preset",
+]

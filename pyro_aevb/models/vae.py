@@ -1,14 +1,21 @@
-r"""The paper's variational auto-encoder as a Pyro model/guide pair (Section 3, Appendix C).
+r"""The variational auto-encoder as a Pyro model/guide pair (Section 3, Appendix C), composed of
+an encoder network, a decoder network and a likelihood head.
 
 Generative model, for each datapoint ``i`` in the plate ``"data"``::
 
     z_i ~ N(0, I_J)                              (site "z", event shape (J,))
-    x_i ~ p_theta(x | z_i)                       (site "x", event shape (D,))
+    x_i ~ p_theta(x | z_i)                       (site "x", event shape = the data's)
 
-with ``p_theta(x|z)`` a Bernoulli MLP (binary or [0, 1] data) or a Gaussian MLP (real data).
-Recognition model (guide)::
+with ``p_theta(x|z)`` given by the likelihood head (:mod:`pyro_aevb.nn.likelihoods`) on the
+decoder's output. Recognition model (guide)::
 
-    z_i ~ q_phi(z | x_i) = N(mu(x_i), diag sigma^2(x_i)).
+    z_i ~ q_phi(z | x_i) = N(mu(x_i), diag sigma^2(x_i)),   [mu, log sigma^2] = encoder(x_i).
+
+The networks are any ``nn.Module``: the paper's tanh MLPs (:func:`pyro_aevb.models.mlp_vae`,
+the presets in :mod:`pyro_aevb.models.presets`), convolutional trunks, or the user's own. The
+encoder maps ``x`` of shape ``(batch, *event_shape)`` to ``2 J`` numbers per row, the decoder
+maps ``z`` of shape ``(..., J)`` to ``k * D`` numbers per row (``D`` = the number of data
+values, ``k`` the head's parameters per value).
 
 **Minibatches (eq. 8).** ``model(x, num_data=N)`` and ``guide(x, num_data=N)`` on a minibatch
 of ``M`` rows scale every per-datapoint term by ``N / M`` through a subsampled ``pyro.plate``,
@@ -29,7 +36,7 @@ per datapoint. The per-datapoint bound :meth:`VAE.elbo` never includes the prior
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from typing import Any
 
 import pyro
@@ -37,105 +44,113 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..distributions import FractionalBernoulli, lazy_factor
-from ..nets import (
-    BernoulliMLPDecoder,
-    GaussianMLPDecoder,
-    GaussianMLPEncoder,
-    as_hidden_dims,
-    init_normal_,
-)
-from ..validation import check_choice, check_data, check_num_data, check_positive_int
+from ..distributions import lazy_factor
+from ..nn.likelihoods import Likelihood, make_likelihood
+from ..validation import check_data, check_num_data, check_positive_int
 
-__all__ = ["VAE", "paper_mnist_vae", "paper_frey_face_vae"]
+__all__ = ["VAE"]
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _event_shape(event_shape) -> tuple[int, ...]:
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(
+            f"event_shape must be a positive int or a tuple of positive ints (the shape of one "
+            f"datapoint, e.g. (784,) or (1, 28, 28)), got {event_shape!r}"
+        )
+    return shape
 
 
 class VAE(nn.Module):
-    """Variational auto-encoder with an MLP encoder and a Bernoulli or Gaussian MLP decoder.
+    """Variational auto-encoder: an encoder, a decoder and a likelihood head.
 
     Parameters
     ----------
-    data_dim : int
-        D, the size of one flattened datapoint.
+    encoder : nn.Module
+        ``x (batch, *event_shape) -> (batch, 2 J)``: ``[mu, log sigma^2]`` of ``q(z | x)``.
+    decoder : nn.Module
+        ``z (..., J) -> (..., k D)``: the likelihood head's parameters (any trailing shape
+        with ``k D`` numbers per row, e.g. a convolution's ``(k C, H, W)``).
+    likelihood : {"bernoulli", "gaussian"} or Likelihood
+        The head turning the decoder output into ``p(x | z)``.
     latent_dim : int
         J = N_z, the size of ``z``.
-    hidden_dims : int or sequence of int
-        Hidden tanh layer sizes of both encoder and decoder (the paper: one layer, 500 for
-        MNIST and 200 for Frey Face).
-    likelihood : {"bernoulli", "gaussian"}
-        Decoder family. Bernoulli requires data in [0, 1].
-    sigmoid_mean : bool
-        Gaussian decoder only: squash the mean through a sigmoid (the paper's Frey Face setup).
+    event_shape : int or tuple of int
+        The shape of one datapoint: ``(D,)`` for flat rows, ``(C, H, W)`` for images.
     weight_prior_std : float or None
         Standard deviation ``s`` of the N(0, s^2 I) MAP prior on all parameters; ``None``
         turns the prior off (plain maximum likelihood).
-    init_std : float or None
-        Initialise every parameter from N(0, init_std^2); the default 0.1 is the paper's
-        N(0, 0.01) (variance 0.01). ``None`` keeps PyTorch's default.
     name : str
         Prefix under which ``pyro.module`` registers the parameters in Pyro's param store.
     validate : bool
         Check ``x`` (shape, dtype, finiteness, range) on every call of ``model``/``guide``.
+
+    Attributes
+    ----------
+    config : dict or None
+        How to rebuild this model (set by the presets of :mod:`pyro_aevb.models.presets`;
+        ``None`` for a VAE composed by hand, which :func:`pyro_aevb.load_run` then needs
+        passed in).
     """
 
     def __init__(
         self,
-        data_dim: int,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: str | Likelihood,
         latent_dim: int,
-        hidden_dims: int | Sequence[int] = 500,
-        likelihood: str = "bernoulli",
-        sigmoid_mean: bool = False,
+        event_shape,
+        *,
         weight_prior_std: float | None = 1.0,
-        init_std: float | None = 0.1,
         name: str = "vae",
         validate: bool = True,
     ):
         super().__init__()
-        check_choice(likelihood, "likelihood", LIKELIHOODS)
-        self.data_dim = check_positive_int(data_dim, "data_dim")
+        if not isinstance(encoder, nn.Module) or not isinstance(decoder, nn.Module):
+            raise TypeError(
+                f"encoder and decoder must be nn.Modules, got {type(encoder).__name__} and "
+                f"{type(decoder).__name__}"
+            )
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = make_likelihood(likelihood)
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        self.hidden_dims = as_hidden_dims(hidden_dims)
-        self.likelihood = likelihood
-        self.sigmoid_mean = bool(sigmoid_mean)
-        if sigmoid_mean and likelihood != "gaussian":
-            raise ValueError("sigmoid_mean=True applies to likelihood='gaussian' only")
-        if weight_prior_std is not None and not weight_prior_std > 0:
-            raise ValueError(f"weight_prior_std must be > 0 or None, got {weight_prior_std!r}")
+        self.event_shape = _event_shape(event_shape)
+        self.data_dim = math.prod(self.event_shape)
+        if weight_prior_std is not None and not (
+            isinstance(weight_prior_std, int | float) and 0 < weight_prior_std < math.inf
+        ):
+            raise ValueError(
+                f"weight_prior_std must be a finite number > 0, or None, got {weight_prior_std!r}"
+            )
         self.weight_prior_std = None if weight_prior_std is None else float(weight_prior_std)
-        self.init_std = None if init_std is None else float(init_std)
         self.name = name
         self.validate = validate
-
-        self.encoder = GaussianMLPEncoder(data_dim, self.hidden_dims, latent_dim)
-        if likelihood == "bernoulli":
-            self.decoder = BernoulliMLPDecoder(latent_dim, self.hidden_dims, data_dim)
-        else:
-            self.decoder = GaussianMLPDecoder(latent_dim, self.hidden_dims, data_dim, sigmoid_mean)
-        if init_std is not None:
-            init_normal_(self, init_std)
+        self.preset: tuple[str, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ configuration
     @property
-    def config(self) -> dict[str, Any]:
-        """JSON-serialisable constructor arguments; ``VAE(**vae.config)`` rebuilds the net."""
-        return {
-            "data_dim": self.data_dim,
-            "latent_dim": self.latent_dim,
-            "hidden_dims": list(self.hidden_dims),
-            "likelihood": self.likelihood,
-            "sigmoid_mean": self.sigmoid_mean,
-            "weight_prior_std": self.weight_prior_std,
-            "init_std": self.init_std,
-            "name": self.name,
-        }
+    def config(self) -> dict[str, Any] | None:
+        """``{"preset": name, **options}`` for a preset-built VAE, else ``None``."""
+        if self.preset is None:
+            return None
+        name, options = self.preset
+        return {"preset": name, **options}
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     # ------------------------------------------------------------------ Pyro programs
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         if self.validate:
-            check_data(x, "x", self.data_dim, unit_interval=self.likelihood == "bernoulli")
-        return x
+            check_data(x, "x", self.event_shape, unit_interval=self.likelihood.unit_interval)
+        # data of another floating dtype (float64 from numpy, say) is converted at the
+        # boundary, so it meets the networks in their own dtype
+        dtype = self._dtype
+        return x if x.dtype == dtype else x.to(dtype)
 
     def _plate(self, batch_size: int, num_data: int | None) -> pyro.plate:
         num_data = check_num_data(num_data, batch_size)
@@ -149,12 +164,22 @@ class VAE(nn.Module):
         sq = sum(p.pow(2).sum() for p in self.parameters())
         return -0.5 * sq / self.weight_prior_std**2
 
+    def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's output for ``z`` ``(..., J)``, flattened to ``(..., k D)``."""
+        out = self.decoder(z)
+        return out.reshape(*z.shape[:-1], -1)
+
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
-        """``p_theta(x | z)`` with batch shape ``z.shape[:-1]`` and event shape ``(D,)``."""
-        if self.likelihood == "bernoulli":
-            return FractionalBernoulli(logits=self.decoder(z)).to_event(1)
-        mean, log_var = self.decoder(z)
-        return dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(1)
+        """``p_theta(x | z)`` with batch shape ``z.shape[:-1]`` and the data's event shape."""
+        return self.likelihood.dist(self.decoder_output(z), self.event_shape)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """``log N(z; 0, I)``, shape ``z.shape[:-1]``."""
+        return -0.5 * (z * z).sum(-1) - self.latent_dim * _HALF_LOG_2PI
+
+    def log_joint(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z) + log p(x | z)`` per datapoint, shape ``z.shape[:-1]`` (no weight prior)."""
+        return self.log_prior(z) + self.likelihood_dist(z).log_prob(x)
 
     def model(
         self,
@@ -164,8 +189,8 @@ class VAE(nn.Module):
     ) -> torch.Tensor:
         """Generative model ``p(z) p(x|z)``; returns ``z`` of shape ``(batch, J)``.
 
-        ``x``: ``(batch, D)`` observations, or ``None`` to generate ``batch_size`` new
-        datapoints (site ``"x"`` is then sampled). ``num_data``: the full data set size N.
+        ``x``: ``(batch, *event_shape)`` observations, or ``None`` to generate ``batch_size``
+        new datapoints (site ``"x"`` is then sampled). ``num_data``: the full data set size N.
         """
         pyro.module(self.name, self)
         if x is not None:
@@ -192,7 +217,7 @@ class VAE(nn.Module):
         ``batch_size`` is accepted (and ignored) so that model and guide share a signature.
         """
         if x is None:
-            raise ValueError("guide(x) needs observations x of shape (batch, data_dim)")
+            raise ValueError("guide(x) needs observations x of shape (batch, *event_shape)")
         pyro.module(self.name, self)
         x = self._check_x(x)
         loc, scale = self.encode(x)
@@ -200,53 +225,31 @@ class VAE(nn.Module):
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # ------------------------------------------------------------------ conveniences
-    @property
-    def _dtype(self) -> torch.dtype:
-        return self.encoder.out.weight.dtype
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, sigma)`` of ``q(z|x)``, each ``(batch, J)``."""
-        loc, log_var = self.encoder(x)
+        out = self.encoder(x).reshape(x.shape[0], -1)
+        if out.shape[-1] != 2 * self.latent_dim:
+            raise ValueError(
+                f"the encoder gives {out.shape[-1]} outputs per datapoint; a Gaussian q(z|x) "
+                f"with latent_dim={self.latent_dim} needs 2 x {self.latent_dim}"
+            )
+        loc, log_var = out.chunk(2, dim=-1)
         return loc, torch.exp(0.5 * log_var)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Mean of ``p(x|z)``, shape ``z.shape[:-1] + (D,)``: the paper's Figure 4 and 5 images."""
-        return self.decoder.mean(z)
+        """Mean of ``p(x|z)``, shape ``z.shape[:-1] + event_shape``: the paper's Figure 4 and 5
+        images."""
+        return self.likelihood.mean(self.decoder_output(z), self.event_shape)
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Means of ``p(x|z)`` for ``z ~ N(0, I)``; shape ``(num_samples, D)``."""
+        """Means of ``p(x|z)`` for ``z ~ N(0, I)``; shape ``(num_samples, *event_shape)``."""
         num_samples = check_positive_int(num_samples, "num_samples")
         z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=self._dtype)
         return self.decode(z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode the posterior mean: ``E[x | z = mu(x)]``, shape ``(batch, D)``."""
+        """Decode the posterior mean: ``E[x | z = mu(x)]``, shape ``(batch, *event_shape)``."""
         x = self._check_x(x)
         return self.decode(self.encode(x)[0])
-
-    def elbo(self, x: torch.Tensor, estimator: str = "B", num_particles: int = 1) -> torch.Tensor:
-        """Per-datapoint lower bound ``L(theta, phi; x_i)`` (no weight prior); ``(batch,)``.
-
-        ``estimator="B"`` uses the analytic KL (eq. 7) and ``"A"`` the generic estimator
-        (eq. 6), each averaged over ``num_particles`` draws of ``z``. Gradients flow; wrap in
-        ``torch.no_grad()`` for evaluation, or use :func:`pyro_aevb.evaluate_bound` for a
-        whole data set in batches (on the fast path).
-        """
-        from ..infer.per_datapoint import elbo_per_datapoint
-
-        return elbo_per_datapoint(
-            self.model, self.guide, x, estimator=estimator, num_particles=num_particles
-        )
-
-
-def paper_mnist_vae(latent_dim: int = 20, hidden_dims: int = 500, **kwargs) -> VAE:
-    """The paper's MNIST model: 784-500-J Bernoulli VAE, N(0, 0.01) init, N(0, I) weight prior."""
-    return VAE(28 * 28, latent_dim, hidden_dims, likelihood="bernoulli", **kwargs)
-
-
-def paper_frey_face_vae(latent_dim: int = 2, hidden_dims: int = 200, **kwargs) -> VAE:
-    """The paper's Frey Face model: 560-200-J Gaussian VAE with a sigmoid mean."""
-    kwargs.setdefault("sigmoid_mean", True)
-    return VAE(28 * 20, latent_dim, hidden_dims, likelihood="gaussian", **kwargs)

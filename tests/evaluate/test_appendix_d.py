@@ -58,7 +58,7 @@ def test_gaussian_estimate_with_exact_density_has_zero_variance(ppca):
     assert float(se.max()) < 2e-3
 
 
-@pytest.mark.parametrize(("density", "num_samples"), [("gaussian", 300), ("kde", 500)])
+@pytest.mark.parametrize(("density", "num_samples"), [("gaussian", 300), ("kde", 800)])
 def test_appendix_d_with_batched_hmc_matches_exact(ppca, density, num_samples):
     # the KDE's ratios are heavier-tailed (a kernel on a tail draw), so it needs more draws
     x = ppca.simulate(4)

@@ -4,23 +4,23 @@ linear-Gaussian model; the wake phase increases log p(x, z) for fixed samples.""
 import pyro.poutine as poutine
 import pytest
 import torch
+from marginal_helpers import bound_objective
 
-from pyro_aevb import VAE, fit
-from pyro_aevb.infer.wake_sleep import WakeSleepObjective
+from pyro_aevb import WakeSleep, fit, mlp_vae
 from pyro_aevb.models import LinearGaussian
 
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_direct_vae_phases_equal_the_generic_pyro_phases(likelihood):
     torch.manual_seed(0)
-    vae = VAE(12, 3, 10, likelihood=likelihood, init_std=0.3).double()
+    vae = mlp_vae(12, 3, 10, likelihood=likelihood, init_std=0.3).double()
     x = torch.rand(6, 12, dtype=torch.float64)
     grads = {}
     for fast in ("auto", "off"):
-        ws = WakeSleepObjective(vae, fast=fast)
+        ws = bound_objective(WakeSleep(), vae, 60, x, fast=fast)
         assert ws.direct == (fast == "auto")
         torch.manual_seed(1)
-        loss = ws.loss_and_grads(x, 60)
+        loss = ws.loss_and_grads(x)
         grads[fast] = (loss, [p.grad.clone() for p in ws.params])
     torch.testing.assert_close(grads["auto"][0], grads["off"][0])
     for a, b in zip(grads["auto"][1], grads["off"][1]):
@@ -33,12 +33,12 @@ def test_sleep_phase_drives_q_to_the_exact_posterior():
     m.W.requires_grad_(False)
     m.b.requires_grad_(False)
     m.log_sigma.requires_grad_(False)
-    ws = WakeSleepObjective(m, estimator="A", fast="off")
+    x = m.marginal().sample((1000,))
+    ws = bound_objective(WakeSleep(estimator="A"), m, 1000, x, fast="off")
     opt = torch.optim.Adam(ws.params, lr=0.05)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[120, 170], gamma=0.1)
-    x = m.marginal().sample((1000,))
     for _ in range(200):  # 1000 fantasies per step: little gradient noise
-        ws.train_step(x, None, 1000, opt)
+        ws.train_step(x, None, opt)
         sched.step()
     x = x[:50]
     mean, cov = m.posterior(x)
@@ -51,7 +51,7 @@ def test_sleep_phase_drives_q_to_the_exact_posterior():
 
 def test_wake_phase_increases_log_joint_for_fixed_samples():
     torch.manual_seed(0)
-    vae = VAE(20, 2, 16, init_std=0.1, weight_prior_std=None).double()
+    vae = mlp_vae(20, 2, 16, init_std=0.1, weight_prior_std=None).double()
     x = (torch.rand(50, 20, dtype=torch.float64) < 0.3).double()
     z = torch.randn(50, 2, dtype=torch.float64)
 
@@ -59,7 +59,7 @@ def test_wake_phase_increases_log_joint_for_fixed_samples():
         tr = poutine.trace(poutine.condition(vae.model, data={"z": z})).get_trace(x)
         return float(tr.log_prob_sum())
 
-    ws = WakeSleepObjective(vae)
+    ws = bound_objective(WakeSleep(), vae, 50, x)
     opt = torch.optim.Adagrad(list(vae.decoder.parameters()), lr=0.05)  # theta only
     before = log_joint()
     for _ in range(30):
@@ -75,7 +75,7 @@ def test_wake_phase_increases_log_joint_for_fixed_samples():
 
 def test_wake_sleep_training_uses_the_trainer_history_and_checkpoints(tmp_path):
     x = (torch.rand(300, 20) < 0.3).float()
-    vae = VAE(20, 2, 16, init_std=0.1)
+    vae = mlp_vae(20, 2, 16, init_std=0.1)
     result = fit(
         vae,
         x[:200],
@@ -87,7 +87,7 @@ def test_wake_sleep_training_uses_the_trainer_history_and_checkpoints(tmp_path):
     )
     assert {"train_bound", "test_bound", "loss"} <= set(result.history[-1])
     resumed = fit(
-        VAE(20, 2, 16),
+        mlp_vae(20, 2, 16),
         x[:200],
         x[200:],
         algorithm="wake-sleep",

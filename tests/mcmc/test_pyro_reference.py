@@ -4,7 +4,7 @@ import pytest
 import torch
 from marginal_helpers import requires_data
 
-from pyro_aevb.mcmc import hmc
+from pyro_aevb.mcmc import sample
 from pyro_aevb.mcmc.potential import PerDatapointPotential
 from pyro_aevb.mcmc.pyro_reference import sample_posterior_pyro
 
@@ -68,7 +68,7 @@ def test_batched_hmc_and_pyro_nuts_agree_on_a_vae_posterior(mnist_vae, mnist_tes
     pot = PerDatapointPotential(mnist_vae.model, x, num_chains=chains, guide=mnist_vae.guide)
     torch.manual_seed(0)
     init, _ = pot.sample_guide()
-    res = hmc.sample(
+    res = sample(
         pot,
         init,
         num_samples=400,

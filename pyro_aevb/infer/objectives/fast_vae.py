@@ -1,6 +1,6 @@
 r"""Fast fused training and evaluation path for :class:`pyro_aevb.models.VAE`.
 
-:class:`FastVAEObjective` computes exactly what the stock Pyro estimators compute on
+:class:`FastVAE` computes exactly what the stock Pyro estimators compute on
 ``vae.model``/``vae.guide`` -- the minibatch loss of eq. 8 with estimator A
 (:class:`~pyro.infer.Trace_ELBO`) or B (:class:`~pyro_aevb.infer.elbo.AnalyticKL_ELBO`) and its
 gradient -- but with a hand-derived forward and backward pass in plain torch instead of Pyro
@@ -9,7 +9,8 @@ traces plus autograd. Everything runs in preallocated buffers with fused BLAS ca
 each parameter's ``.grad`` and no autograd graph is built. The model and guide stay ordinary
 Pyro programs: this module only recognises the :class:`~pyro_aevb.models.VAE` class and
 reproduces its programs' arithmetic; anything it does not recognise runs on stock Pyro (see
-:meth:`FastVAEObjective.unsupported_reason` and :func:`~pyro_aevb.infer.objective.make_objective`).
+:meth:`FastVAE.unsupported_reason` and :class:`~pyro_aevb.infer.objectives.aevb.ELBO`);
+:class:`FastVAEObjective` is the trainer's interface to it.
 
 Notation (one minibatch of ``M`` rows, ``N`` data points, ``L`` particles, ``J`` latents,
 ``D`` data dimensions, scale ``s = N / M``, ``c = s / L``)::
@@ -83,14 +84,15 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..models.vae import VAE
-from ..nets import BernoulliMLPDecoder, GaussianMLPDecoder, GaussianMLPEncoder
-from ..validation import check_choice, check_data, check_num_data, check_positive_int
-from .elbo import ESTIMATORS
-from .objective import FAST_MODES, Objective
-from .per_datapoint import elbo_per_datapoint
+from ...models.vae import VAE
+from ...nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from ...nn.mlp import MLP
+from ...poutine import TrainingProgram
+from ...validation import check_data, check_num_data
+from ..elbo import ESTIMATORS
+from .base import BoundObjective
 
-__all__ = ["FastVAEObjective", "evaluate_bound"]
+__all__ = ["FastVAE", "FastVAEObjective"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -100,6 +102,7 @@ _PROGRAM_METHODS = (
     "model",
     "guide",
     "likelihood_dist",
+    "decoder_output",
     "encode",
     "log_weight_prior",
     "_plate",
@@ -127,7 +130,8 @@ class _Plan:
 
         J, D = vae.latent_dim, vae.data_dim
         LM = particles * rows
-        out_dim = D if vae.likelihood == "bernoulli" else 2 * D
+        gaussian = isinstance(vae.likelihood, GaussianLikelihood)
+        out_dim = 2 * D if gaussian else D
         self.enc_h = [new(rows, lin.out_features) for lin in vae.encoder.hidden]
         self.enc_dh = [new(rows, lin.out_features) for lin in vae.encoder.hidden]
         self.enc_out = new(rows, 2 * J)  # [mu, lv]
@@ -147,19 +151,19 @@ class _Plan:
         self.dec_out = new(LM, out_dim)
         self.dec_dout = new(LM, out_dim)  # dNLL/d(decoder output), unscaled
         self.tmp = new(LM, D)
-        self.tmp2 = new(LM, D) if vae.likelihood == "gaussian" and vae.sigmoid_mean else None
+        self.tmp2 = new(LM, D) if gaussian and vae.likelihood.sigmoid_mean else None
         # Bias gradients are column sums, taken as a matrix-vector product with ones so that
         # the scale and the weight-prior term fuse into the same call (torch.addmv).
         self.ones_rows = torch.ones(rows, dtype=dtype, device=device)
         self.ones_lm = torch.ones(LM, dtype=dtype, device=device)
 
 
-class FastVAEObjective(Objective):
+class FastVAE:
     """Estimator A or B for :class:`~pyro_aevb.models.VAE`, forward and backward by hand.
 
     Parameters
     ----------
-    module : VAE
+    vae : VAE
         Must be supported (:meth:`unsupported_reason` returns ``None``), else ``ValueError``.
     estimator : {"A", "B"}
         ``"A"``: generic SGVB (eq. 6, ``Trace_ELBO``); ``"B"``: analytic KL (eq. 7,
@@ -170,27 +174,27 @@ class FastVAEObjective(Objective):
 
     Notes
     -----
-    The objective owns one gradient buffer per parameter and assigns it to ``p.grad`` on
+    The object owns one gradient buffer per parameter and assigns it to ``p.grad`` on
     every :meth:`loss_and_grads` call (overwriting the previous values), so
     ``optimizer.zero_grad()`` between steps is allowed but unnecessary.
 
-    The layers and parameters are looked up when the objective is built: build it (like
+    The layers and parameters are looked up when the object is built: build it (like
     the optimizer) after the model is final. Changing a parameter's data in place or
     rebinding it (``module.to(dtype)``, ``load_state_dict``) is fine; replacing a layer
     module afterwards is not seen. Not thread-safe: calls share the work buffers.
     """
 
-    path = "fast"
-
-    def __init__(self, module: VAE, estimator: str = "B", num_particles: int = 1):
-        reason = self.unsupported_reason(module, estimator, num_particles)
+    def __init__(self, vae: VAE, estimator: str = "B", num_particles: int = 1):
+        reason = self.unsupported_reason(vae, estimator, num_particles)
         if reason is not None:
-            raise ValueError(f"FastVAEObjective does not support this model: {reason}")
-        super().__init__(module, estimator, num_particles)
-        self.vae = module
-        self._enc = _linear_layers(module.encoder)
-        self._dec = _linear_layers(module.decoder)
-        # Position in self.params (= module.parameters()) of each layer's (weight, bias).
+            raise ValueError(f"the fast path does not support this model: {reason}")
+        self.vae = vae
+        self.estimator = estimator
+        self.num_particles = num_particles
+        self.params = [p for p in vae.parameters() if p.requires_grad]
+        self._enc = _linear_layers(vae.encoder)
+        self._dec = _linear_layers(vae.decoder)
+        # Position in self.params (= vae.parameters()) of each layer's (weight, bias).
         index = {id(p): i for i, p in enumerate(self.params)}
         self._enc_idx = [(index[id(lin.weight)], index[id(lin.bias)]) for lin in self._enc]
         self._dec_idx = [(index[id(lin.weight)], index[id(lin.bias)]) for lin in self._dec]
@@ -206,12 +210,11 @@ class FastVAEObjective(Objective):
         """``None`` if the fast path computes this model's objective exactly, else why not.
 
         Supported: a :class:`~pyro_aevb.models.VAE` (or a subclass that overrides none of
-        the methods defining its Pyro programs) whose encoder is a
-        :class:`~pyro_aevb.nets.GaussianMLPEncoder` and decoder a
-        :class:`~pyro_aevb.nets.BernoulliMLPDecoder` or
-        :class:`~pyro_aevb.nets.GaussianMLPDecoder` (exact classes: tanh layers, any number,
-        plain ``nn.Linear`` with bias), all parameters trainable and of one float32/float64
-        dtype on one device; estimator ``"A"`` or ``"B"``; any ``num_particles >= 1``.
+        the methods defining its Pyro programs) on flat data ``(batch, D)`` whose encoder
+        and decoder are :class:`~pyro_aevb.nn.MLP` (exact class, tanh, any number of
+        layers, plain ``nn.Linear`` with bias) and whose likelihood is Bernoulli or Gaussian,
+        all parameters trainable and of one float32/float64 dtype on one device; estimator
+        ``"A"`` or ``"B"``; any ``num_particles >= 1``.
         """
         if not isinstance(module, VAE):
             return f"{type(module).__name__} is not a pyro_aevb.models.VAE"
@@ -226,28 +229,30 @@ class FastVAEObjective(Objective):
             return f"num_particles must be an int, got {num_particles!r}"
         if num_particles < 1:
             return f"num_particles must be >= 1, got {num_particles}"
-        enc, dec = module.encoder, module.decoder
-        if type(enc) is not GaussianMLPEncoder:
-            return f"encoder is a {type(enc).__name__}, not a GaussianMLPEncoder"
-        dec_type = BernoulliMLPDecoder if module.likelihood == "bernoulli" else GaussianMLPDecoder
-        if type(dec) is not dec_type:
-            return (
-                f"decoder is a {type(dec).__name__}, not the {dec_type.__name__} that "
-                f"likelihood={module.likelihood!r} expects"
-            )
-        if module.likelihood == "gaussian" and dec.sigmoid_mean != module.sigmoid_mean:
-            return "decoder.sigmoid_mean differs from the VAE's sigmoid_mean"
-        for net_name, net in (("encoder", enc), ("decoder", dec)):
+        if len(module.event_shape) != 1:
+            return f"the data has event shape {module.event_shape}, not flat rows"
+        lik = module.likelihood
+        if type(lik) not in (BernoulliLikelihood, GaussianLikelihood):
+            return f"the likelihood is a {type(lik).__name__}, not Bernoulli or Gaussian"
+        D, J = module.data_dim, module.latent_dim
+        shapes = (("encoder", D, 2 * J), ("decoder", J, lik.num_params * D))
+        for net_name, in_dim, out_dim in shapes:
+            net = getattr(module, net_name)
+            if type(net) is not MLP:
+                return f"the {net_name} is a {type(net).__name__}, not a pyro_aevb.nn.MLP"
             if net.activation != "tanh":
-                return f"{net_name} activation is {net.activation!r}, not 'tanh'"
+                return f"the {net_name}'s activation is {net.activation!r}, not 'tanh'"
+            if (net.in_dim, net.out_dim) != (in_dim, out_dim):
+                return (
+                    f"the {net_name} maps {net.in_dim} -> {net.out_dim}, not {in_dim} -> {out_dim}"
+                )
             for lin in _linear_layers(net):
                 if type(lin) is not nn.Linear or lin.bias is None:
-                    return f"{net_name} has a layer that is not an nn.Linear with bias"
-        dims = {(net.data_dim, net.latent_dim) for net in (enc, dec)}
-        if dims != {(module.data_dim, module.latent_dim)}:
-            return "encoder/decoder dimensions differ from the VAE's data_dim/latent_dim"
+                    return f"the {net_name} has a layer that is not an nn.Linear with bias"
         layer_params = [
-            p for lin in _linear_layers(enc) + _linear_layers(dec) for p in lin.parameters()
+            p
+            for lin in _linear_layers(module.encoder) + _linear_layers(module.decoder)
+            for p in lin.parameters()
         ]
         params = list(module.parameters())
         if len(params) != len(layer_params) or {id(p) for p in params} != {
@@ -401,7 +406,7 @@ class FastVAEObjective(Objective):
 
         # ---- reconstruction term: sum_{l,i} NLL_li, and dNLL/d(out) (unscaled) in dec_dout.
         g = plan.dec_dout
-        if vae.likelihood == "bernoulli":
+        if isinstance(vae.likelihood, BernoulliLikelihood):
             nll = _bernoulli_nll_grad(plan.dec_out, x, g, plan.tmp, L)
         else:
             nll = _gaussian_nll_grad(plan.dec_out, x, g, plan, L)
@@ -492,7 +497,7 @@ class FastVAEObjective(Objective):
         L = self.num_particles
         M = x.shape[0]
         out = plan.dec_out
-        if vae.likelihood == "bernoulli":
+        if isinstance(vae.likelihood, BernoulliLikelihood):
             nll = _bernoulli_nll_rows(out, x, plan.tmp, L)
         else:
             nll = _gaussian_nll_rows(out, x, plan, L)
@@ -585,82 +590,57 @@ def _gaussian_nll_rows(out, x, plan, L) -> torch.Tensor:
     return (q.sum(1) + v.sum(1)).mul_(0.5).add_(x.shape[1] * _HALF_LOG_2PI)
 
 
-def evaluate_bound(
-    module: nn.Module,
-    data: torch.Tensor,
-    batch_size: int = 1000,
-    estimator: str = "B",
-    num_particles: int = 1,
-    fast: str = "auto",
-) -> torch.Tensor:
-    """Per-datapoint bound ``L_i`` of every row of ``data``, in batches, without gradient.
+class FastVAEObjective(BoundObjective):
+    """The trainer's interface to :class:`FastVAE`: estimator A or B of a
+    :class:`~pyro_aevb.poutine.TrainingProgram` whose programs are a supported VAE's own
+    ``model``/``guide`` methods."""
 
-    Parameters
-    ----------
-    module : nn.Module
-        A model object with Pyro ``model(x, num_data)``/``guide(x, num_data)``, e.g. a
-        :class:`~pyro_aevb.models.VAE`.
-    data : torch.Tensor
-        ``(N, D)``, validated once here (finite; in [0, 1] for a Bernoulli decoder) and
-        converted to the parameters' dtype.
-    batch_size : int
-        Rows per batch (memory grows with ``batch_size * num_particles * D``).
-    estimator : {"A", "B"}
-        Generic (eq. 6) or analytic-KL (eq. 7) estimator.
-    num_particles : int
-        ``L``, draws of ``z`` averaged per datapoint.
-    fast : {"auto", "on", "off"}
-        Use :class:`FastVAEObjective` when it supports ``module`` (``"auto"``), require it
-        (``"on"``, ``ValueError`` otherwise) or use Pyro's traces
-        (:func:`~pyro_aevb.infer.per_datapoint.elbo_per_datapoint`, ``"off"``).
+    path = "fast"
 
-    Returns
-    -------
-    torch.Tensor
-        ``(N,)``, ``L_i`` without the weight prior and without minibatch scaling. Draws come
-        from the global torch RNG in batch order, so the result equals one pass over all rows
-        only in distribution (and exactly, for a fixed seed, the same computation batch by
-        batch).
-    """
-    check_choice(estimator, "estimator", ESTIMATORS)
-    check_choice(fast, "fast", FAST_MODES)
-    num_particles = check_positive_int(num_particles, "num_particles")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    params = list(module.parameters())
-    dtype = params[0].dtype if params else torch.get_default_dtype()
-    data = check_data(
-        data,
-        "data",
-        getattr(module, "data_dim", None),
-        unit_interval=getattr(module, "likelihood", None) == "bernoulli",
-    ).to(dtype)
-    objective = None
-    if fast != "off":
-        reason = FastVAEObjective.unsupported_reason(module, estimator, num_particles)
-        if reason is None:
-            objective = FastVAEObjective(module, estimator, num_particles)
-        elif fast == "on":
-            raise ValueError(f"fast='on' but the fast path does not support this model: {reason}")
-    if objective is not None:
-        # The fast path never scans values per batch; data was validated above.
-        return torch.cat([objective.bound(xb) for xb in data.split(batch_size)])
-    validate = getattr(module, "validate", None)
-    try:
-        if validate is not None:
-            module.validate = False  # validated once above, not once per batch
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    elbo_per_datapoint(
-                        module.model,
-                        module.guide,
-                        xb,
-                        estimator=estimator,
-                        num_particles=num_particles,
-                    )
-                    for xb in data.split(batch_size)
-                ]
+    def __init__(self, program: TrainingProgram, estimator: str = "B", num_particles: int = 1):
+        reason = self.unsupported_reason(program, estimator, num_particles)
+        if reason is not None:
+            raise ValueError(f"FastVAEObjective does not support this model: {reason}")
+        super().__init__(program, estimator, num_particles)
+        self.kernel = FastVAE(program.model.__self__, estimator, num_particles)
+
+    @classmethod
+    def unsupported_reason(
+        cls, program: TrainingProgram, estimator: str = "B", num_particles: int = 1
+    ) -> str | None:
+        """``None`` if the program is a supported VAE's ``model``/``guide`` pair (see
+        :meth:`FastVAE.unsupported_reason`), else why not."""
+        vae = getattr(program.model, "__self__", None)
+        if not isinstance(vae, VAE):
+            return "the model is not a pyro_aevb VAE's model method"
+        reason = FastVAE.unsupported_reason(vae, estimator, num_particles)
+        if reason is not None:
+            return reason
+        model_fn, guide_fn = (
+            getattr(program.model, "__func__", None),
+            getattr(program.guide, "__func__", None),
+        )
+        if model_fn is not VAE.model or getattr(program.guide, "__self__", None) is not vae:
+            return "the model/guide are not the VAE's own model and guide methods"
+        if guide_fn is not VAE.guide:
+            return f"{type(vae).__name__} overrides VAE.guide"
+        if program.plate_name != "data":
+            return f"plate_name is {program.plate_name!r}; the VAE's plate is 'data'"
+        if any(m is not vae for m in program.modules):
+            return "the program trains modules besides the VAE"
+        return None
+
+    def setup(self, x: torch.Tensor) -> None:
+        # the VAE's programs register exactly its parameters; no trace needed for the fast path
+        super().setup(x)
+        if [id(p) for p in self.params] != [id(p) for p in self.kernel.params]:
+            raise ValueError(
+                "the VAE's programs touch parameters outside the VAE (Pyro's param store); "
+                "use fast='off'"
             )
-    finally:
-        if validate is not None:
-            module.validate = validate
+
+    def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.loss_and_grads(x, self.program.num_data)
+
+    def bound(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.bound(x)

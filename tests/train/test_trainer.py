@@ -7,10 +7,10 @@ import pickle
 import pytest
 import torch
 
-from pyro_aevb import VAE, NonFiniteLossError, fit, load_dataset
-from pyro_aevb.infer.checkpoint import load_checkpoint, save_checkpoint
-from pyro_aevb.infer.runs import load_run
-from pyro_aevb.infer.trainer import Trainer, eval_schedule
+from pyro_aevb import VAE, NonFiniteLossError, fit, load_dataset, mlp_vae
+from pyro_aevb.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_aevb.train.runs import load_run
+from pyro_aevb.train.trainer import Trainer, eval_schedule
 
 
 def binary_data(n=500, d=30, seed=0):
@@ -20,14 +20,14 @@ def binary_data(n=500, d=30, seed=0):
 
 def tiny_vae(seed=0, d=30):
     torch.manual_seed(seed)
-    return VAE(d, 3, (16,), init_std=0.1)
+    return mlp_vae(d, 3, (16,), init_std=0.1)
 
 
 def test_training_on_real_mnist_improves_the_test_bound():
     ds = load_dataset("mnist" if os.environ.get("PYRO_AEVB_DATA") else "embedded-mnist").subset(
         5000, 1000
     )
-    vae = VAE(784, 5, 100)
+    vae = mlp_vae(784, 5, 100)
     result = fit(vae, ds, num_samples=30_000, lr=0.05, eval_every=5000, progress=False)
     first, last = result.history[0], result.history[-1]
     assert last["samples"] == 30_000 and result.samples == 30_000
@@ -69,7 +69,10 @@ def test_run_directory_files_and_load_run(tmp_path):
     history = json.loads((tmp_path / "history.json").read_text())
     assert [h["samples"] for h in history] == [300, 600]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["training"]["estimator"] == "B" and config["model"]["latent_dim"] == 3
+    assert (
+        config["training"]["objective"]["estimator"] == "B" and config["model"]["latent_dim"] == 3
+    )
+    assert config["path"] == "fast" and config["training"]["plate_name"] == "data"
     run = load_run(tmp_path)
     assert run.history == history
     assert isinstance(run.module, VAE)
@@ -95,9 +98,9 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
     calls = {"n": 0}
     real = trainer.objective.loss_and_grads
 
-    def failing(xb, num_data):
+    def failing(xb):
         calls["n"] += 1
-        loss = real(xb, num_data)
+        loss = real(xb)
         return loss * float("nan") if calls["n"] == 15 else loss
 
     monkeypatch.setattr(trainer.objective, "loss_and_grads", failing)
@@ -117,7 +120,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_p
         (torch.rand(0, 30), {}, ValueError, "train is empty"),
         (torch.full((5, 30), float("nan")), {}, ValueError, "non-finite"),
         (torch.rand(5, 30) * 2, {}, ValueError, r"\[0, 1\]"),
-        (torch.rand(5, 29), {}, ValueError, "data_dim=30"),
+        (torch.rand(5, 29), {}, ValueError, r"shape \(batch, \*\(30,\)\)"),
         (torch.rand(5, 30), {"epochs": 1}, ValueError, "exactly one training budget"),
         (torch.rand(5, 30), {"batch_size": 0}, ValueError, "batch_size"),
         (torch.rand(5, 30), {"estimator": "C"}, ValueError, "estimator"),
@@ -173,9 +176,9 @@ def test_non_finite_gradients_are_reported_as_divergence(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = trainer.objective.loss_and_grads
 
-    def poisoned(xb, num_data):
+    def poisoned(xb):
         calls["n"] += 1
-        loss = real(xb, num_data)
+        loss = real(xb)
         if calls["n"] == 12:
             for p in trainer.objective.params:
                 p.grad.fill_(float("nan"))

@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,26 +30,26 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
+from ..models.vae import VAE
+from ..poutine import TrainingProgram
 from ..validation import check_choice, check_data, check_positive_float, check_positive_int
+from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
-from .mcem import MonteCarloEMObjective
-from .objective import Objective, make_objective
 from .optim import make_optimizer
 from .runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
-from .wake_sleep import WakeSleepObjective
 
-__all__ = ["fit", "Trainer", "FitResult", "NonFiniteLossError", "eval_schedule"]
+__all__ = [
+    "fit",
+    "Trainer",
+    "FitResult",
+    "NonFiniteLossError",
+    "eval_schedule",
+    "resolve_programs",
+    "resolve_objective",
+]
 
 logger = logging.getLogger("pyro_aevb")
-
-
-#: Training algorithms: each maps (module, estimator, num_particles, fast) to an Objective.
-ALGORITHMS = {
-    "aevb": make_objective,
-    "wake-sleep": WakeSleepObjective,
-    "mcem": MonteCarloEMObjective,
-}
 
 # Evaluation never touches the training RNG; it uses its own fixed stream.
 _EVAL_SEED_OFFSET = 1_000_003
@@ -61,19 +63,22 @@ class NonFiniteLossError(FloatingPointError):
 class FitResult:
     """What :func:`fit` returns.
 
-    ``history`` is a list of evaluation records (dicts with ``step``, ``samples``, ``epoch``,
-    ``train_seconds``, ``wall_seconds``, ``loss`` (mean per-datapoint objective since the
+    ``module`` is the model object trained (``None`` for plain model/guide functions);
+    ``path`` and ``path_reason`` say which implementation ran and why (e.g. ``"fast"`` for the
+    paper's VAE, ``"pyro"`` for any other model). ``history`` is a list of evaluation
+    records (dicts with ``step``, ``samples``, ``epoch``, ``train_seconds``, ``wall_seconds``, ``loss`` (mean per-datapoint objective since the
     previous record), ``train_bound``/``test_bound`` (mean per-datapoint bound) and their
     standard errors).
     """
 
-    module: nn.Module
+    module: nn.Module | None
     history: list[dict[str, Any]]
     path: str
     steps: int
     samples: int
     out_dir: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    path_reason: str = ""
 
     @property
     def final(self) -> dict[str, Any]:
@@ -99,8 +104,71 @@ def _mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), std / math.sqrt(n)
 
 
+def resolve_programs(model, guide=None) -> tuple[Callable, Callable | None, nn.Module | None]:
+    """``(model_fn, guide_fn, module)`` from what the user passed to :func:`fit`.
+
+    ``model`` is either a model object with Pyro ``model`` and ``guide`` methods (a
+    :class:`~pyro_aevb.models.VAE`, Pyro's example VAE, ...), or a Pyro model callable with
+    ``guide`` given separately (``guide`` may be ``None`` only for objectives without one).
+    """
+    if guide is None and callable(getattr(model, "model", None)):
+        module = model if isinstance(model, nn.Module) else None
+        guide_fn = getattr(model, "guide", None)
+        return model.model, guide_fn if callable(guide_fn) else None, module
+    if not callable(model) or (isinstance(model, nn.Module) and guide is None):
+        raise TypeError(
+            "model must be a model object with Pyro programs module.model(x) and "
+            "module.guide(x) (e.g. pyro_aevb.VAE, Pyro's example VAE), or a Pyro model "
+            f"function with guide=; got {type(model).__name__}"
+        )
+    if guide is not None and not callable(guide):
+        raise TypeError(f"guide must be a callable Pyro guide, got {type(guide).__name__}")
+    return model, guide, model if isinstance(model, nn.Module) else None
+
+
+def resolve_objective(
+    objective: Objective | str | None,
+    algorithm: str | None,
+    estimator: str | None,
+    num_particles: int | None,
+) -> Objective:
+    """The :class:`~pyro_aevb.infer.objectives.Objective` to train with: ``objective`` if
+    given (then ``algorithm``/``estimator``/``num_particles`` must not be), else the one
+    named by ``algorithm`` (default ``"aevb"``) with ``estimator`` (default ``"B"``) and
+    ``num_particles`` (default 1)."""
+    if isinstance(objective, str):
+        algorithm, objective = objective, None
+    if objective is not None:
+        if not isinstance(objective, Objective):
+            raise TypeError(
+                f"objective must be a pyro_aevb objective (ELBO, WakeSleep, MonteCarloEM, ...) "
+                f"or its name, got {type(objective).__name__}"
+            )
+        given = [
+            n
+            for n, v in (
+                ("algorithm", algorithm),
+                ("estimator", estimator),
+                ("num_particles", num_particles),
+            )
+            if v is not None
+        ]
+        if given:
+            raise ValueError(f"pass {given} inside the objective ({objective!r}), not beside it")
+        return objective
+    algorithm = check_choice(algorithm or "aevb", "algorithm", tuple(ALGORITHMS))
+    if algorithm == "mcem":
+        if estimator is not None or num_particles is not None:
+            raise ValueError(
+                "Monte Carlo EM has no estimator or particles; set its options with "
+                "objective=MonteCarloEM(...)"
+            )
+        return ALGORITHMS[algorithm]()
+    return ALGORITHMS[algorithm](estimator or "B", 1 if num_particles is None else num_particles)
+
+
 class Trainer:
-    """Trains a model object (``nn.Module`` with Pyro ``model``/``guide``) with AEVB.
+    """Trains a model/guide pair with an objective (AEVB by default).
 
     See :func:`fit` for the arguments; :meth:`run` trains to the budget and returns a
     :class:`FitResult`.
@@ -108,15 +176,20 @@ class Trainer:
 
     def __init__(
         self,
-        module: nn.Module,
+        model,
         train,
         test=None,
         *,
-        estimator: str = "B",
+        guide: Callable | None = None,
+        objective: Objective | str | None = None,
+        estimator: str | None = None,
+        num_particles: int | None = None,
+        algorithm: str | None = None,
+        plate_name: str = "data",
+        modules: Sequence[nn.Module] = (),
         optimizer: str = "adagrad",
         lr: float = 0.02,
         batch_size: int = 100,
-        num_particles: int = 1,
         num_samples: int | None = None,
         epochs: float | None = None,
         seed: int = 0,
@@ -128,25 +201,25 @@ class Trainer:
         fast: str = "auto",
         progress: bool = True,
         dataset_name: str | None = None,
-        algorithm: str = "aevb",
         callback=None,
     ):
-        if not isinstance(module, nn.Module) or not (
-            callable(getattr(module, "model", None)) and callable(getattr(module, "guide", None))
-        ):
-            raise TypeError(
-                "module must be an nn.Module with Pyro programs module.model(x, num_data) and "
-                f"module.guide(x, num_data) (e.g. pyro_aevb.VAE), got {type(module).__name__}"
-            )
+        model_fn, guide_fn, module = resolve_programs(model, guide)
+        self.module = module
+        objective = resolve_objective(objective, algorithm, estimator, num_particles)
+        check_choice(fast, "fast", FAST_MODES)
+        if not isinstance(plate_name, str) or not plate_name:
+            raise TypeError(f"plate_name must be a non-empty str, got {plate_name!r}")
         train, test, dataset_name = _unpack_data(train, test, dataset_name)
-        dtype = next(module.parameters()).dtype
-        unit = getattr(module, "likelihood", None) == "bernoulli"
-        data_dim = getattr(module, "data_dim", None)
-        self.train = check_data(train, "train", data_dim, unit_interval=unit).to(dtype)
+        params = list(module.parameters()) if module is not None else []
+        dtype = params[0].dtype if params else None
+        unit = bool(getattr(getattr(module, "likelihood", None), "unit_interval", False))
+        event_shape = getattr(module, "event_shape", None)
+        self.train = check_data(train, "train", event_shape, unit_interval=unit)
+        self.train = self.train if dtype is None else self.train.to(dtype)
         self.test = None
         if test is not None:
-            self.test = check_data(test, "test", data_dim, unit_interval=unit).to(dtype)
-        self.module = module
+            self.test = check_data(test, "test", tuple(self.train.shape[1:]), unit_interval=unit)
+            self.test = self.test.to(self.train.dtype)
         self.num_train = self.train.shape[0]
         self.batch_size = min(check_positive_int(batch_size, "batch_size"), self.num_train)
         if (num_samples is None) == (epochs is None):
@@ -167,27 +240,57 @@ class Trainer:
             raise TypeError(f"callback must be callable(trainer, record), got {callback!r}")
         self.callback = callback
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise TypeError(f"seed must be an int >= 0, got {seed!r}")
+        self.seed = seed
+
+        # The programs, the objective bound to them, and a first look at a minibatch: the
+        # minibatch contract and the parameters are checked before any step, under a seeded
+        # forked RNG (so lazily created pyro.params get a seed-determined initial value and
+        # the training draws are not shifted).
+        self.program = TrainingProgram(
+            model_fn, guide_fn, num_data=self.num_train, plate_name=plate_name, modules=modules
+        )
+        self.objective: BoundObjective = objective.bind(self.program, fast)
+        first = self.train[: self.batch_size]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.objective.setup(first)
+            # everything the programs touch is checkpointed, trained or not
+            self.state_params = self.program.collect_params(first)
+            if self.objective.has_bound and self.schedule:
+                # fail now, not after training, if the bound cannot be evaluated
+                with torch.no_grad():
+                    self.objective.bound(self.train[:2])
+        self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
+        if self.objective.path == "pyro" and isinstance(module, VAE) and fast == "auto":
+            warnings.warn(
+                f"training {type(module).__name__} on stock Pyro, not the fast path: "
+                f"{self.objective.path_reason}",
+                UserWarning,
+                stacklevel=3,
+            )
         self.training_config = {
-            "algorithm": check_choice(algorithm, "algorithm", tuple(ALGORITHMS)),
-            "estimator": estimator,
+            "algorithm": objective.name,
+            "objective": objective.settings(),
             "optimizer": optimizer,
             "lr": float(lr),
             "batch_size": self.batch_size,
-            "num_particles": num_particles,
             "seed": self.seed,
             "num_train": self.num_train,
             "eval_size": self.eval_size,
+            "plate_name": plate_name,
         }
-        self.objective: Objective = ALGORITHMS[algorithm](module, estimator, num_particles, fast)
-        self.optimizer = make_optimizer(optimizer, self.objective.params, lr)
         self.config = {
             "pyro_aevb_version": __version__,
-            "model_class": type(module).__name__,
+            "model_class": _describe_program(module, model_fn),
             "model": getattr(module, "config", None),
             "dataset": dataset_name,
+            "event_shape": list(self.train.shape[1:]),
             "training": self.training_config,
             "path": self.objective.path,
+            "path_reason": self.objective.path_reason,
+            "num_data_route": self.program.route,
         }
 
         # Progress state: everything below is saved in checkpoints.
@@ -218,11 +321,17 @@ class Trainer:
                 )
             torch.manual_seed(self.seed)
 
+    @property
+    def path_description(self) -> str:
+        """Which training path runs and why, for the progress bar and summaries."""
+        reason = self.objective.path_reason
+        return f"{self.objective.path}" + (f" ({reason})" if reason else "")
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
         return {
             "config": self.config,
-            "model_state": self.module.state_dict(),
+            "program_state": self.state_params.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state()},
             "progress": {
@@ -241,13 +350,13 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any]) -> None:
         saved = payload["config"]
-        for key in ("model", "training", "model_class"):
+        for key in ("model", "training", "model_class", "event_shape"):
             if _comparable(saved.get(key)) != _comparable(self.config.get(key)):
                 raise ValueError(
                     f"cannot resume: the checkpoint's {key} settings {saved.get(key)} differ "
                     f"from this run's {self.config.get(key)}"
                 )
-        self.module.load_state_dict(payload["model_state"])
+        self.state_params.load_state_dict(payload["program_state"])
         self.optimizer.load_state_dict(payload["optimizer_state"])
         self.objective.load_state_dict(payload.get("objective_state", {}))
         torch.set_rng_state(payload["rng"]["torch"])
@@ -351,11 +460,11 @@ class Trainer:
     def run(self) -> FitResult:
         """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`."""
         logger.info(
-            "training %s with estimator %s on %d datapoints via the %s path",
-            type(self.module).__name__,
-            self.training_config["estimator"],
+            "training %s (%s) on %d datapoints via the %s path",
+            self.config["model_class"],
+            self.training_config["algorithm"],
             self.num_train,
-            self.objective.path,
+            self.path_description,
         )
         pending = [s for s in self.schedule if s > self.samples]
         next_ckpt = self._next_checkpoint()
@@ -367,6 +476,7 @@ class Trainer:
             disable=not self.progress,
             dynamic_ncols=True,
             mininterval=1.0,
+            desc=f"{self.training_config['algorithm']} [{self.objective.path}]",
         )
         wall0 = time.perf_counter()
         in_step = False
@@ -377,7 +487,7 @@ class Trainer:
                 idx = self._next_batch()
                 xb = torch.index_select(self.train, 0, idx)  # 4x faster than self.train[idx]
                 try:
-                    loss = self.objective.train_step(xb, idx, self.num_train, self.optimizer)
+                    loss = self.objective.train_step(xb, idx, self.optimizer)
                 except (ValueError, RuntimeError) as err:
                     # With non-finite parameters Pyro's argument validation fails before a
                     # loss exists; report it as the divergence it is.
@@ -398,7 +508,13 @@ class Trainer:
                 if pending and self.samples >= pending[0]:
                     while pending and self.samples >= pending[0]:
                         pending.pop(0)
-                    record = self.evaluate()
+                    try:
+                        record = self.evaluate()
+                    except BaseException:
+                        # training progress is kept even if an evaluation fails
+                        if self.out_dir is not None:
+                            self.save()
+                        raise
                     record["wall_seconds"] = round(time.perf_counter() - wall0, 4)
                     self.history.append(record)
                     bar.set_postfix(_postfix(record), refresh=False)
@@ -423,6 +539,7 @@ class Trainer:
             samples=self.samples,
             out_dir=self.out_dir,
             config=self.config,
+            path_reason=self.objective.path_reason,
         )
 
     def _next_checkpoint(self) -> int | None:
@@ -455,28 +572,53 @@ def _unpack_data(train, test, dataset_name):
     return train, test, dataset_name
 
 
-def fit(module: nn.Module, train, test=None, **kwargs) -> FitResult:
-    """Train ``module`` with AEVB (Algorithm 1) and return a :class:`FitResult`.
+def fit(model, train, test=None, **kwargs) -> FitResult:
+    """Train a Pyro model/guide pair with AEVB (Algorithm 1) and return a :class:`FitResult`.
 
     Parameters
     ----------
-    module : nn.Module
-        Holds all trainable parameters and the Pyro programs ``model(x, num_data)`` and
-        ``guide(x, num_data)``, e.g. :class:`pyro_aevb.VAE`.
+    model : model object or callable
+        Either an object with Pyro ``model(x)`` and ``guide(x)`` methods (a
+        :class:`pyro_aevb.VAE`, Pyro's example VAE as written, any ``nn.Module`` of yours),
+        or a Pyro model function with ``guide=`` given. The programs take a minibatch ``x`` of
+        shape ``(M, *event_shape)``; per-datapoint sites sit in ``pyro.plate(plate_name,
+        len(x))``. If the program takes a ``num_data`` keyword it is called with
+        ``num_data=N`` and must scale its plate itself (as ``VAE`` does); otherwise the
+        trainer scales every site inside the data plate by ``N / M``. Everything the programs
+        register in Pyro's param store (``pyro.param``, ``pyro.module``, ``PyroModule``) and
+        every parameter of the model object is trained and checkpointed.
     train : torch.Tensor or pyro_aevb.data.Dataset
-        Training data ``(N, D)``; a ``Dataset`` supplies its train and test splits.
+        Training data ``(N, *event_shape)``; a ``Dataset`` supplies its train and test splits.
     test : torch.Tensor, optional
-        Test data ``(N_test, D)`` for the test bound in the history.
+        Test data for the test bound in the history.
+    guide : callable, optional
+        The guide, when ``model`` is a function (or to replace a model object's own).
+    objective : Objective or str, optional
+        What to optimise, as Pyro's ``SVI`` takes its loss:
+        :class:`~pyro_aevb.infer.ELBO` (default, estimator B),
+        :class:`~pyro_aevb.infer.WakeSleep`, :class:`~pyro_aevb.infer.MonteCarloEM`, or their
+        names ``"aevb"``, ``"wake-sleep"``, ``"mcem"``.
     estimator : {"A", "B"}
-        Generic SGVB (``Trace_ELBO``) or analytic-KL estimator. Default ``"B"``.
+        Shortcut for ``objective=ELBO(estimator)``: generic SGVB (``Trace_ELBO``) or analytic
+        KL. Default ``"B"``.
+    num_particles : int
+        L, draws of ``z`` per datapoint and step (default 1).
+    algorithm : {"aevb", "wake-sleep", "mcem"}
+        Shortcut for the objective by name (default ``"aevb"``).
+    plate_name : str
+        Name of the data plate (default ``"data"``).
+    modules : sequence of nn.Module
+        More modules whose state belongs to the run (owners of bound-method programs are
+        found automatically).
     optimizer : {"adagrad", "adam"}
         Default ``"adagrad"`` (the paper's), step size ``lr`` (default 0.02).
     batch_size : int
-        M (default 100). ``num_particles``: L (default 1).
+        M (default 100).
     num_samples, epochs :
         The budget, in training samples evaluated (the paper's x-axis) or in epochs; give one.
     seed : int
-        Seeds the sampling RNG (``torch.manual_seed``) and the minibatch order.
+        Seeds the sampling RNG (``torch.manual_seed``), the minibatch order and the initial
+        values of parameters the programs create lazily.
     eval_every : int or "log"
         Evaluate every so many samples, or at 1, 2, 5 x 10^k samples (default), and at the end.
     eval_size : int or None
@@ -488,22 +630,30 @@ def fit(module: nn.Module, train, test=None, **kwargs) -> FitResult:
     resume : bool
         Continue the run saved in ``out_dir`` (the budget may be larger than before).
     fast : {"auto", "on", "off"}
-        Use the fused fast path when it supports the model (see
-        :mod:`pyro_aevb.infer.fast_vae`).
+        Use the fused fast path when it supports the model (the paper's VAE; see
+        :mod:`pyro_aevb.infer.objectives.fast_vae`). Which path runs is in the progress bar,
+        ``FitResult.path``/``path_reason`` and the run's config; a VAE that cannot use it
+        gets a warning saying why.
     callback : callable, optional
         ``callback(trainer, record)`` after each evaluation, under the evaluation RNG; it may
         add JSON-serialisable entries to ``record`` (e.g. a marginal-likelihood estimate).
-    algorithm : {"aevb", "wake-sleep", "mcem"}
-        AEVB (default), the wake-sleep baseline (:mod:`pyro_aevb.infer.wake_sleep`) or Monte
-        Carlo EM (:mod:`pyro_aevb.infer.mcem`), with the same history, checkpoints and
-        progress.
     progress : bool
         Show a tqdm progress bar.
 
     Raises
     ------
+    ValueError
+        The programs break the minibatch contract (a plate of another size, a plate that
+        subsamples itself, no data plate), or another argument is invalid; the message says
+        what to change. Checked on the first minibatch, before any step.
     NonFiniteLossError
         When a loss is NaN or infinite; the parameters keep their last finite values and the
         last checkpoint in ``out_dir`` is not overwritten.
     """
-    return Trainer(module, train, test, **kwargs).run()
+    return Trainer(model, train, test, **kwargs).run()
+
+
+def _describe_program(module, model_fn) -> str:
+    if module is not None:
+        return type(module).__name__
+    return getattr(model_fn, "__qualname__", type(model_fn).__name__)

@@ -1,0 +1,250 @@
+r"""Monte Carlo EM with an HMC E-step (the paper's Appendix E baseline): no encoder.
+
+Every training point ``i`` keeps a persistent posterior chain ``z_i``. For a minibatch ``B``
+of ``M`` of the ``N`` points:
+
+* **E-step.** Advance each ``z_i, i in B`` by ``num_transitions`` HMC transitions of
+  ``num_leapfrog = 10`` leapfrog steps targeting ``p_theta(z | x_i)`` with the batched kernel
+  of :mod:`pyro_aevb.mcmc.hmc` (one chain per datapoint, its own step size and
+  accept/reject). Each chain's step size follows the acceptance toward ``target_accept = 0.9``
+  with the constant-gain rule ``log eps_i += gain * (a_i - 0.9)``, so that it keeps tracking
+  the posterior while ``theta`` moves.
+* **M-step.** ``num_m_steps = 5`` optimizer steps on theta with the acquired samples::
+
+      loss(theta) = -(N / M) sum_{i in B} log p_theta(x_i, z_i) - log p(theta).
+
+Chains live in the unconstrained coordinates of every local latent site of the model
+(:class:`~pyro_aevb.poutine.LatentLayout`: the Jacobian of each site's transform is in the
+potential) and start at a draw from the model's prior; the M-step conditions the model on
+the chains mapped back through each site's transform. So MCEM runs on any model whose latents
+are local (several sites, constrained supports); a model with global latents is refused (it
+would need their posterior too). The chains are part of the checkpoint, so MCEM runs resume
+exactly like AEVB runs. MCEM is not
+online in the paper's sense: its state grows with ``N`` and every datapoint's chain must
+mix, which is why it only runs on small training sets; the history's ``train_seconds`` per
+training sample shows its cost next to AEVB's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.poutine as poutine
+import torch
+
+from ...mcmc import hmc
+from ...mcmc.potential import PerDatapointPotential
+from ...models.vae import VAE
+from ...poutine import PerDatapointProgram, TrainingProgram, collect_params
+from ...validation import check_choice, check_positive_float, check_positive_int
+from .base import FAST_MODES, BoundObjective, Objective
+
+__all__ = ["MonteCarloEM", "MonteCarloEMObjective", "MCEM_OPTIONS"]
+
+#: MonteCarloEM's options and their defaults (the paper's Appendix E where it gives them).
+MCEM_OPTIONS = {
+    "num_leapfrog": 10,
+    "num_transitions": 1,
+    "num_m_steps": 5,
+    "target_accept": 0.9,
+    "init_step_size": 0.1,
+    "adapt_gain": 0.5,
+    "step_size_jitter": 0.5,
+}
+
+
+class MonteCarloEM(Objective):
+    """Monte Carlo EM with an HMC E-step (Appendix E); no encoder is used.
+
+    Parameters
+    ----------
+    num_leapfrog : int
+        Leapfrog steps per HMC transition (paper: 10).
+    num_transitions : int
+        HMC transitions per E-step.
+    num_m_steps : int
+        Gradient steps on theta per minibatch (paper: 5).
+    target_accept : float
+        Target acceptance probability of the step-size rule (paper: 0.9).
+    init_step_size, adapt_gain : float
+        Initial leapfrog step size and the gain of the step-size rule.
+    step_size_jitter : float
+        Each transition integrates with ``eps * U(1 - j, 1 + j)``, so that a fixed trajectory
+        length cannot lock onto a period of a near-Gaussian posterior (the chain would then
+        never move); a step size drawn independently of the state keeps the target invariant.
+    """
+
+    name = "mcem"
+
+    def __init__(
+        self,
+        num_leapfrog: int = 10,
+        num_transitions: int = 1,
+        num_m_steps: int = 5,
+        target_accept: float = 0.9,
+        init_step_size: float = 0.1,
+        adapt_gain: float = 0.5,
+        step_size_jitter: float = 0.5,
+    ):
+        self.num_leapfrog = check_positive_int(num_leapfrog, "num_leapfrog")
+        self.num_transitions = check_positive_int(num_transitions, "num_transitions")
+        self.num_m_steps = check_positive_int(num_m_steps, "num_m_steps")
+        self.target_accept = check_positive_float(target_accept, "target_accept")
+        if not self.target_accept < 1:
+            raise ValueError(f"target_accept must be in (0, 1), got {target_accept}")
+        self.init_step_size = check_positive_float(init_step_size, "init_step_size")
+        self.adapt_gain = check_positive_float(adapt_gain, "adapt_gain", allow_zero=True)
+        self.step_size_jitter = check_positive_float(
+            step_size_jitter, "step_size_jitter", allow_zero=True
+        )
+        if self.step_size_jitter >= 1:
+            raise ValueError(f"step_size_jitter must be in [0, 1), got {step_size_jitter}")
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in MCEM_OPTIONS}
+
+    def bind(self, program: TrainingProgram, fast: str = "auto") -> BoundObjective:
+        check_choice(fast, "fast", FAST_MODES)
+        return MonteCarloEMObjective(program, self, fast)
+
+
+class MonteCarloEMObjective(BoundObjective):
+    """Monte Carlo EM updates (Appendix E) on a :class:`~pyro_aevb.poutine.TrainingProgram`
+    whose model has local latents only; see :class:`MonteCarloEM` for the options. For a
+    :class:`~pyro_aevb.models.VAE` only the decoder is trained (the encoder is unused) and the
+    potential is evaluated directly on its networks."""
+
+    path = "mcem"
+    has_bound = False
+
+    def __init__(self, program: TrainingProgram, options: MonteCarloEM, fast: str = "auto"):
+        super().__init__(program)
+        self.options = options
+        vae = getattr(program.model, "__self__", None)
+        self.vae = vae if type(vae) is VAE and program.plate_name == "data" else None
+        self.direct = fast != "off" and self.vae is not None
+        self.path_reason = "direct VAE arithmetic" if self.direct else "Pyro traces"
+        self.chains: torch.Tensor | None = None  # (N, D) persistent unconstrained positions
+        self.step_size: torch.Tensor | None = None  # (N,)
+        self.layout = None
+        self._accept_sum = 0.0
+        self._accept_count = 0
+
+    def setup(self, x: torch.Tensor) -> None:
+        self.program.check(x)
+        prepared = PerDatapointProgram(
+            self.program.model, None, x, plate_name=self.program.plate_name
+        )
+        if prepared.global_names:
+            raise ValueError(
+                f"Monte Carlo EM samples only local latents, but the model has global latent "
+                f"sites {list(prepared.global_names)} outside the plate "
+                f"'{self.program.plate_name}'; use AEVB (with a guide for them)"
+            )
+        self.prepared = prepared
+        self.layout = prepared.layout
+        if self.vae is not None:
+            modules = [self.vae.decoder]
+            self.params = collect_params([], modules=modules)
+        else:
+            self.params = self.program.collect_params(x, programs="model")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"chains": self.chains, "step_size": self.step_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        chains, step_size = state.get("chains"), state.get("step_size")
+        if chains is not None and chains.shape != (self.program.num_data, self.layout.dim):
+            raise ValueError(
+                f"the checkpoint's MCEM chains have shape {tuple(chains.shape)} but this run "
+                f"needs ({self.program.num_data}, {self.layout.dim}) (one per training point)"
+            )
+        self.chains, self.step_size = chains, step_size
+
+    def diagnostics(self) -> dict:
+        """Mean acceptance probability since the last call and mean step size."""
+        out = {}
+        if self._accept_count:
+            out["accept_prob"] = self._accept_sum / self._accept_count
+            out["step_size"] = float(self.step_size.mean())
+        self._accept_sum, self._accept_count = 0.0, 0
+        return out
+
+    # ------------------------------------------------------------------ the two steps
+    def _potential_fn(self, x: torch.Tensor):
+        """``U_i(u_i) = -log p(x_i, u_i)``, a function ``(M, D) -> (M,)``."""
+        if self.direct:
+            vae = self.vae
+
+            def potential(z):
+                return -vae.log_joint(x, z)
+
+            return potential
+        return PerDatapointPotential(self.prepared, x)
+
+    def _init_chains(self, x: torch.Tensor) -> None:
+        # Chains start from the prior of every local site (through its transform): the same
+        # draw the model's own prior would make.
+        num_data = self.program.num_data
+        with torch.no_grad(), poutine.block():
+            rows = x[:1].expand(num_data, *x.shape[1:])
+            trace = poutine.trace(self.prepared.model).get_trace(rows)
+        values = {n: trace.nodes[n]["value"] for n in self.layout.names}
+        self.chains = self.layout.flatten(values).to(x.dtype)
+        self.step_size = torch.full((num_data,), self.options.init_step_size, dtype=x.dtype)
+
+    def e_step(self, x: torch.Tensor, idx: torch.Tensor, adapt: bool = True) -> torch.Tensor:
+        """Advance the chains of rows ``idx`` (data ``x``); returns their positions ``(M, D)``."""
+        opt = self.options
+        potential = self._potential_fn(x)
+        state = hmc.init(potential, self.chains[idx])
+        eps = self.step_size[idx]
+        for _ in range(opt.num_transitions):
+            state, info = hmc.step(
+                state,
+                potential,
+                step_size=eps,
+                num_steps=opt.num_leapfrog,
+                step_size_jitter=opt.step_size_jitter,
+            )
+            if adapt and opt.adapt_gain:
+                accept = torch.nan_to_num(info.accept_prob, nan=0.0)
+                eps = (eps.log() + opt.adapt_gain * (accept - opt.target_accept)).exp()
+            self._accept_sum += float(info.accept_prob.nan_to_num(0.0).mean())
+            self._accept_count += 1
+        self.chains[idx] = state.position
+        self.step_size[idx] = eps
+        return state.position
+
+    def loss_and_grads(self, x: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """M-step loss ``-(N/M) sum_i log p(x_i, z_i) - log p(theta)`` and its theta-gradient,
+        at the unconstrained chain positions ``u`` ``(M, D)``."""
+        self.zero_grad()
+        num_data = self.program.num_data
+        if self.direct:
+            vae = self.vae
+            loss = -(num_data / x.shape[0]) * vae.log_joint(x, u).sum()
+            if vae.weight_prior_std is not None:
+                loss = loss - vae.log_weight_prior()
+        else:
+            values = self.layout.unflatten_constrained(u)
+            conditioned = poutine.condition(self.program.model_n, data=values)
+            loss = -poutine.trace(conditioned).get_trace(x).log_prob_sum()
+        loss.backward()
+        return loss.detach()
+
+    def train_step(self, x, idx, optimizer) -> float:
+        if self.chains is None:
+            self._init_chains(x)
+        u = self.e_step(x, idx)
+        loss = float("nan")
+        for _ in range(self.options.num_m_steps):
+            loss = self.loss_and_grads(x, u).item()
+            if not math.isfinite(loss):
+                return loss
+            optimizer.step()
+        return loss
+
+    def bound(self, x):
+        raise NotImplementedError("Monte Carlo EM has no encoder, so no per-datapoint bound")

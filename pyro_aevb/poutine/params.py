@@ -1,0 +1,174 @@
+r"""The trainable parameters of a model/guide pair: modules and Pyro's param store, by name.
+
+Pyro programs keep parameters in two places: ``torch.nn.Module`` objects the program computes
+with (registered with ``pyro.module`` or as a ``PyroModule``) and Pyro's global param store
+(``pyro.param``, which holds each parameter as an *unconstrained* leaf tensor).
+:func:`collect_params` finds everything a pair of programs touches, as ``SVI`` does (a
+``param_only`` trace), and merges it with the parameters of the modules that own the programs,
+without duplicates. :class:`ProgramParams` is that set, in a fixed order, with a state dict
+keyed by name for checkpoints.
+
+Pyro's param store is global: building a second model under the same ``pyro.module`` name
+leaves the *first* model's tensors in the store, while the new module computes with its own.
+Training the store's entries would then never change the model. When a module is given,
+:func:`collect_params` points such stale entries at the module's own parameters, so that the
+store, the optimizer and the program agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from torch import nn
+
+__all__ = ["ProgramParams", "collect_params", "owner_modules"]
+
+_DIVIDER = "$$$"  # pyro.module's separator between the module name and the parameter name
+
+
+def owner_modules(*programs) -> list[nn.Module]:
+    """The ``nn.Module`` objects behind programs: a module itself, or a bound method's owner."""
+    out: list[nn.Module] = []
+    for fn in programs:
+        owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, nn.Module) and all(owner is not m for m in out):
+            out.append(owner)
+    return out
+
+
+class ProgramParams:
+    """An ordered set of trainable tensors, with names for checkpoints.
+
+    Attributes
+    ----------
+    modules : list of nn.Module
+        Modules whose ``state_dict`` (parameters and buffers) belongs to the state.
+    store_names : list of str
+        Param-store entries touched by the programs that no module owns, sorted.
+    tensors : list of torch.Tensor
+        Every trainable leaf tensor: the modules' parameters, then the store entries.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], store_names: Sequence[str]):
+        self.modules = list(modules)
+        self.store_names = list(store_names)
+        store = _unconstrained()
+        seen: set[int] = set()
+        tensors = []
+        for m in self.modules:
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    tensors.append(p)
+        for name in self.store_names:
+            p = store.get(name)
+            if p is None:
+                raise KeyError(f"param '{name}' is no longer in Pyro's param store")
+            if id(p) not in seen:
+                seen.add(id(p))
+                tensors.append(p)
+        self.tensors = tensors
+
+    def __iter__(self):
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def state_dict(self) -> dict:
+        """``{"modules": [state_dict, ...], "store": {name: unconstrained tensor}}``, detached."""
+        store = _unconstrained()
+        return {
+            "modules": [m.state_dict() for m in self.modules],
+            "store": {n: store[n].detach().clone() for n in self.store_names},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load values saved by :meth:`state_dict` in place (the tensors keep their identity,
+        so an optimizer built on them stays valid). Errors name what does not match."""
+        modules = state.get("modules", [])
+        if len(modules) != len(self.modules):
+            raise ValueError(
+                f"the checkpoint holds the state of {len(modules)} module(s) but the programs "
+                f"have {len(self.modules)}"
+            )
+        for m, sd in zip(self.modules, modules, strict=True):
+            try:
+                m.load_state_dict(sd)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"the checkpoint's parameters do not fit {type(m).__name__}: {err}"
+                ) from err
+        saved = state.get("store", {})
+        if sorted(saved) != sorted(self.store_names):
+            raise ValueError(
+                f"the checkpoint's param-store entries {sorted(saved)} differ from the "
+                f"programs' {sorted(self.store_names)}"
+            )
+        store = _unconstrained()
+        with torch.no_grad():
+            for name, value in saved.items():
+                target = store[name]
+                if target.shape != value.shape:
+                    raise ValueError(
+                        f"param '{name}' has shape {tuple(target.shape)} but the checkpoint "
+                        f"holds {tuple(value.shape)}"
+                    )
+                target.copy_(value)
+
+
+def _unconstrained() -> dict[str, torch.Tensor]:
+    """Pyro's param store as ``{name: unconstrained leaf tensor}`` (what optimizers update)."""
+    return dict(pyro.get_param_store().named_parameters())
+
+
+def _param_names(programs, args, kwargs) -> list[str]:
+    """Names of the param-store entries the programs read, in first-use order."""
+    names: list[str] = []
+    # A throw-away run: fork the RNG so the caller's draws are not shifted.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with poutine.trace(param_only=True) as capture:
+            for fn in programs:
+                fn(*args, **kwargs)
+    for name, site in capture.trace.nodes.items():
+        if site["type"] == "param" and name not in names:
+            names.append(name)
+    return names
+
+
+def _point_store_at_modules(modules: Sequence[nn.Module], names: Sequence[str]) -> None:
+    """Replace stale ``pyro.module`` entries by the module tensors the programs compute with."""
+    current = _unconstrained()
+    for name in names:
+        if _DIVIDER not in name:
+            continue
+        _, pname = name.split(_DIVIDER, 1)
+        for m in modules:
+            own = dict(m.named_parameters()).get(pname)
+            if own is not None and own is not current[name]:
+                # the constraint of a pyro.module entry is real: the store keeps `own` itself
+                pyro.get_param_store()[name] = own
+                break
+
+
+def collect_params(
+    programs: Sequence[Callable], *args, modules: Sequence[nn.Module] = (), **kwargs
+) -> ProgramParams:
+    """Everything trainable that ``programs`` (run as ``fn(*args, **kwargs)``) touch.
+
+    ``modules`` (and the modules owning the programs, see :func:`owner_modules`) contribute
+    all their parameters; the param store contributes the entries the programs read.
+    """
+    modules = list(modules)
+    for m in owner_modules(*programs):
+        if all(m is not k for k in modules):
+            modules.append(m)
+    names = _param_names(programs, args, kwargs)
+    _point_store_at_modules(modules, names)
+    store = _unconstrained()
+    module_ids = {id(p) for m in modules for p in m.parameters()}
+    store_names = sorted(n for n in names if id(store[n]) not in module_ids)
+    return ProgramParams(modules, store_names)

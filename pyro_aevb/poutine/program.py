@@ -1,0 +1,378 @@
+r"""A model/guide pair prepared for per-datapoint estimators.
+
+Every per-datapoint estimator (the bound ``L_i``, IWAE, HMC, Appendix D, AIS, MCEM's E-step)
+needs the same preparation, done once here:
+
+* **The data plate covers every row given, exactly once.** Programs run under
+  :class:`DataPlateRows`, which refuses a plate that subsamples its rows (``subsample_size``)
+  or has another size than the rows given: a result is never for other rows than the caller's.
+* **Local and global latents are told apart** from a trace: local latents live inside the
+  data plate, global ones (shared by all datapoints, e.g. a noise scale ``sigma`` outside the
+  plate) outside it.
+* **Global latents are conditioned on a point estimate.** ``log p(x_i)`` of one datapoint is
+  not defined while a latent shared with the others is integrated out, so every per-datapoint
+  quantity here is conditional on the globals ``g``::
+
+      L_i(g) = E_q(z_i | x_i, g)[log p(x_i, z_i | g) - log q(z_i | x_i, g)],
+      log p(x_i | g) = log integral p(x_i, z_i | g) dz_i,
+
+  with ``g`` fixed at ``global_values`` if given, else at the guide's point estimate
+  (:func:`global_point_estimate`: the median of each global site's guide distribution, as
+  :meth:`pyro.infer.autoguide.AutoGuide.median` defines it). The values used are reported in
+  :attr:`PerDatapointProgram.settings`.
+* **Model and guide must match**: every latent of the model has a guide site and the guide
+  has no site the model lacks; a mismatch is an error naming the site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_factor, site_is_subsample
+from torch.distributions import biject_to
+
+from .layout import LatentLayout
+from .plates import ProgramContractError, latent_sites, plate_frame, require_plate, sample_sites
+
+__all__ = [
+    "DataPlateRows",
+    "ProgramContractError",
+    "first_trace_errors",
+    "PerDatapointProgram",
+    "as_program",
+    "global_point_estimate",
+    "replicate_rows",
+    "trace_guide_and_model",
+]
+
+
+def replicate_rows(x: torch.Tensor, num_copies: int) -> torch.Tensor:
+    """Stack ``num_copies`` copies of ``x`` (shape ``(B, ...)``) into ``(num_copies * B, ...)``.
+
+    Row ``c * B + i`` is ``x[i]``: the copy-major order used for several chains or particles
+    per datapoint. A program run on the copies is an ordinary program on a bigger batch, so
+    any user code that works on a batch (``cat``, ``reshape(-1, k)``, convolutions) works.
+    """
+    if num_copies == 1:
+        return x
+    return x.repeat((num_copies,) + (1,) * (x.dim() - 1))
+
+
+@contextlib.contextmanager
+def first_trace_errors(shape, what: str = "the model and guide"):
+    """Turn an error raised while first running the user's programs into one that says what
+    was run on what, so that a raw torch or Pyro shape error never reaches the user alone."""
+    try:
+        yield
+    except ProgramContractError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as err:
+        raise ValueError(
+            f"running {what} on x of shape {tuple(shape)} failed: {type(err).__name__}: "
+            f"{err}. The programs are called as fn(x) with a batch x of shape "
+            f"(batch, *event_shape), one datapoint per row, and per-datapoint sites inside "
+            f"the data plate"
+        ) from err
+
+
+class DataPlateRows(Messenger):
+    """Require the data plate to cover exactly the ``rows`` rows given, each once.
+
+    Raises ``ValueError`` when the plate draws its own subsample (``subsample_size``), has
+    another size, or is given a subsample of another length.
+    """
+
+    def __init__(self, plate_name: str, rows: int):
+        super().__init__()
+        self.plate_name = plate_name
+        self.rows = rows
+
+    def _process_message(self, msg) -> None:
+        if msg["name"] != self.plate_name or not site_is_subsample(msg):
+            return
+        fn = msg["fn"]
+        given = msg["value"]
+        if given is not None:
+            if len(given) != self.rows:
+                raise ProgramContractError(
+                    f"the data plate '{self.plate_name}' is given a subsample of {len(given)} "
+                    f"indices but there are {self.rows} rows: per-datapoint estimators need "
+                    f"one plate entry per row of x"
+                )
+            return
+        if fn.subsample_size not in (None, fn.size):
+            raise ProgramContractError(
+                f"the data plate '{self.plate_name}' subsamples {fn.subsample_size} of its "
+                f"{fn.size} rows (subsample_size=): a per-datapoint result would be for other "
+                f"rows than the {self.rows} given. Remove subsample_size from "
+                f"pyro.plate('{self.plate_name}', ...) (pyro_aevb.fit draws minibatches itself)"
+            )
+        if fn.size != self.rows:
+            raise ProgramContractError(
+                f"the data plate '{self.plate_name}' has size {fn.size} but x has {self.rows} "
+                f"rows; size the plate from the data, pyro.plate('{self.plate_name}', len(x))"
+            )
+
+
+def _with_rows(fn: Callable, plate_name: str) -> Callable:
+    def wrapped(x, *args, **kwargs):
+        with DataPlateRows(plate_name, x.shape[0]):
+            return fn(x, *args, **kwargs)
+
+    wrapped.__wrapped__ = fn
+    return wrapped
+
+
+def trace_guide_and_model(model: Callable, guide: Callable, *args, **kwargs):
+    """``(guide_trace, model_trace)``: the guide traced, and the model replayed on its draws."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return guide_trace, model_trace
+
+
+def _base(fn):
+    while isinstance(fn, dist.Independent | torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn
+
+
+_LOC_FAMILIES = (dist.Normal, dist.StudentT, dist.Cauchy, dist.Laplace)
+
+
+def _median(fn, value: torch.Tensor, num_draws: int) -> torch.Tensor:
+    """A point estimate of a guide site: its median where known in closed form, else the
+    image of the mean of draws in the unconstrained space of the site's support (always inside
+    the support; the median for any monotone transform of a symmetric family)."""
+    base = _base(fn)
+    if isinstance(base, dist.Delta):
+        return base.v.expand_as(value)
+    if isinstance(base, _LOC_FAMILIES):
+        return base.loc.expand_as(value)
+    if isinstance(base, dist.LogNormal):
+        return base.loc.exp().expand_as(value)
+    if isinstance(base, torch.distributions.TransformedDistribution) and isinstance(
+        _base(base.base_dist), _LOC_FAMILIES
+    ):
+        out = _base(base.base_dist).loc
+        for t in base.transforms:
+            out = t(out)
+        return out.expand_as(value)
+    transform = biject_to(fn.support)
+    with torch.no_grad():
+        draws = fn.sample((num_draws,))
+        return transform(transform.inv(draws).mean(0))
+
+
+@torch.no_grad()
+def global_point_estimate(
+    guide: Callable, x: torch.Tensor, names, num_draws: int = 1000
+) -> dict[str, torch.Tensor]:
+    """Point estimates of the global latent sites ``names`` from the guide.
+
+    A Pyro autoguide (anything with a ``median(*args)`` method) gives its own medians;
+    otherwise each site's guide distribution gives its median (:func:`_median`). Draws use a
+    forked RNG with a fixed seed, so this never shifts the caller's random stream.
+    """
+    names = list(names)
+    median = getattr(getattr(guide, "__wrapped__", guide), "median", None)
+    if callable(median):
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            torch.manual_seed(0)
+            values = median(x)
+        missing = [n for n in names if n not in values]
+        if not missing:
+            return {n: values[n].detach() for n in names}
+    with torch.random.fork_rng(devices=[]), poutine.block():
+        torch.manual_seed(0)
+        trace = poutine.trace(guide).get_trace(x)
+        out = {}
+        for n in names:
+            if n not in trace.nodes:
+                raise ValueError(f"the guide has no site for the model's global latent '{n}'")
+            site = trace.nodes[n]
+            out[n] = _median(site["fn"], site["value"], num_draws).detach()
+    return out
+
+
+class PerDatapointProgram:
+    """A model (and guide) ready for per-datapoint estimators; see the module docstring.
+
+    Parameters
+    ----------
+    model : callable
+        Pyro model called as ``model(x)``; per-datapoint sites inside
+        ``pyro.plate(plate_name, len(x))``.
+    guide : callable, optional
+        Pyro guide ``guide(x)`` over the model's latents.
+    x : torch.Tensor
+        ``(B, *event_shape)`` observations the estimator will run on; the programs are
+        traced once on them.
+    plate_name : str
+        Name of the data plate.
+    global_values : dict, optional
+        Values of the model's global latents to condition on; default: the guide's point
+        estimate (required if the model has globals and there is no guide).
+
+    Attributes
+    ----------
+    model, guide : callable
+        The programs with globals conditioned and the data plate checked, called as ``fn(x)``.
+    local_names, global_names : tuple of str
+        The model's latent sites inside / outside the data plate.
+    global_values : dict of str to torch.Tensor
+        What the globals are conditioned on (empty without globals).
+    layout : LatentLayout
+        The local latents' unconstrained layout.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable | None,
+        x: torch.Tensor,
+        *,
+        plate_name: str = "data",
+        global_values: dict | None = None,
+    ):
+        if isinstance(model, PerDatapointProgram):
+            raise TypeError("model is already a PerDatapointProgram; pass its .model")
+        self.plate_name = plate_name
+        self.raw_model, self.raw_guide = model, guide
+        model_r = _with_rows(model, plate_name)
+        guide_r = None if guide is None else _with_rows(guide, plate_name)
+        # Traced on the rows the estimator will use: a guide with per-datapoint parameters
+        # (pyro.param of shape (len(x), ...)) creates them here, so they must have that size.
+        with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
+            with torch.random.fork_rng(devices=[]):
+                if guide_r is not None:
+                    guide_trace, model_trace = trace_guide_and_model(model_r, guide_r, x)
+                else:
+                    guide_trace, model_trace = None, poutine.trace(model_r).get_trace(x)
+        require_plate(model_trace, plate_name, "model")
+        _check_observed_rows(model_trace, plate_name, x.shape[0])
+        latents = latent_sites(model_trace)
+        self.local_names = tuple(n for n, s in latents.items() if plate_frame(s, plate_name))
+        self.global_names = tuple(n for n in latents if n not in self.local_names)
+        given = dict(global_values or {})
+        if guide_trace is not None:
+            _check_guide_matches(model_trace, guide_trace, plate_name, skip=given)
+        if self.global_names:
+            missing = [n for n in self.global_names if n not in given]
+            if missing and guide is None:
+                raise ValueError(
+                    f"the model has global latent sites {missing} (outside the plate "
+                    f"'{plate_name}') and there is no guide to estimate them: pass "
+                    f"global_values={{name: value}} to condition on"
+                )
+            if missing:
+                given.update(global_point_estimate(guide_r, x, missing))
+            unknown = sorted(set(given) - set(self.global_names))
+            if unknown:
+                raise ValueError(
+                    f"global_values names {unknown}, which are not global latent sites of the "
+                    f"model (its globals: {list(self.global_names)})"
+                )
+            self.global_values = {n: torch.as_tensor(given[n]) for n in self.global_names}
+            model_r = poutine.condition(model_r, data=self.global_values)
+            guide_r = None if guide_r is None else poutine.condition(guide_r, self.global_values)
+        else:
+            if global_values:
+                raise ValueError(
+                    f"global_values given for {sorted(global_values)}, but the model has no "
+                    f"global latent site"
+                )
+            self.global_values = {}
+        self.model, self.guide = model_r, guide_r
+        self._model_trace = _conditioned(model_trace, self.global_names)
+        first = model_trace.nodes[self.local_names[0]]["value"] if self.local_names else x
+        self.dtype = first.dtype
+        self._layout = None
+
+    @property
+    def layout(self) -> LatentLayout:
+        """The local latents' unconstrained layout (raises for a model without local latents)."""
+        if self._layout is None:
+            self._layout = LatentLayout.from_trace(self._model_trace, self.plate_name)
+        return self._layout
+
+    @property
+    def settings(self) -> dict:
+        """What the per-datapoint results are conditional on (JSON-friendly)."""
+        out: dict = {"plate_name": self.plate_name}
+        if self.global_values:
+            out["globals_conditioned_on"] = {
+                n: v.detach().cpu().tolist() for n, v in self.global_values.items()
+            }
+        return out
+
+
+def _conditioned(trace, names):
+    """A shallow copy of ``trace`` with the sites ``names`` marked observed (for the layout)."""
+    if not names:
+        return trace
+    trace = trace.copy()
+    for n in names:
+        trace.nodes[n] = {**trace.nodes[n], "is_observed": True}
+    return trace
+
+
+def _check_observed_rows(trace, plate_name: str, rows: int) -> None:
+    """Every observation inside the data plate has one entry per row along the plate: an
+    observation without that dimension would be scored against every row."""
+    for name, site in sample_sites(trace):
+        frame = plate_frame(site, plate_name)
+        if frame is None or not site["is_observed"] or site_is_factor(site):
+            continue
+        value, event_dim = site["value"], site["fn"].event_dim
+        dim = frame.dim - event_dim
+        if value.dim() < -dim or value.shape[dim] != rows:
+            raise ProgramContractError(
+                f"observed site '{name}' has value shape {tuple(value.shape)} (event dims "
+                f"{event_dim}), which has no dimension of size {rows} for the plate "
+                f"'{plate_name}' (dim {frame.dim}): each row of x must be one datapoint; check "
+                f"the shape of x and the site's event dimensions (.to_event)"
+            )
+
+
+def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> None:
+    model_latents = latent_sites(model_trace)
+    guide_sites = dict(sample_sites(guide_trace))
+    extra = [n for n, s in guide_sites.items() if n not in model_trace.nodes]
+    if extra:
+        raise ProgramContractError(
+            f"guide site(s) {extra} are not in the model: auxiliary guide sites have no "
+            f"p(x, z) / q(z | x) term, so per-datapoint bounds and importance weights are not "
+            f"defined; remove them from the guide or add them to the model"
+        )
+    missing = [n for n in model_latents if n not in guide_sites and n not in skip]
+    if missing:
+        raise ProgramContractError(
+            f"model latent site(s) {missing} have no site in the guide; the guide must sample "
+            f"every latent of the model (guide sites: {list(guide_sites)})"
+        )
+    for n, s in model_latents.items():
+        if plate_frame(s, plate_name) and not plate_frame(guide_sites[n], plate_name):
+            raise ProgramContractError(
+                f"latent site '{n}' is inside the data plate '{plate_name}' in the model but "
+                f"not in the guide; sample it inside pyro.plate('{plate_name}', len(x)) there too"
+            )
+
+
+def as_program(
+    model,
+    guide: Callable | None,
+    x: torch.Tensor,
+    *,
+    plate_name: str = "data",
+    global_values: dict | None = None,
+) -> PerDatapointProgram:
+    """``model`` if it is already a :class:`PerDatapointProgram`, else one built from the
+    pair and ``x``."""
+    if isinstance(model, PerDatapointProgram):
+        return model
+    return PerDatapointProgram(model, guide, x, plate_name=plate_name, global_values=global_values)

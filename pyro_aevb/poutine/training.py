@@ -1,0 +1,125 @@
+r"""A model/guide pair bound to a data set of ``N`` rows, ready to be trained on minibatches.
+
+:class:`TrainingProgram` is what every training objective works on: the user's programs as
+written (a ``VAE``'s methods, Pyro's example VAE, any ``model(x)``/``guide(x)`` pair), bound to
+the data set size by :func:`~pyro_aevb.poutine.scaling.bind_num_data`, the name of the data
+plate, the modules that own the programs, and two checks made on the first minibatch before
+any training step: that the data plate stands for ``N`` rows of which the minibatch is the
+subsample (:meth:`TrainingProgram.check`), and which parameters the pair trains
+(:meth:`TrainingProgram.collect_params`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro.poutine as poutine
+import torch
+from torch import nn
+
+from .params import ProgramParams, collect_params, owner_modules
+from .plates import latent_sites, plate_frame
+from .program import first_trace_errors, trace_guide_and_model
+from .scaling import accepts_num_data, bind_num_data, check_minibatch_trace
+
+__all__ = ["TrainingProgram"]
+
+
+class TrainingProgram:
+    """``model``/``guide`` on minibatches of a data set of ``num_data`` rows.
+
+    Parameters
+    ----------
+    model : callable
+        Pyro model called as ``model(x)`` (or ``model(x, num_data=N)`` if it takes
+        ``num_data``) on a minibatch ``x`` of shape ``(M, *event_shape)``.
+    guide : callable or None
+        Pyro guide, called the same way (``None`` for objectives without one, e.g. Monte
+        Carlo EM).
+    num_data : int
+        N, the size of the training set.
+    plate_name : str
+        Name of the data plate.
+    modules : sequence of nn.Module
+        Modules whose parameters and buffers belong to the trained state, in addition to the
+        owners of bound-method programs (found automatically).
+
+    Attributes
+    ----------
+    model_n, guide_n : callable
+        The programs bound to ``num_data``: call them on a minibatch.
+    modules : list of nn.Module
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable | None,
+        *,
+        num_data: int,
+        plate_name: str = "data",
+        modules: Sequence[nn.Module] = (),
+    ):
+        if not callable(model):
+            raise TypeError(f"model must be a callable Pyro program, got {type(model).__name__}")
+        if guide is not None and not callable(guide):
+            raise TypeError(f"guide must be a callable Pyro program, got {type(guide).__name__}")
+        self.model, self.guide = model, guide
+        self.num_data = num_data
+        self.plate_name = plate_name
+        self.model_n = bind_num_data(model, num_data, plate_name)
+        self.guide_n = None if guide is None else bind_num_data(guide, num_data, plate_name)
+        mods = list(modules)
+        for m in owner_modules(model, *(() if guide is None else (guide,))):
+            if all(m is not k for k in mods):
+                mods.append(m)
+        self.modules = mods
+
+    @property
+    def route(self) -> str:
+        """How the programs learn N: ``"num_data"`` (their own keyword) or ``"plate scale"``."""
+        return "num_data keyword" if accepts_num_data(self.model) else "data-plate scaling"
+
+    def check(self, x: torch.Tensor) -> None:
+        """Trace the programs once on the minibatch ``x`` and check the minibatch contract.
+
+        Raises ``ValueError`` naming the plate, the site and what to change. The RNG is
+        forked, so this never shifts the training draws.
+        """
+        batch = x.shape[0]
+        with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
+            with torch.random.fork_rng(devices=[]):
+                if self.guide_n is not None:
+                    guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)
+                else:
+                    guide_trace, model_trace = None, poutine.trace(self.model_n).get_trace(x)
+        check_minibatch_trace(
+            model_trace,
+            self.plate_name,
+            self.num_data,
+            batch,
+            "model",
+            scaled_by_us=not accepts_num_data(self.model),
+        )
+        local = [n for n, s in latent_sites(model_trace).items() if plate_frame(s, self.plate_name)]
+        if guide_trace is not None and local:
+            check_minibatch_trace(
+                guide_trace,
+                self.plate_name,
+                self.num_data,
+                batch,
+                "guide",
+                scaled_by_us=not accepts_num_data(self.guide),
+            )
+
+    def collect_params(self, x: torch.Tensor, programs: str = "both") -> ProgramParams:
+        """The trainable parameters the programs touch on ``x`` (see
+        :func:`~pyro_aevb.poutine.params.collect_params`). ``programs``: ``"both"``,
+        ``"model"`` (objectives that train the model only) or ``"guide"``."""
+        fns = []
+        if programs in ("both", "guide") and self.guide_n is not None:
+            fns.append(self.guide_n)
+        if programs in ("both", "model"):
+            fns.append(self.model_n)
+        modules = self.modules if programs == "both" else owner_modules(*fns) or self.modules
+        return collect_params(fns, x, modules=modules)

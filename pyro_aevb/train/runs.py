@@ -1,0 +1,107 @@
+"""A run directory: ``config.json``, ``history.json``, ``checkpoint.pt`` and figures.
+
+:func:`load_run` gives back the trained model of a run written by :func:`pyro_aevb.fit` (with
+``out_dir``) so that it can be evaluated or plotted later, in another process: a preset model
+(the paper's VAEs) is rebuilt from the run's config; any other model is passed in and its
+state loaded into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models.presets import build_model
+from ..poutine import ProgramParams, collect_params, owner_modules
+from .checkpoint import load_checkpoint
+
+__all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "CONFIG_NAME", "Run", "load_run"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+HISTORY_NAME = "history.json"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class Run:
+    """A loaded run: the model with its trained parameters, the config and the history."""
+
+    module: nn.Module | None
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    directory: Path
+
+    @property
+    def dataset(self) -> str | None:
+        return self.config.get("dataset")
+
+    @property
+    def algorithm(self) -> str | None:
+        return self.config.get("training", {}).get("algorithm")
+
+
+def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) -> Run:
+    """Load the last checkpoint of a run directory.
+
+    Parameters
+    ----------
+    run_dir : path
+        A directory written by :func:`pyro_aevb.fit` with ``out_dir``.
+    model : nn.Module or callable, optional
+        The model object (or Pyro model function) the run trained, built the same way; its
+        state is loaded in place. Not needed for preset models (the paper's VAEs), which are
+        rebuilt from the run's config.
+    guide : callable, optional
+        The guide, when ``model`` is a function.
+    data : torch.Tensor, optional
+        A few rows of data, needed only when the run trained ``pyro.param`` entries outside
+        any module: the programs are traced once on them to create those entries, whose
+        values are then loaded.
+
+    Returns
+    -------
+    Run
+        ``module`` is the model object (in eval mode), or ``None`` for plain functions.
+    """
+    run_dir = Path(run_dir)
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is not a run directory: {CHECKPOINT_NAME} is missing (train one with "
+            f"`pyro-aevb train --out {run_dir}` or pyro_aevb.fit(..., out_dir=...))"
+        )
+    payload = load_checkpoint(checkpoint)
+    config = payload["config"]
+    state = payload.get("program_state", {})
+    if model is None:
+        if not config.get("model"):
+            raise ValueError(
+                f"run {run_dir} trained a {config.get('model_class')}, which is not a preset "
+                f"model: build it the same way and pass it, load_run({str(run_dir)!r}, "
+                f"model=...)"
+            )
+        model = build_model(config["model"])
+    module = model if isinstance(model, nn.Module) else None
+    if guide is None and callable(getattr(model, "model", None)):
+        programs = [p for p in (model.model, getattr(model, "guide", None)) if callable(p)]
+    else:
+        programs = [p for p in (model, guide) if p is not None]
+    # the same modules, in the same order, as the trainer's TrainingProgram
+    modules = owner_modules(*programs)
+    if state.get("store"):
+        if data is None:
+            raise ValueError(
+                f"run {run_dir} trained param-store entries {sorted(state['store'])}: pass "
+                f"data= (a few rows) so that the programs can create them before loading"
+            )
+        params = collect_params(programs, data[:2], modules=modules)
+    else:
+        params = ProgramParams(modules, [])
+    params.load_state_dict(state)
+    if module is not None:
+        module.eval()
+    return Run(module=module, config=config, history=payload["history"], directory=run_dir)

@@ -1,0 +1,161 @@
+"""Ordinary Pyro models as users write them, shared by the tests of user-model support.
+
+None of them knows about pyro-aevb: no ``num_data`` keyword, plates sized from ``x``,
+parameters in ``pyro.module``/``pyro.param``.
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PyroExampleVAE(nn.Module):
+    """Pyro's ``examples/vae/vae.py`` model as written there (softplus MLPs, Bernoulli
+    decoder with ``validate_args=False``, ``pyro.module`` per network), with the plate name
+    and an optional ``pyro.param`` temperature on the encoder scale as options."""
+
+    def __init__(self, z_dim=50, hidden_dim=400, plate="data", temperature=False):
+        super().__init__()
+        self.fc1_e, self.fc21_e, self.fc22_e = (
+            nn.Linear(784, hidden_dim),
+            nn.Linear(hidden_dim, z_dim),
+            nn.Linear(hidden_dim, z_dim),
+        )
+        self.fc1_d, self.fc21_d = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, 784)
+        self.z_dim, self.plate, self.temperature = z_dim, plate, temperature
+
+    def encoder(self, x):
+        x = x.reshape(-1, 784)
+        hidden = F.softplus(self.fc1_e(x))
+        return self.fc21_e(hidden), torch.exp(self.fc22_e(hidden))
+
+    def decoder(self, z):
+        return torch.sigmoid(self.fc21_d(F.softplus(self.fc1_d(z))))
+
+    def model(self, x):
+        pyro.module("decoder", self)
+        with pyro.plate(self.plate, x.shape[0]):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
+            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
+            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+            loc_img = self.decoder(z)
+            pyro.sample(
+                "obs",
+                dist.Bernoulli(loc_img, validate_args=False).to_event(1),
+                obs=x.reshape(-1, 784),
+            )
+            return loc_img
+
+    def guide(self, x):
+        pyro.module("encoder", self)
+        with pyro.plate(self.plate, x.shape[0]):
+            z_loc, z_scale = self.encoder(x)
+            if self.temperature:
+                t = pyro.param(
+                    "temperature", torch.tensor(1.0), constraint=dist.constraints.positive
+                )
+                z_scale = z_scale * t
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+
+class GlobalNoiseModel(nn.Module):
+    """A global noise scale outside the plate and local latents inside it::
+
+        sigma ~ LogNormal(0, 1)                  (global)
+        z_i ~ N(0, I_k),  x_i ~ N(W z_i + b, sigma^2 I_d)
+
+    with a guide that has a linear encoder for ``z`` and ``pyro.param`` for ``sigma``."""
+
+    def __init__(self, d=6, k=2, plate="data"):
+        super().__init__()
+        self.W = nn.Parameter(0.5 * torch.randn(d, k))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.enc = nn.Linear(d, 2 * k)
+        self.d, self.k, self.plate = d, k, plate
+
+    def model(self, x):
+        pyro.module("noise_model", self)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate(self.plate, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.k), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("noise_model", self)
+        loc = pyro.param("sigma_loc", torch.tensor(0.0))
+        scale = pyro.param("sigma_scale", torch.tensor(0.5), constraint=dist.constraints.positive)
+        pyro.sample("sigma", dist.LogNormal(loc, scale))
+        with pyro.plate(self.plate, x.shape[0]):
+            mu, log_var = self.enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * log_var)).to_event(1))
+
+    def exact_log_marginal(self, x, sigma):
+        """``log p(x_i | sigma)``: ``N(b, W W^T + sigma^2 I)``."""
+        cov = self.W @ self.W.T + sigma**2 * torch.eye(self.d, dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+
+class TwoLatentModel(nn.Module):
+    """Two local latents, one positive::
+
+    z_i ~ N(0, I_k),  s_i ~ LogNormal(0, 0.5),  x_i ~ N(W z_i + b, (s_i * 0.3)^2 I_d)
+    """
+
+    def __init__(self, d=5, k=2, plate="data"):
+        super().__init__()
+        self.W = nn.Parameter(0.3 * torch.randn(d, k))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.enc = nn.Linear(d, 2 * k + 2)
+        self.d, self.k, self.plate = d, k, plate
+
+    def model(self, x):
+        pyro.module("two_latent", self)
+        with pyro.plate(self.plate, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.k), 1.0).to_event(1))
+            s = pyro.sample("s", dist.LogNormal(x.new_zeros(x.shape[0]), 0.5))
+            loc = z @ self.W.T + self.b
+            pyro.sample("x", dist.Normal(loc, 0.3 * s.unsqueeze(-1)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("two_latent", self)
+        out = self.enc(x)
+        k = self.k
+        with pyro.plate(self.plate, x.shape[0]):
+            pyro.sample(
+                "z", dist.Normal(out[:, :k], torch.exp(0.5 * out[:, k : 2 * k])).to_event(1)
+            )
+            pyro.sample("s", dist.LogNormal(out[:, 2 * k], torch.exp(0.5 * out[:, 2 * k + 1])))
+
+
+class TinyConvVAE(nn.Module):
+    """A small convolutional VAE on image-shaped data ``(N, 1, 28, 28)``; the decoder
+    reshapes with ``reshape(-1, ...)`` and the guide concatenates features with ``torch.cat``
+    (user code that an extra particle dimension would break)."""
+
+    def __init__(self, z_dim=4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 4, stride=4)  # (4, 7, 7)
+        self.enc = nn.Linear(4 * 49 + 1, 2 * z_dim)
+        self.dec = nn.Linear(z_dim, 4 * 49)
+        self.deconv = nn.ConvTranspose2d(4, 1, 4, stride=4)
+        self.z_dim = z_dim
+
+    def model(self, x):
+        pyro.module("conv_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
+            h = torch.tanh(self.dec(z)).reshape(-1, 4, 7, 7)
+            logits = self.deconv(h)
+            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(3), obs=x)
+
+    def guide(self, x):
+        pyro.module("conv_vae", self)
+        h = torch.tanh(self.conv(x)).reshape(x.shape[0], -1)
+        h = torch.cat([h, x.mean((1, 2, 3)).unsqueeze(-1)], dim=-1)
+        mu, log_var = self.enc(h).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * log_var)).to_event(1))
