@@ -70,7 +70,7 @@ browser:
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null && \
-		echo "browser: $$(/usr/bin/chromium --version) (installed)"; \
+		echo "browser: $$(/usr/bin/chromium --version 2>/dev/null) (installed)"; \
 	else \
 		echo "browser: need Debian's chromium and chromium-driver:" \
 			"sudo apt-get install chromium chromium-driver" >&2; \
