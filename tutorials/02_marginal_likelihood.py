@@ -25,15 +25,14 @@ import os
 
 import torch
 
-from pyro_aevb import VAE, fit, load_dataset
-from pyro_aevb.evaluate import log_marginal
+from pyro_aevb import fit, load_dataset, log_marginal, mlp_vae
 from pyro_aevb.mcmc import sample_posterior_pyro
 
 QUICK = os.environ.get("PYRO_AEVB_QUICK") == "1"
 torch.manual_seed(0)
 torch.set_num_threads(1)
 dataset = load_dataset("mnist" if os.environ.get("PYRO_AEVB_DATA") else "embedded-mnist")
-vae = VAE(784, 3, 100)  # the paper's Figure 3 model: N_z = 3, 100 hidden units
+vae = mlp_vae(784, 3, 100)  # the paper's Figure 3 model: N_z = 3, 100 hidden units
 fit(vae, dataset, num_samples=50_000 if QUICK else 1_000_000, progress=not QUICK)
 x = dataset.test[: 20 if QUICK else 200]
 
