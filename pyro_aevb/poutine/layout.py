@@ -22,7 +22,7 @@ from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to
 from torch.distributions.transforms import Transform
 
-from .plates import global_latent_error, latent_sites, plate_frame
+from .plates import ProgramContractError, global_latent_error, latent_sites, plate_frame
 
 __all__ = ["LatentSite", "LatentLayout"]
 
@@ -93,6 +93,12 @@ class LatentLayout:
             if frame is None:
                 raise global_latent_error(name, plate_name, "a per-datapoint posterior")
             fn = site["fn"]
+            if fn.support.is_discrete:
+                raise ProgramContractError(
+                    f"latent site '{name}' is discrete ({type(fn).__name__}): HMC, AIS and the "
+                    f"unconstrained layout need continuous latents; enumerate it out in the "
+                    f"model, or use estimators that only sample the guide (elbo, iwae)"
+                )
             transform = biject_to(fn.support)
             value = site["value"]
             event_dim = fn.event_dim

@@ -97,6 +97,15 @@ def check_minibatch_trace(
     Raises ``ValueError`` naming the plate and what to change.
     """
     require_plate(trace, plate_name, what)
+    for name, site in trace.nodes.items():
+        if site["type"] == "param" and plate_frame(site, plate_name) is not None:
+            raise ProgramContractError(
+                f"the {what} declares pyro.param('{name}') inside the data plate "
+                f"'{plate_name}': a per-datapoint parameter needs the indices of the rows in "
+                f"each minibatch, which the trainer does not pass (it passes the rows). Use an "
+                f"amortized guide (an encoder from x to the site's parameters, e.g. "
+                f"pyro_aevb's autoguides) instead"
+            )
     for name, site in sample_sites(trace):
         frame = plate_frame(site, plate_name)
         if frame is None:
