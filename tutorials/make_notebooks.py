@@ -45,6 +45,12 @@ class Tutorial:
     def notebook(self) -> Path:
         return self.source.with_suffix(".ipynb")
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether the tutorial needs ``PYRO_AEVB_DATA`` (a ``# NEEDS_DATA`` line in its
+        header: its data set is not shipped inside the package)."""
+        return any(line.startswith("# NEEDS_DATA") for line in self.source.read_text().splitlines())
+
 
 def tutorials(directory: Path = HERE) -> list[Tutorial]:
     """Every tutorial in ``directory`` (sources named ``NN_name.py``), in order."""
