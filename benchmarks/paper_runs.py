@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from pyro_aevb import NonFiniteLossError, fit, load_dataset, paper_vae
-from pyro_aevb.models import PAPER_HIDDEN as HIDDEN
+from pyro_aevb.models import PAPER_HIDDEN as HIDDEN  # noqa: F401 - the figure scripts import it from here
 from pyro_aevb.train.checkpoint import read_json
 
 

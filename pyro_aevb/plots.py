@@ -27,6 +27,7 @@ __all__ = [
     "plot_samples",
     "plot_reconstructions",
     "plot_learning_curves",
+    "plot_posterior_contours",
 ]
 
 
@@ -137,4 +138,45 @@ def plot_learning_curves(
     ax.legend(fontsize="small")
     if not own:
         return ax
+    return _save(fig, path)
+
+
+def plot_posterior_contours(result, path, datapoints=None, ncols: int = 4, title=None):
+    """For a 2-D latent space: per datapoint, the posterior draws (MCMC, dots) and density
+    contours of the guide's draws (a Gaussian KDE), in the unconstrained coordinates.
+
+    ``result`` is a :class:`~pyro_aevb.evaluate.posterior_shape.PosteriorShapeResult`;
+    ``datapoints`` the indices to draw (default: the first ``2 * ncols``).
+    """
+    from scipy.stats import gaussian_kde
+
+    if result.q_draws.shape[-1] != 2:
+        raise ValueError(
+            f"contour plots need a 2-D latent space; this model has {result.q_draws.shape[-1]} "
+            f"unconstrained latent coordinates"
+        )
+    b = result.q_draws.shape[1]
+    idx = list(range(min(b, 2 * ncols))) if datapoints is None else list(datapoints)
+    ncols = min(ncols, len(idx))
+    nrows = -(-len(idx) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3 * nrows), squeeze=False)
+    post = result.post_draws.reshape(-1, *result.post_draws.shape[2:]).detach().cpu().numpy()
+    q = result.q_draws.detach().cpu().numpy()
+    for ax, i in zip(axes.flat, idx, strict=False):
+        p_i, q_i = post[:, i], q[:, i]
+        ax.scatter(p_i[:, 0], p_i[:, 1], s=2, alpha=0.3, color="C0", label="posterior (MCMC)")
+        lo = np.minimum(p_i.min(0), q_i.min(0))
+        hi = np.maximum(p_i.max(0), q_i.max(0))
+        pad = 0.1 * (hi - lo)
+        gx, gy = np.meshgrid(*(np.linspace(lo[d] - pad[d], hi[d] + pad[d], 80) for d in (0, 1)))
+        density = gaussian_kde(q_i.T)(np.stack([gx.ravel(), gy.ravel()])).reshape(gx.shape)
+        ax.contour(gx, gy, density, levels=5, colors="C3", linewidths=1)
+        ax.set_title(f"datapoint {i}: var ratio {float(result.var_ratio[i].mean()):.2f}")
+        ax.set_xlabel(result.names[0])
+        ax.set_ylabel(result.names[1])
+    for ax in list(axes.flat)[len(idx) :]:
+        ax.axis("off")
+    axes.flat[0].legend(["posterior (MCMC)"], fontsize="small", loc="upper left")
+    fig.suptitle(title or "guide q(z|x) (red contours) against the posterior (dots)")
+    fig.tight_layout()
     return _save(fig, path)

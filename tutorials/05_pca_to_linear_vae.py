@@ -172,6 +172,7 @@ plt.show()
 # VAE's columns of W, which line up with PCA's directions one by one (up to sign and order):
 # the diagonal guide breaks PPCA's rotational symmetry.
 
+
 # %%
 def show(ax_row, columns, title):
     for j, ax in enumerate(ax_row):

@@ -11,11 +11,14 @@ from .appendix_d import appendix_d, appendix_d_from_samples, fit_gaussian, fit_k
 from .bound import evaluate_bound
 from .iwae import elbo_with_stderr, iwae, iwae_log_weights
 from .log_marginal import METHOD_OPTIONS, METHODS, log_marginal
+from .posterior_shape import PosteriorShapeResult, compare_with_mcmc
 from .result import LogMarginalResult, logmeanexp_with_stderr
 
 __all__ = [
     "log_marginal",
     "evaluate_bound",
+    "compare_with_mcmc",
+    "PosteriorShapeResult",
     "METHODS",
     "METHOD_OPTIONS",
     "LogMarginalResult",

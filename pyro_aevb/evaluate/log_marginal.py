@@ -93,6 +93,8 @@ def _program_for(method, model, guide, x, plate_name, global_values, options):
     """The model/guide pair prepared once for the chosen estimator. For BDMC on data from
     :func:`~pyro_aevb.evaluate.ais.simulate_data`, ``z`` also holds the globals the data was
     simulated with: the program is conditioned on those, and ``z`` keeps the local latents."""
+    if isinstance(model, PerDatapointProgram):
+        return model
     z = options.get("z")
     if method == "bdmc" and isinstance(z, dict) and global_values is None:
         with poutine.block(), torch.no_grad():
@@ -130,8 +132,10 @@ def log_marginal(
 
     Parameters
     ----------
-    model : callable
-        Pyro model called as ``model(x)``, with every per-datapoint latent inside
+    model : callable or PerDatapointProgram
+        Pyro model called as ``model(x)`` (or a prepared
+        :class:`~pyro_aevb.poutine.PerDatapointProgram`, whose guide is then used), with every
+        per-datapoint latent inside
         ``pyro.plate(plate_name, len(x))``. Sites outside the plate that are not latent (e.g.
         the VAE's ``"weight_prior"`` factor) are not part of ``log p(x_i)`` and are left out.
         Global latents (outside the plate) are conditioned on ``global_values`` or the guide's
@@ -184,13 +188,16 @@ def log_marginal(
     check_choice(method, "method", METHODS)
     x = check_data(x, "x")
     options = _options(method, method_options)
-    if method in ("elbo", "iwae") and guide is None:
+    if method in ("elbo", "iwae") and guide is None and not isinstance(model, PerDatapointProgram):
         raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
     int_seed = _resolve_seed(seed)
     generator = torch.Generator().manual_seed(int_seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int_seed)
         program = _program_for(method, model, guide, x, plate_name, global_values, options)
+    guide = program.guide
+    if method in ("elbo", "iwae") and guide is None:
+        raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
     settings = {k: v for k, v in options.items() if k != "z"}
     settings.update({"seed": int_seed, **program.settings})
     if isinstance(seed, torch.Generator):

@@ -66,9 +66,9 @@ class FitResult:
     ``module`` is the model object trained (``None`` for plain model/guide functions);
     ``path`` and ``path_reason`` say which implementation ran and why (e.g. ``"fast"`` for the
     paper's VAE, ``"pyro"`` for any other model). ``history`` is a list of evaluation
-    records (dicts with ``step``, ``samples``, ``epoch``, ``train_seconds``, ``wall_seconds``, ``loss`` (mean per-datapoint objective since the
-    previous record), ``train_bound``/``test_bound`` (mean per-datapoint bound) and their
-    standard errors).
+    records (dicts with ``step``, ``samples``, ``epoch``, ``train_seconds``,
+    ``wall_seconds``, ``loss`` (mean per-datapoint objective since the previous record),
+    ``train_bound``/``test_bound`` (mean per-datapoint bound) and their standard errors).
     """
 
     module: nn.Module | None
