@@ -1,4 +1,4 @@
-"""Command line: ``pyro-aevb train | demo | figures | evaluate``.
+"""Command line: ``pyro-aevb train | demo | figures | evaluate | gap``.
 
 ``pyro-aevb demo`` is the main job: it trains the paper's VAE with a 2-D latent space on the
 MNIST slice shipped inside the package (no download) in about a minute and writes the
@@ -17,10 +17,23 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
-from .evaluate import METHOD_OPTIONS, METHODS, evaluate_bound, log_marginal, simulate_data
-from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
+from .evaluate import (
+    METHOD_OPTIONS,
+    METHODS,
+    evaluate_bound,
+    gap_report,
+    log_marginal,
+    simulate_data,
+)
+from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM, SemiAmortized
 from .models import build_model, paper_vae
-from .plots import plot_learning_curves, plot_manifold, plot_reconstructions, plot_samples
+from .plots import (
+    plot_gaps,
+    plot_learning_curves,
+    plot_manifold,
+    plot_reconstructions,
+    plot_samples,
+)
 from .train import NonFiniteLossError, fit, load_run, write_json_atomic
 from .version import __version__
 
@@ -60,6 +73,8 @@ def _objective(args):
     """The objective the training options ask for."""
     if args.algorithm == "mcem":
         return MonteCarloEM(**{k: getattr(args, f"mcem_{k}") for k in MCEM_OPTIONS})
+    if args.algorithm == "sa-vae":
+        return SemiAmortized(refine_steps=args.sa_steps, refine_lr=args.sa_lr)
     return ALGORITHMS[args.algorithm](args.estimator, 1)
 
 
@@ -232,6 +247,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_gap(args) -> int:
+    run = load_run(args.run_dir)
+    if run.algorithm == "mcem":
+        raise ValueError(f"run {run.directory} trained Monte Carlo EM: it has no encoder to refine")
+    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
+    data = dataset.train if args.split == "train" else dataset.test
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    x = data[: args.n]
+    module = run.module
+    plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
+    options = _method_options(args.method, args.option)
+    report = gap_report(
+        module.model,
+        module.guide,
+        x,
+        refine_options={"steps": args.refine_steps, "lr": args.refine_lr},
+        log_marginal_method=args.method,
+        log_marginal_options=options,
+        num_particles=args.particles,
+        plate_name=plate_name,
+        seed=args.seed,
+    )
+    print(report.summary())
+    out = Path(args.out) if args.out else run.directory / f"gaps-{args.split}.json"
+    write_json_atomic(out, {"run_dir": str(run.directory), "split": args.split, **report.to_dict()})
+    figure = plot_gaps(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {figure}")
+    return 0
+
+
 def _add_training_options(
     p,
     num_samples: int,
@@ -248,9 +294,11 @@ def _add_training_options(
         "--algorithm",
         choices=sorted(ALGORITHMS),
         default="aevb",
-        help="AEVB (default), the wake-sleep baseline, or Monte Carlo EM",
+        help="AEVB (default), the wake-sleep baseline, Monte Carlo EM, or semi-amortized VAE",
     )
     p.add_argument("--estimator", choices=["A", "B"], default="B")
+    p.add_argument("--sa-steps", type=int, default=5, help="SA-VAE: refinement steps")
+    p.add_argument("--sa-lr", type=float, default=0.1, help="SA-VAE: refinement step size")
     for key, default in MCEM_OPTIONS.items():
         kind = int if isinstance(default, int) else float
         p.add_argument(
@@ -325,6 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "gap", help="approximation and amortization gaps of a trained run (Cremer et al. 2018)"
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=100, help="first N points of the split")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--method", choices=["ais", "iwae"], default="ais", help="log p(x) estimator")
+    p.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="estimator option"
+    )
+    p.add_argument("--refine-steps", type=int, default=200)
+    p.add_argument("--refine-lr", type=float, default=0.05)
+    p.add_argument("--particles", type=int, default=1000, help="guide draws per bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plate-name", default=None)
+    p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/gaps-SPLIT.json)")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_gap)
     return parser
 
 

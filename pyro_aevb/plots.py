@@ -28,6 +28,7 @@ __all__ = [
     "plot_reconstructions",
     "plot_learning_curves",
     "plot_posterior_contours",
+    "plot_gaps",
 ]
 
 
@@ -178,5 +179,31 @@ def plot_posterior_contours(result, path, datapoints=None, ncols: int = 4, title
         ax.axis("off")
     axes.flat[0].legend(["posterior (MCMC)"], fontsize="small", loc="upper left")
     fig.suptitle(title or "guide q(z|x) (red contours) against the posterior (dots)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_gaps(report, path, title=None):
+    """The two gaps per datapoint (sorted by their sum, stacked bars) and their means with
+    standard errors; ``report`` is a :class:`~pyro_aevb.evaluate.gaps.GapReport`."""
+    approx = report.approximation_gap.detach().double().cpu().numpy()
+    amort = report.amortization_gap.detach().double().cpu().numpy()
+    order = np.argsort(approx + amort)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    idx = np.arange(len(order))
+    ax.bar(idx, approx[order], color="C0", label="approximation gap  log p(x) - L[q*]")
+    ax.bar(idx, amort[order], bottom=approx[order], color="C1",
+           label="amortization gap  L[q*] - L[q]")  # fmt: skip
+    ax.set_xlabel("datapoints, sorted by log p(x) - L[q]")
+    ax.set_ylabel("nats")
+    ax.legend(fontsize="small")
+    table = report.table()
+    names = ["approximation gap", "amortization gap"]
+    means = [table[n][0] for n in names]
+    errors = [table[n][1] for n in names]
+    bx.bar([0, 1], means, yerr=errors, color=["C0", "C1"], capsize=4)
+    bx.set_xticks([0, 1], ["approx.", "amort."])
+    bx.set_title("mean +- s.e.")
+    fig.suptitle(title or f"where the ELBO loses (log p(x) by {report.log_marginal.method})")
     fig.tight_layout()
     return _save(fig, path)

@@ -9,6 +9,7 @@ available on their own: :func:`iwae`, :func:`appendix_d` (and its density estima
 from .ais import AISResult, ais, annealing_schedule, bdmc, simulate_data
 from .appendix_d import appendix_d, appendix_d_from_samples, fit_gaussian, fit_kde
 from .bound import evaluate_bound
+from .gaps import GapReport, gap_report
 from .iwae import elbo_with_stderr, iwae, iwae_log_weights
 from .log_marginal import METHOD_OPTIONS, METHODS, log_marginal
 from .posterior_shape import PosteriorShapeResult, compare_with_mcmc
@@ -18,6 +19,8 @@ __all__ = [
     "log_marginal",
     "evaluate_bound",
     "compare_with_mcmc",
+    "gap_report",
+    "GapReport",
     "PosteriorShapeResult",
     "METHODS",
     "METHOD_OPTIONS",

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 
 from ..infer.elbo import ESTIMATORS
-from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo
+from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo, stacked_elbo
 from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr, pareto_k
@@ -178,8 +178,20 @@ def elbo_with_stderr(
     num_particles = check_positive_int(num_particles, "num_particles")
     x = check_data(x, "x")
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+    chunk = default_chunk_size(x, num_particles)
+    draws = []
     with torch.no_grad():
-        draws = torch.stack([program_elbo(program, x, estimator, 1) for _ in range(num_particles)])
+        done = 0
+        while done < num_particles:
+            k = min(chunk, num_particles - done)
+            try:  # particles on stacked copies of the rows; one trace each if that fails
+                draws.append(stacked_elbo(program, x, estimator, k, reduce=False))
+            except (RuntimeError, ValueError, IndexError):
+                draws.append(
+                    torch.stack([program_elbo(program, x, estimator, 1) for _ in range(k)])
+                )
+            done += k
+    draws = torch.cat(draws)
     mean = draws.mean(0)
     if num_particles < 2:
         return mean, torch.full_like(mean, math.nan)

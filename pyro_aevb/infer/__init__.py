@@ -2,8 +2,9 @@
 objectives built on them (:mod:`pyro_aevb.infer.objectives`)."""
 
 from .elbo import AnalyticKL_ELBO, AnalyticKLError, make_elbo
-from .objectives import ALGORITHMS, ELBO, MonteCarloEM, Objective, WakeSleep
+from .objectives import ALGORITHMS, ELBO, MonteCarloEM, Objective, SemiAmortized, WakeSleep
 from .per_datapoint import elbo_per_datapoint
+from .refine import RefinedGuide, refine, supports_refinement
 
 __all__ = [
     "AnalyticKL_ELBO",
@@ -14,5 +15,9 @@ __all__ = [
     "ELBO",
     "WakeSleep",
     "MonteCarloEM",
+    "SemiAmortized",
     "ALGORITHMS",
+    "refine",
+    "RefinedGuide",
+    "supports_refinement",
 ]

@@ -90,6 +90,24 @@ class LinearGaussian(nn.Module):
         with self._plate(x.shape[0], num_data):
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
+    def local_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The guide's per-datapoint parameters ``{"loc": (B, K), "log_var": (B, K)}``
+        (see :func:`pyro_aevb.infer.refine.refine`)."""
+        check_data(x, "x", self.data_dim)
+        loc = (x - self.enc_c) @ self.enc_A.T
+        return {"loc": loc, "log_var": self.enc_log_var.expand_as(loc)}
+
+    def local_guide(self, params: dict[str, torch.Tensor]):
+        """The diagonal guide with ``q(z | x_i) = N(loc_i, diag exp(log_var_i))`` per row."""
+
+        def guide(x, num_data=None, batch_size=None):
+            check_data(x, "x", self.data_dim)
+            scale = torch.exp(0.5 * params["log_var"])
+            with self._plate(x.shape[0], num_data):
+                return pyro.sample("z", dist.Normal(params["loc"], scale).to_event(1))
+
+        return guide
+
     def exact_guide(self, x, num_data=None, batch_size=None):
         """The exact posterior ``p(z|x)`` as a guide."""
         check_data(x, "x", self.data_dim)

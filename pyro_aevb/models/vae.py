@@ -224,6 +224,24 @@ class VAE(nn.Module):
         with self._plate(x.shape[0], num_data):
             return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
+    # ------------------------------------------------------------------ refinement
+    def local_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The guide's per-datapoint parameters ``{"loc": (B, J), "log_var": (B, J)}``
+        (see :func:`pyro_aevb.infer.refine.refine`)."""
+        loc, scale = self.encode(self._check_x(x))
+        return {"loc": loc, "log_var": 2 * torch.log(scale)}
+
+    def local_guide(self, params: dict[str, torch.Tensor]):
+        """The guide with ``q(z | x_i) = N(loc_i, diag exp(log_var_i))`` given per row."""
+
+        def guide(x, num_data=None, batch_size=None):
+            x = self._check_x(x)
+            loc, log_var = params["loc"], params["log_var"]
+            with self._plate(x.shape[0], num_data):
+                return pyro.sample("z", dist.Normal(loc, torch.exp(0.5 * log_var)).to_event(1))
+
+        return guide
+
     # ------------------------------------------------------------------ conveniences
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, sigma)`` of ``q(z|x)``, each ``(batch, J)``."""

@@ -157,11 +157,11 @@ def resolve_objective(
             raise ValueError(f"pass {given} inside the objective ({objective!r}), not beside it")
         return objective
     algorithm = check_choice(algorithm or "aevb", "algorithm", tuple(ALGORITHMS))
-    if algorithm == "mcem":
+    if algorithm in ("mcem", "sa-vae"):
         if estimator is not None or num_particles is not None:
             raise ValueError(
-                "Monte Carlo EM has no estimator or particles; set its options with "
-                "objective=MonteCarloEM(...)"
+                f"set the options of algorithm '{algorithm}' with its objective, e.g. "
+                f"objective=MonteCarloEM(...) or objective=SemiAmortized(...)"
             )
         return ALGORITHMS[algorithm]()
     return ALGORITHMS[algorithm](estimator or "B", 1 if num_particles is None else num_particles)

@@ -3,7 +3,8 @@
 * :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, stock Pyro
   otherwise);
 * :class:`WakeSleep`: the wake-sleep baseline;
-* :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder).
+* :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder);
+* :class:`SemiAmortized`: SA-VAE, the guide refined per minibatch before the decoder's step.
 
 Each is a settings object; the trainer binds it to the user's programs
 (:meth:`Objective.bind`), which gives a :class:`BoundObjective` that computes the steps.
@@ -13,10 +14,16 @@ from .aevb import ELBO
 from .base import FAST_MODES, BoundObjective, Objective, PyroELBOObjective
 from .fast_vae import FastVAE, FastVAEObjective
 from .mcem import MCEM_OPTIONS, MonteCarloEM, MonteCarloEMObjective
+from .semi_amortized import SemiAmortized, SemiAmortizedObjective
 from .wake_sleep import WakeSleep, WakeSleepObjective
 
 #: Objectives by the name ``fit(algorithm=...)`` and the CLI use.
-ALGORITHMS = {"aevb": ELBO, "wake-sleep": WakeSleep, "mcem": MonteCarloEM}
+ALGORITHMS = {
+    "aevb": ELBO,
+    "wake-sleep": WakeSleep,
+    "mcem": MonteCarloEM,
+    "sa-vae": SemiAmortized,
+}
 
 __all__ = [
     "Objective",
@@ -24,6 +31,7 @@ __all__ = [
     "ELBO",
     "WakeSleep",
     "MonteCarloEM",
+    "SemiAmortized",
     "ALGORITHMS",
     "MCEM_OPTIONS",
     "FAST_MODES",
@@ -32,4 +40,5 @@ __all__ = [
     "FastVAEObjective",
     "WakeSleepObjective",
     "MonteCarloEMObjective",
+    "SemiAmortizedObjective",
 ]
