@@ -2,7 +2,7 @@
 objectives built on them (:mod:`pyro_aevb.infer.objectives`)."""
 
 from .elbo import AnalyticKL_ELBO, AnalyticKLError, make_elbo
-from .objectives import ALGORITHMS, ELBO, MonteCarloEM, Objective, WakeSleep
+from .objectives import ALGORITHMS, ELBO, IWAE, MonteCarloEM, Objective, WakeSleep
 from .per_datapoint import elbo_per_datapoint
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "ELBO",
     "WakeSleep",
     "MonteCarloEM",
+    "IWAE",
     "ALGORITHMS",
 ]

@@ -3,7 +3,9 @@
 * :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, stock Pyro
   otherwise);
 * :class:`WakeSleep`: the wake-sleep baseline;
-* :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder).
+* :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder);
+* :class:`IWAE`: the importance-weighted bound with K particles per datapoint, optionally
+  with doubly reparameterized gradients (DReG).
 
 Each is a settings object; the trainer binds it to the user's programs
 (:meth:`Objective.bind`), which gives a :class:`BoundObjective` that computes the steps.
@@ -12,11 +14,12 @@ Each is a settings object; the trainer binds it to the user's programs
 from .aevb import ELBO
 from .base import FAST_MODES, BoundObjective, Objective, PyroELBOObjective
 from .fast_vae import FastVAE, FastVAEObjective
+from .iwae import IWAE, PyroIWAEObjective, VAEIWAEObjective
 from .mcem import MCEM_OPTIONS, MonteCarloEM, MonteCarloEMObjective
 from .wake_sleep import WakeSleep, WakeSleepObjective
 
 #: Objectives by the name ``fit(algorithm=...)`` and the CLI use.
-ALGORITHMS = {"aevb": ELBO, "wake-sleep": WakeSleep, "mcem": MonteCarloEM}
+ALGORITHMS = {"aevb": ELBO, "wake-sleep": WakeSleep, "mcem": MonteCarloEM, "iwae": IWAE}
 
 __all__ = [
     "Objective",
@@ -24,6 +27,7 @@ __all__ = [
     "ELBO",
     "WakeSleep",
     "MonteCarloEM",
+    "IWAE",
     "ALGORITHMS",
     "MCEM_OPTIONS",
     "FAST_MODES",
@@ -32,4 +36,6 @@ __all__ = [
     "FastVAEObjective",
     "WakeSleepObjective",
     "MonteCarloEMObjective",
+    "PyroIWAEObjective",
+    "VAEIWAEObjective",
 ]
