@@ -73,9 +73,10 @@ class IWAE(Objective):
         is the ELBO with estimator A.
     dreg : bool
         Doubly reparameterized gradients for the guide's parameters (Tucker et al. 2019):
-        unbiased, with a variance that shrinks as ``K`` grows (the plain estimator's does
-        not). The model's parameters get the plain gradient either way. Needs a guide that is
-        deterministic given ``x`` and its latents (it is replayed).
+        unbiased, with a signal-to-noise ratio that grows with ``K`` (the plain estimator's
+        decays as ``1/sqrt(K)``, Rainforth et al. 2018). The model's parameters get the plain
+        gradient either way. Needs a guide that is deterministic given ``x`` and its latents
+        (it is replayed).
 
     Every latent site of the guide must be reparameterised (``has_rsample``); one that is not
     is an error naming it.
