@@ -144,7 +144,7 @@ def trace_terms(model_trace, guide_trace, plate_name: str, rows: int):
     return per_row["p"], per_row["q"], global_term
 
 
-def local_latent_names(guide_trace, plate_name: str) -> list[str]:
+def _local_latent_names(guide_trace, plate_name: str) -> list[str]:
     """The guide's latent sites inside the data plate, in trace order."""
     return [
         name
@@ -170,7 +170,7 @@ def run_stacked(
     if dreg:
         values = guide_trace.copy()
         leaves, paths = [], []
-        for name in local_latent_names(guide_trace, plate_name):
+        for name in _local_latent_names(guide_trace, plate_name):
             site = guide_trace.nodes[name]
             leaf = site["value"].detach().requires_grad_()
             values.nodes[name] = {**site, "value": leaf}
