@@ -63,6 +63,9 @@ a detached leaf ``u`` (same numbers), the guide and the model are replayed on th
 The loss value is the same with and without DReG; with ``K = 1`` DReG is the "sticking the
 landing" gradient of the ELBO (Roeder et al. 2017). The guide must be deterministic given
 ``x`` and its latents (replaying it must give the same ``q``: no dropout in training mode).
+For a transformed distribution (a normalising flow) ``log q`` at the leaves goes through the
+flow's inverse, which the partial derivative needs by definition: one pass for coupling and
+masked-autoregressive flows, one pass per dimension for an inverse autoregressive flow.
 """
 
 from __future__ import annotations
