@@ -11,6 +11,7 @@ from .data import Dataset, load_dataset
 from .evaluate import LogMarginalResult, evaluate_bound, log_marginal
 from .infer import (
     ELBO,
+    IWAE,
     AnalyticKL_ELBO,
     AnalyticKLError,
     MonteCarloEM,
@@ -45,6 +46,7 @@ __all__ = [
     "WakeSleep",
     "MonteCarloEM",
     "SemiAmortized",
+    "IWAE",
     "AnalyticKL_ELBO",
     "AnalyticKLError",
     "make_elbo",

@@ -25,7 +25,7 @@ from .evaluate import (
     log_marginal,
     simulate_data,
 )
-from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM, SemiAmortized
+from .infer.objectives import ALGORITHMS, IWAE, MCEM_OPTIONS, MonteCarloEM, SemiAmortized
 from .models import build_model, paper_vae
 from .plots import (
     plot_gaps,
@@ -71,11 +71,20 @@ def write_figures(module, dataset, history, out_dir: Path) -> list[Path]:
 
 def _objective(args):
     """The objective the training options ask for."""
+    particles = getattr(args, "particles", None)
+    if getattr(args, "dreg", False) and args.algorithm != "iwae":
+        raise ValueError(f"--dreg applies to --objective iwae only, not {args.algorithm}")
     if args.algorithm == "mcem":
+        if particles is not None:
+            raise ValueError("--particles does not apply to Monte Carlo EM (it has no guide)")
         return MonteCarloEM(**{k: getattr(args, f"mcem_{k}") for k in MCEM_OPTIONS})
     if args.algorithm == "sa-vae":
+        if particles is not None:
+            raise ValueError("--particles does not apply to sa-vae; use --sa-steps / --sa-lr")
         return SemiAmortized(refine_steps=args.sa_steps, refine_lr=args.sa_lr)
-    return ALGORITHMS[args.algorithm](args.estimator, 1)
+    if args.algorithm == "iwae":
+        return IWAE(*(() if particles is None else (particles,)), dreg=args.dreg)
+    return ALGORITHMS[args.algorithm](args.estimator, 1 if particles is None else particles)
 
 
 def _train(args, dataset, out_dir: Path) -> dict:
@@ -90,11 +99,12 @@ def _train(args, dataset, out_dir: Path) -> dict:
             weight_prior_std=None if args.no_weight_prior else 1.0,
         )
     budget = {"epochs": args.epochs} if args.epochs else {"num_samples": args.num_samples}
+    objective = _objective(args)
     t0 = time.perf_counter()
     result = fit(
         module,
         dataset,
-        objective=_objective(args),
+        objective=objective,
         optimizer=args.optimizer,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -115,7 +125,8 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "source": dataset.source,
         "model": module.config,
         "algorithm": args.algorithm,
-        "estimator": args.estimator,
+        "estimator": None if args.algorithm == "iwae" else args.estimator,
+        "objective": objective.settings(),
         "optimizer": f"{args.optimizer} (lr {args.lr})",
         "path": result.path,
         "path_reason": result.path_reason,
@@ -134,7 +145,13 @@ def _print_summary(summary: dict) -> None:
     print(f"dataset           {summary['dataset']}  ({summary['source']})")
     path, estimator, optimizer = summary["path"], summary["estimator"], summary["optimizer"]
     why = f" ({summary['path_reason']})" if summary.get("path_reason") else ""
-    print(f"algorithm         {summary['algorithm']}, estimator {estimator}, {optimizer}")
+    if summary["algorithm"] == "iwae":  # no estimator: K particles, plain or DReG gradients
+        settings = summary["objective"]
+        grads = "DReG" if settings["dreg"] else "plain"
+        estimator = f"K = {settings['num_particles']} ({grads} gradients)"
+    else:
+        estimator = f"estimator {estimator}"
+    print(f"algorithm         {summary['algorithm']}, {estimator}, {optimizer}")
     print(f"training path     {path}{why}")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
@@ -292,13 +309,28 @@ def _add_training_options(
     )
     p.add_argument(
         "--algorithm",
+        "--objective",
+        dest="algorithm",
         choices=sorted(ALGORITHMS),
         default="aevb",
-        help="AEVB (default), the wake-sleep baseline, Monte Carlo EM, or semi-amortized VAE",
+        help="AEVB (default), the wake-sleep baseline, Monte Carlo EM, the importance-weighted "
+        "bound (iwae), or the semi-amortized VAE (sa-vae)",
     )
     p.add_argument("--estimator", choices=["A", "B"], default="B")
-    p.add_argument("--sa-steps", type=int, default=5, help="SA-VAE: refinement steps")
-    p.add_argument("--sa-lr", type=float, default=0.1, help="SA-VAE: refinement step size")
+    p.add_argument("--sa-steps", type=int, default=5, help="sa-vae: refinement steps")
+    p.add_argument("--sa-lr", type=float, default=0.1, help="sa-vae: refinement step size")
+    p.add_argument(
+        "--particles",
+        type=int,
+        default=None,
+        help="draws of z per datapoint and step: L for aevb/wake-sleep (default 1), K for iwae "
+        "(default 5)",
+    )
+    p.add_argument(
+        "--dreg",
+        action="store_true",
+        help="iwae: doubly reparameterized gradients for the encoder (Tucker et al. 2019)",
+    )
     for key, default in MCEM_OPTIONS.items():
         kind = int if isinstance(default, int) else float
         p.add_argument(

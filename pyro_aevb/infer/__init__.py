@@ -2,7 +2,15 @@
 objectives built on them (:mod:`pyro_aevb.infer.objectives`)."""
 
 from .elbo import AnalyticKL_ELBO, AnalyticKLError, make_elbo
-from .objectives import ALGORITHMS, ELBO, MonteCarloEM, Objective, SemiAmortized, WakeSleep
+from .objectives import (
+    ALGORITHMS,
+    ELBO,
+    IWAE,
+    MonteCarloEM,
+    Objective,
+    SemiAmortized,
+    WakeSleep,
+)
 from .per_datapoint import elbo_per_datapoint
 from .refine import RefinedGuide, refine, supports_refinement
 
@@ -16,6 +24,7 @@ __all__ = [
     "WakeSleep",
     "MonteCarloEM",
     "SemiAmortized",
+    "IWAE",
     "ALGORITHMS",
     "refine",
     "RefinedGuide",

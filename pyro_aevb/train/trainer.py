@@ -164,6 +164,13 @@ def resolve_objective(
                 f"objective=MonteCarloEM(...) or objective=SemiAmortized(...)"
             )
         return ALGORITHMS[algorithm]()
+    if algorithm == "iwae":
+        if estimator is not None:
+            raise ValueError(
+                "the IWAE objective has no estimator (its log weights are estimator A's terms); "
+                "give num_particles=K, or objective=IWAE(K, dreg=True)"
+            )
+        return ALGORITHMS[algorithm](*(() if num_particles is None else (num_particles,)))
     return ALGORITHMS[algorithm](estimator or "B", 1 if num_particles is None else num_particles)
 
 
@@ -596,14 +603,16 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
     objective : Objective or str, optional
         What to optimise, as Pyro's ``SVI`` takes its loss:
         :class:`~pyro_aevb.infer.ELBO` (default, estimator B),
-        :class:`~pyro_aevb.infer.WakeSleep`, :class:`~pyro_aevb.infer.MonteCarloEM`, or their
-        names ``"aevb"``, ``"wake-sleep"``, ``"mcem"``.
+        :class:`~pyro_aevb.infer.WakeSleep`, :class:`~pyro_aevb.infer.MonteCarloEM`,
+        :class:`~pyro_aevb.infer.IWAE` (``IWAE(K, dreg=True)``: the importance-weighted bound),
+        or their names ``"aevb"``, ``"wake-sleep"``, ``"mcem"``, ``"iwae"``.
     estimator : {"A", "B"}
         Shortcut for ``objective=ELBO(estimator)``: generic SGVB (``Trace_ELBO``) or analytic
         KL. Default ``"B"``.
     num_particles : int
-        L, draws of ``z`` per datapoint and step (default 1).
-    algorithm : {"aevb", "wake-sleep", "mcem"}
+        L, draws of ``z`` per datapoint and step (default 1); K for ``algorithm="iwae"``
+        (default 5).
+    algorithm : {"aevb", "wake-sleep", "mcem", "iwae"}
         Shortcut for the objective by name (default ``"aevb"``).
     plate_name : str
         Name of the data plate (default ``"data"``).

@@ -4,7 +4,9 @@
   otherwise);
 * :class:`WakeSleep`: the wake-sleep baseline;
 * :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder);
-* :class:`SemiAmortized`: SA-VAE, the guide refined per minibatch before the decoder's step.
+* :class:`SemiAmortized`: SA-VAE, the guide refined per minibatch before the decoder's step;
+* :class:`IWAE`: the importance-weighted bound with K particles per datapoint, optionally
+  with doubly reparameterized gradients (DReG).
 
 Each is a settings object; the trainer binds it to the user's programs
 (:meth:`Objective.bind`), which gives a :class:`BoundObjective` that computes the steps.
@@ -13,6 +15,7 @@ Each is a settings object; the trainer binds it to the user's programs
 from .aevb import ELBO
 from .base import FAST_MODES, BoundObjective, Objective, PyroELBOObjective
 from .fast_vae import FastVAE, FastVAEObjective
+from .iwae import IWAE, PyroIWAEObjective, VAEIWAEObjective
 from .mcem import MCEM_OPTIONS, MonteCarloEM, MonteCarloEMObjective
 from .semi_amortized import SemiAmortized, SemiAmortizedObjective
 from .wake_sleep import WakeSleep, WakeSleepObjective
@@ -23,6 +26,7 @@ ALGORITHMS = {
     "wake-sleep": WakeSleep,
     "mcem": MonteCarloEM,
     "sa-vae": SemiAmortized,
+    "iwae": IWAE,
 }
 
 __all__ = [
@@ -32,6 +36,7 @@ __all__ = [
     "WakeSleep",
     "MonteCarloEM",
     "SemiAmortized",
+    "IWAE",
     "ALGORITHMS",
     "MCEM_OPTIONS",
     "FAST_MODES",
@@ -41,4 +46,6 @@ __all__ = [
     "WakeSleepObjective",
     "MonteCarloEMObjective",
     "SemiAmortizedObjective",
+    "PyroIWAEObjective",
+    "VAEIWAEObjective",
 ]
