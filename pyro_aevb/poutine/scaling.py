@@ -88,6 +88,16 @@ def bind_num_data(fn: Callable, num_data: int, plate_name: str = "data") -> Call
     return bound
 
 
+def _per_datapoint_param(site, plate_name: str) -> bool:
+    """A ``pyro.param`` inside the data plate with a dimension for the plate's rows."""
+    frame = plate_frame(site, plate_name)
+    if frame is None or frame.dim is None:
+        return False
+    value = site["value"]
+    dim = frame.dim - (site["kwargs"].get("event_dim") or 0)
+    return value.dim() >= -dim and value.shape[dim] == frame.size and frame.size > 1
+
+
 def check_minibatch_trace(
     trace, plate_name: str, num_data: int, batch_size: int, what: str, scaled_by_us: bool
 ) -> None:
@@ -98,7 +108,7 @@ def check_minibatch_trace(
     """
     require_plate(trace, plate_name, what)
     for name, site in trace.nodes.items():
-        if site["type"] == "param" and plate_frame(site, plate_name) is not None:
+        if site["type"] == "param" and _per_datapoint_param(site, plate_name):
             raise ProgramContractError(
                 f"the {what} declares pyro.param('{name}') inside the data plate "
                 f"'{plate_name}': a per-datapoint parameter needs the indices of the rows in "
