@@ -29,7 +29,7 @@ from .models import (
     paper_vae,
 )
 from .poutine import PerDatapointProgram
-from .train import FitResult, NonFiniteLossError, Run, fit, load_run
+from .train import FitResult, NonFiniteLossError, Run, TrainingInterrupted, fit, load_run
 from .version import __version__
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "fit",
     "FitResult",
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "load_run",
     "Run",
     "Objective",

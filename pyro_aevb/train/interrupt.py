@@ -63,10 +63,11 @@ class TrainingInterrupted(KeyboardInterrupt):
             if checkpoint is not None
             else "no checkpoint (no out_dir); the module holds the parameters of that step"
         )
-        super().__init__(
-            f"training interrupted by {signal_name(signum)} at {samples:,} samples (step "
-            f"{step:,}); {where}"
+        #: What happened, in one phrase (without the advice).
+        self.summary = (
+            f"training interrupted by {signal_name(signum)} at {samples:,} samples (step {step:,})"
         )
+        super().__init__(f"{self.summary}; {where}")
 
     def __str__(self) -> str:
         return str(self.args[0])
