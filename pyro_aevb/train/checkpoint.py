@@ -96,7 +96,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
+def _atomic_write(path: Path, data: bytes, before_replace=None) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, call
+    ``before_replace()`` (if given) and move it into place; on any failure the temporary file
+    is removed and ``path`` is unchanged."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +112,8 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -160,9 +165,9 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = seal(buffer.getvalue())
-    if keep_previous:
-        _keep_previous(path, previous_checkpoint_path(path))
-    return _atomic_write(path, data)
+    # the current file becomes the previous one only once the new one is safely on disk
+    keep = (lambda: _keep_previous(path, previous_checkpoint_path(path))) if keep_previous else None
+    return _atomic_write(path, data, before_replace=keep)
 
 
 def _read_bytes(path: Path) -> bytes:
