@@ -3,6 +3,8 @@ state comparison, child processes (the CLI, a light lock holder), trial counts."
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -142,3 +144,30 @@ def wait_for_line(stream, needle: str, timeout: float) -> list[str]:
         if needle in line:
             return lines
     raise AssertionError(f"{needle!r} not seen in {timeout} s; got {''.join(lines)!r}")
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def strict_json(path: Path):
+    """Parse as standard JSON: NaN and Infinity are errors."""
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def assert_nothing_diverged_kept(out: Path) -> None:
+    if not (out / "checkpoint.pt").exists():
+        assert not (out / "history.json").exists()
+        return
+    from pyro_aevb.train.checkpoint import load_checkpoint
+
+    payload = load_checkpoint(out / "checkpoint.pt")
+    for state in payload["program_state"]["modules"]:
+        assert all(torch.isfinite(v).all() for v in state.values())
+    for record in strict_json(out / "history.json"):
+        for key in ("loss", "train_bound", "test_bound"):
+            assert record.get(key) is None or math.isfinite(record[key])
+    assert strict_json(out / "history.json") == json.loads(json.dumps(payload["history"]))

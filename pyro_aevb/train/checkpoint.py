@@ -299,12 +299,16 @@ def _temp_pattern(name: str) -> re.Pattern[str]:
     return re.compile(re.escape(f".{name}.") + r"[A-Za-z0-9_]+" + re.escape(".tmp"))
 
 
-def remove_stale_temps(directory: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+def remove_stale_temps(
+    directory: str | os.PathLike, names: Sequence[str], exclusive: bool = False
+) -> list[Path]:
     """Delete the temporary files that interrupted writes of ``names`` left in ``directory``.
 
-    Only files named like this module's temporaries for one of ``names`` and last modified
-    before this process started are deleted, so a write in progress elsewhere is left alone.
-    Best effort: a file that cannot be deleted is left. Returns the files deleted.
+    Only files named like this module's temporaries for one of ``names`` are deleted, and,
+    unless ``exclusive`` (the caller holds the run's lock, so no one else writes these
+    names), only those last modified before this process started, so that a write in
+    progress elsewhere is left alone. Best effort: a file that cannot be deleted is left.
+    Returns the files deleted.
     """
     patterns = [_temp_pattern(n) for n in names]
     removed: list[Path] = []
@@ -316,7 +320,8 @@ def remove_stale_temps(directory: str | os.PathLike, names: Sequence[str]) -> li
         if not any(p.fullmatch(entry.name) for p in patterns):
             continue
         try:
-            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < _PROCESS_STARTED:
+            old = exclusive or entry.stat().st_mtime < _PROCESS_STARTED
+            if entry.is_file(follow_symlinks=False) and old:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:

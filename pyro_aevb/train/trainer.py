@@ -358,8 +358,9 @@ class Trainer:
         """Start a new run in ``out_dir`` or restore the one there (``resume``)."""
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
         if self.out_dir is not None:
+            # the lock is held: temporaries of the run's own files are a killed run's
             names = [CHECKPOINT_NAME, previous_checkpoint_path(checkpoint).name]
-            remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME, "summary.json"])
+            remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():
                 raise FileNotFoundError(

@@ -4,39 +4,21 @@ diverged state, standard JSON, and advice that can be followed (resume with a sm
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from reliability_helpers import FIT_KW, binary_data, tiny_vae
+from reliability_helpers import (
+    FIT_KW,
+    assert_nothing_diverged_kept,
+    binary_data,
+    strict_json,
+    tiny_vae,
+)
 
 from pyro_aevb import NonFiniteLossError, fit
 from pyro_aevb.cli import main
 from pyro_aevb.train.checkpoint import load_checkpoint, write_json_atomic
-
-
-def strict_json(path: Path):
-    """Parse as standard JSON: NaN and Infinity are errors."""
-
-    def refuse(name):
-        raise ValueError(f"non-standard JSON constant {name} in {path}")
-
-    return json.loads(path.read_text(), parse_constant=refuse)
-
-
-def assert_nothing_diverged_kept(out: Path) -> None:
-    if not (out / "checkpoint.pt").exists():
-        assert not (out / "history.json").exists()
-        return
-    payload = load_checkpoint(out / "checkpoint.pt")
-    for state in payload["program_state"]["modules"]:
-        assert all(torch.isfinite(v).all() for v in state.values())
-    for record in strict_json(out / "history.json"):
-        for key in ("loss", "train_bound", "test_bound"):
-            assert record.get(key) is None or math.isfinite(record[key])
-    assert strict_json(out / "history.json") == json.loads(json.dumps(payload["history"]))
 
 
 @pytest.mark.parametrize("fast", ["auto", "off"])
