@@ -67,6 +67,15 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     -------
     Run
         ``module`` is the model object (in eval mode), or ``None`` for plain functions.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        The checkpoint does not match its SHA-256 seal (the message says whether the previous
+        checkpoint beside it is intact).
+    MalformedCheckpointError
+        The checkpoint's payload lacks entries or its weights do not fit the model (checked
+        on the meta device for a preset, so an absurd config allocates nothing).
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME

@@ -690,9 +690,11 @@ class Trainer:
         )
         wall0 = time.perf_counter()
         in_step = False
-        # The fused fast path reports non-finite losses itself; elsewhere the gradients are
-        # checked before every update, so a diverged update is never applied.
-        hook = install_gradient_check(self.optimizer) if self.objective.path != "fast" else None
+        # On stock Pyro the gradients are checked before every update, so a diverged update is
+        # never applied (the NaN parameters would otherwise fail Pyro's argument validation
+        # a step later). The fused paths (fast, wake-sleep, MCEM) keep their lean optimizer
+        # step: a non-finite gradient there shows as a non-finite loss at the next step.
+        hook = install_gradient_check(self.optimizer) if self.objective.path == "pyro" else None
         try:
             if pending and self.samples >= pending[0]:
                 while pending and self.samples >= pending[0]:

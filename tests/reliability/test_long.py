@@ -192,7 +192,7 @@ class Payloads:
             "builtins.eval": reducer(eval, f"open({c!r}, 'w')"),
             "builtins.open": reducer(open, c, "w"),
             "pathlib.Path.touch": reducer(Path(c).touch),
-            "importlib": reducer(__import__, "antigravity"),
+            "importlib": reducer(__import__, "this"),
             "object array": np.array([reducer(os.system, f"touch {c}")], dtype=object),
             "nested in a tensor dict": {"w": torch.ones(2), "x": [reducer(os.system, "true")]},
             "class instance": reducer(type, "Evil", (), {}),
