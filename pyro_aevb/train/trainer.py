@@ -576,7 +576,8 @@ class Trainer:
                 f"{self.samples} training samples)"
             )
         violation = constraint_violation(err)
-        if violation is not None:
+        # before any update the parameters are the initial ones: a bug, not a divergence
+        if violation is not None and self.step > 0:
             return (
                 f"after {self.samples} training samples (step {self.step}) the parameters "
                 f"make a distribution's argument invalid ({violation})"
