@@ -20,7 +20,7 @@ DOCS_HTML := docs/_build/html
 TUTORIALS ?=
 
 .PHONY: demo test lint format setup docs-setup docs docs-links docs-check browser tutorials \
-	tutorials-check clean
+	tutorials-check clean reliability
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/torch-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Long randomized fault injection (kill -9 / Ctrl-C / SIGTERM at random times with exact
+# resume, bit flips, truncations, hostile pickles, concurrent runs, divergence on both paths,
+# hypothesis); writes benchmarks/results/reliability.json, the README's "Reliability"
+# figures. PYRO_AEVB_RELIABILITY_SCALE=0.1 make reliability: a tenth of the trials.
+reliability: $(STAMP)
+	$(BIN)/python -m pytest -n 0 -m reliability tests/reliability $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,7 +31,7 @@ from .models import (
     paper_vae,
 )
 from .poutine import PerDatapointProgram
-from .train import FitResult, NonFiniteLossError, Run, fit, load_run
+from .train import FitResult, NonFiniteLossError, Run, TrainingInterrupted, fit, load_run
 from .version import __version__
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "fit",
     "FitResult",
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "load_run",
     "Run",
     "Objective",

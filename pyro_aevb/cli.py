@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ from .plots import (
     plot_reconstructions,
     plot_samples,
 )
-from .train import NonFiniteLossError, fit, load_run, write_json_atomic
+from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
+from .train.interrupt import exit_status
 from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
@@ -42,10 +44,43 @@ logger = logging.getLogger("pyro_aevb")
 
 def _positive_number(text: str) -> int:
     # Accept 1e6 as well as 1000000 for sample budgets.
-    value = float(text)
-    if value <= 0 or value != int(value):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(value)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
 
 
 def write_figures(module, dataset, history, out_dir: Path) -> list[Path]:
@@ -87,29 +122,66 @@ def _objective(args):
     return ALGORITHMS[args.algorithm](args.estimator, 1 if particles is None else particles)
 
 
+def _model_option_differences(args, saved: dict) -> list[str]:
+    """The model options given on the command line that differ from the run's model."""
+    out = []
+    if args.latent_dim is not None and args.latent_dim != saved.get("latent_dim"):
+        out.append(f"--latent-dim {args.latent_dim} (the run's: {saved.get('latent_dim')})")
+    hidden = saved.get("hidden_dims")
+    hidden = [hidden] if isinstance(hidden, int) else list(hidden or [])
+    if args.hidden is not None and [args.hidden] != hidden:
+        out.append(f"--hidden {args.hidden} (the run's hidden layers: {saved.get('hidden_dims')})")
+    if args.no_weight_prior and saved.get("weight_prior_std") is not None:
+        out.append(
+            f"--no-weight-prior (the run has the N(0, {saved.get('weight_prior_std')}^2) prior)"
+        )
+    return out
+
+
+def _resumed_model(args, out_dir: Path):
+    """The run's model, rebuilt from its checkpoint; model options given on the command line
+    must agree with it (a resumed run never silently keeps another model)."""
+    saved = load_run(out_dir).config.get("model") or {}
+    differ = _model_option_differences(args, saved)
+    if differ:
+        raise ValueError(
+            f"cannot resume the run in {out_dir} with another model: {'; '.join(differ)}. "
+            f"Leave these options out to continue the run as it is, or train the new model "
+            f"into another --out"
+        )
+    return build_model(saved)
+
+
 def _train(args, dataset, out_dir: Path) -> dict:
     torch.manual_seed(args.seed)
     if args.resume:
-        module = build_model(load_run(out_dir).config["model"])
+        module = _resumed_model(args, out_dir)
     else:
         module = paper_vae(
             dataset,
-            args.latent_dim,
+            args.default_latent_dim if args.latent_dim is None else args.latent_dim,
             args.hidden,
             weight_prior_std=None if args.no_weight_prior else 1.0,
         )
-    budget = {"epochs": args.epochs} if args.epochs else {"num_samples": args.num_samples}
     objective = _objective(args)
+    budget = (
+        {"epochs": args.epochs} if args.epochs is not None else {"num_samples": args.num_samples}
+    )
+    # lr: the command's default for a new run, the run's own on resume (unless given)
+    lr = args.lr if args.lr is not None or args.resume else args.default_lr
+    minutes = args.checkpoint_minutes
     t0 = time.perf_counter()
     result = fit(
         module,
         dataset,
         objective=objective,
         optimizer=args.optimizer,
-        lr=args.lr,
+        lr=lr,
         batch_size=args.batch_size,
         seed=args.seed,
         eval_size=args.eval_size,
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_every_seconds=None if minutes is None else 60.0 * minutes,
         out_dir=out_dir,
         resume=args.resume,
         fast=args.fast,
@@ -127,7 +199,7 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "algorithm": args.algorithm,
         "estimator": None if args.algorithm == "iwae" else args.estimator,
         "objective": objective.settings(),
-        "optimizer": f"{args.optimizer} (lr {args.lr})",
+        "optimizer": f"{args.optimizer} (lr {result.config['training']['lr']})",
         "path": result.path,
         "path_reason": result.path_reason,
         "samples": result.samples,
@@ -162,6 +234,9 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.dataset is None:
+        # a resumed run continues on its own data set; a new one trains on MNIST
+        args.dataset = (load_run(args.out).dataset if args.resume else None) or "mnist"
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
     _print_summary(_train(args, dataset, Path(args.out)))
     return 0
@@ -170,10 +245,11 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     dataset = load_dataset("embedded-mnist")
     args.dataset = dataset.name
+    latent_dim = args.latent_dim or args.default_latent_dim
     print(
-        f"pyro-aevb demo: training a 784-{args.hidden}-{args.latent_dim} VAE on "
+        f"pyro-aevb demo: training a 784-{args.hidden}-{latent_dim} VAE on "
         f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
-        f"({args.optimizer}, lr {args.lr})"
+        f"({args.optimizer}, lr {args.lr or args.default_lr})"
     )
     _print_summary(_train(args, dataset, Path(args.out)))
     return 0
@@ -303,10 +379,17 @@ def _add_training_options(
     optimizer: str = "adagrad",
     lr: float = 0.02,
 ) -> None:
-    p.add_argument("--latent-dim", type=int, default=latent_dim, help="N_z")
+    # Model options default to None: on --resume, those given must match the run's model.
     p.add_argument(
-        "--hidden", type=int, default=hidden, help="hidden units (paper: 500 MNIST, 200 Frey Face)"
+        "--latent-dim", type=_positive_int, default=None, help=f"N_z (default {latent_dim})"
     )
+    p.add_argument(
+        "--hidden",
+        type=_positive_int,
+        default=hidden,
+        help="hidden units (paper: 500 MNIST, 200 Frey Face)",
+    )
+    p.set_defaults(default_latent_dim=latent_dim, default_lr=lr)
     p.add_argument(
         "--algorithm",
         "--objective",
@@ -341,12 +424,31 @@ def _add_training_options(
             help=f"Monte Carlo EM: {key} (default {default})",
         )
     p.add_argument("--optimizer", choices=["adagrad", "adam"], default=optimizer)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help=f"step size (default {lr}; on --resume the run's, and only a smaller one may be "
+        f"given, recorded in the history)",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--num-samples", type=_positive_number, default=num_samples)
-    p.add_argument("--epochs", type=float, default=None, help="budget in epochs instead")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-size", type=int, default=1000)
+    p.add_argument("--epochs", type=_positive_float, default=None, help="budget in epochs instead")
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--eval-size", type=_positive_int, default=1000)
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_positive_float,
+        default=5.0,
+        help="also write a checkpoint every so many minutes of wall time (default 5)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_number,
+        default=None,
+        metavar="SAMPLES",
+        help="also write a checkpoint every so many training samples",
+    )
     p.add_argument("--no-weight-prior", action="store_true", help="ML instead of MAP")
     p.add_argument("--fast", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -359,13 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-aevb", description="Auto-Encoding Variational Bayes for Pyro"
     )
     parser.add_argument("--version", action="version", version=f"pyro-aevb {__version__}")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a VAE on a data set")
     p.add_argument(
-        "--dataset", default="mnist", help="mnist, fashion-mnist, frey-face, embedded-mnist"
+        "--dataset",
+        default=None,
+        help="mnist (default; on --resume the run's), fashion-mnist, frey-face, embedded-mnist",
     )
     p.add_argument(
         "--data-dir", default=None, help="data directory (default: $PYRO_AEVB_DATA or download)"
@@ -391,9 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="estimate log p(x) per datapoint for a trained run")
     p.add_argument("run_dir")
     p.add_argument("--method", choices=METHODS, default="iwae")
-    p.add_argument("--n", type=int, default=1000, help="first N points of the split")
+    p.add_argument("--n", type=_positive_int, default=1000, help="first N points of the split")
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument(
         "--option",
         action="append",
@@ -436,7 +540,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as err:
+    except TrainingInterrupted as err:
+        # the step was finished and saved: one line, no traceback, the signal's exit status
+        print(f"pyro-aevb: {err.summary}", end="", file=sys.stderr)
+        if err.checkpoint is not None:
+            print(
+                f"; checkpoint saved to {err.checkpoint}; continue with: pyro-aevb "
+                f"{args.command} --out {args.out} --resume",
+                end="",
+                file=sys.stderr,
+            )
+        print(file=sys.stderr)
+        return exit_status(err.signum)
+    except KeyboardInterrupt:
+        print("pyro-aevb: interrupted", file=sys.stderr)
+        return exit_status(2)  # SIGINT
+    except (ValueError, TypeError, NonFiniteLossError, OSError) as err:
+        # OSError: missing, unreadable or unwritable files (a full disk), a locked run
+        # directory; the messages name the file
         print(f"pyro-aevb: error: {err}", file=sys.stderr)
         return 2
 

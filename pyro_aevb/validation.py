@@ -96,11 +96,17 @@ def check_data(
     return x
 
 
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
+#: The largest count torch can represent (int64): sizes, budgets, particles beyond it overflow.
+MAX_COUNT = 2**63 - 1
+
+
+def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None = MAX_COUNT) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an int <= {maximum}, got {value}")
     return int(value)
 
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..nn.likelihoods import make_likelihood
-from ..nn.mlp import MLP, as_hidden_dims, init_normal_
-from ..validation import check_positive_int
+from ..nn.mlp import MAX_LAYER_SIZE, MLP, as_hidden_dims, init_normal_
+from ..validation import check_positive_float, check_positive_int
 from .vae import VAE
 
 __all__ = [
@@ -110,8 +110,8 @@ def mlp_vae(
     name, validate
         See :class:`~pyro_aevb.models.VAE`.
     """
-    data_dim = check_positive_int(data_dim, "data_dim")
-    latent_dim = check_positive_int(latent_dim, "latent_dim")
+    data_dim = check_positive_int(data_dim, "data_dim", maximum=MAX_LAYER_SIZE)
+    latent_dim = check_positive_int(latent_dim, "latent_dim", maximum=MAX_LAYER_SIZE // 2)
     hidden = as_hidden_dims(hidden_dims)
     head = make_likelihood(likelihood, sigmoid_mean)
     encoder = MLP(data_dim, hidden, 2 * latent_dim, activation)
@@ -127,7 +127,7 @@ def mlp_vae(
         validate=validate,
     )
     if init_std is not None:
-        init_normal_(vae, init_std)
+        init_normal_(vae, check_positive_float(init_std, "init_std", allow_zero=True))
     return vae
 
 

@@ -19,7 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS", "init_normal_", "as_hidden_dims"]
+__all__ = ["MLP", "ACTIVATIONS", "MAX_LAYER_SIZE", "init_normal_", "as_hidden_dims"]
+
+#: The largest layer size accepted (a size beyond it cannot be allocated anyway).
+MAX_LAYER_SIZE = 2**31 - 1
 
 #: Activation functions by name.
 ACTIVATIONS = {
@@ -37,18 +40,23 @@ def as_hidden_dims(hidden_dims: int | Sequence[int]) -> tuple[int, ...]:
 
     An empty sequence (or ``()``) is allowed: the MLP is then a single linear layer.
     """
-    dims = (hidden_dims,) if isinstance(hidden_dims, int) else tuple(hidden_dims)
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in dims):
+    try:
+        dims = (hidden_dims,) if isinstance(hidden_dims, int) else tuple(hidden_dims)
+    except TypeError:  # not iterable (None, a float)
+        dims = (hidden_dims,)
+    if isinstance(hidden_dims, str) or not all(
+        isinstance(h, int) and not isinstance(h, bool) and 0 < h <= MAX_LAYER_SIZE for h in dims
+    ):
         raise ValueError(
-            f"hidden_dims must be a positive int or a sequence of positive ints, got "
-            f"{hidden_dims!r}"
+            f"hidden_dims must be a positive int or a sequence of positive ints (at most "
+            f"{MAX_LAYER_SIZE}), got {hidden_dims!r}"
         )
     return dims
 
 
 def _check_dim(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_LAYER_SIZE:
+        raise ValueError(f"{name} must be a positive int (at most {MAX_LAYER_SIZE}), got {value!r}")
     return value
 
 
@@ -98,8 +106,18 @@ class MLP(nn.Module):
         self.activation = activation
         self._act = ACTIVATIONS[activation]
         dims = (in_dim, *self.hidden_dims)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-        self.out = nn.Linear(dims[-1], out_dim)
+        try:
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+            self.out = nn.Linear(dims[-1], out_dim)
+        except RuntimeError as err:  # sizes that are valid but absurd
+            if "alloc" not in str(err):
+                raise
+            sizes = (*dims, out_dim)
+            count = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+            raise MemoryError(
+                f"an MLP with layer sizes {list(sizes)} has {count:,} parameters, more than "
+                f"can be allocated here; check in_dim, hidden_dims and out_dim"
+            ) from None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         h = inputs

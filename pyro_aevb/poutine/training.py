@@ -19,7 +19,7 @@ from torch import nn
 
 from .params import ProgramParams, collect_params, owner_modules
 from .plates import latent_sites, plate_frame
-from .program import first_trace_errors, trace_guide_and_model
+from .program import _check_guide_matches, first_trace_errors, trace_guide_and_model
 from .scaling import accepts_num_data, bind_num_data, check_minibatch_trace
 
 __all__ = ["TrainingProgram"]
@@ -81,7 +81,9 @@ class TrainingProgram:
         return "num_data keyword" if accepts_num_data(self.model) else "data-plate scaling"
 
     def check(self, x: torch.Tensor) -> None:
-        """Trace the programs once on the minibatch ``x`` and check the minibatch contract.
+        """Trace the programs once on the minibatch ``x`` and check the minibatch contract and
+        that model and guide match (every model latent has a guide site, inside the data
+        plate where the model's is; the guide has no site the model lacks).
 
         Raises ``ValueError`` naming the plate, the site and what to change. The RNG is
         forked, so this never shifts the training draws.
@@ -101,6 +103,10 @@ class TrainingProgram:
             "model",
             scaled_by_us=not accepts_num_data(self.model),
         )
+        if guide_trace is not None:
+            # before Pyro's ELBOs meet them: a missing site is a bare KeyError there, an extra
+            # one a warning and a term without a model counterpart
+            _check_guide_matches(model_trace, guide_trace, self.plate_name)
         local = [n for n, s in latent_sites(model_trace).items() if plate_frame(s, self.plate_name)]
         if guide_trace is not None and local:
             check_minibatch_trace(

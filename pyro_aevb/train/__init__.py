@@ -2,8 +2,17 @@
 with minibatches, evaluation schedule, history, checkpoints, exact resume and run
 directories."""
 
-from .checkpoint import load_checkpoint, read_json, save_checkpoint, write_json_atomic
+from .checkpoint import (
+    CorruptCheckpointError,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .interrupt import TrainingInterrupted
+from .lock import RunLockedError
 from .optim import OPTIMIZERS, make_optimizer
+from .payload import MalformedCheckpointError
 from .runs import Run, load_run
 from .trainer import FitResult, NonFiniteLossError, Trainer, eval_schedule, fit
 
@@ -12,6 +21,10 @@ __all__ = [
     "Trainer",
     "FitResult",
     "NonFiniteLossError",
+    "TrainingInterrupted",
+    "RunLockedError",
+    "CorruptCheckpointError",
+    "MalformedCheckpointError",
     "eval_schedule",
     "Run",
     "load_run",

@@ -18,6 +18,7 @@ from torch import nn
 from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
 from .checkpoint import load_checkpoint
+from .payload import MalformedCheckpointError, check_module_states, check_training_payload
 
 __all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "CONFIG_NAME", "Run", "load_run"]
 
@@ -66,6 +67,15 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     -------
     Run
         ``module`` is the model object (in eval mode), or ``None`` for plain functions.
+
+    Raises
+    ------
+    CorruptCheckpointError
+        The checkpoint does not match its SHA-256 seal (the message says whether the previous
+        checkpoint beside it is intact).
+    MalformedCheckpointError
+        The checkpoint's payload lacks entries or its weights do not fit the model (checked
+        on the meta device for a preset, so an absurd config allocates nothing).
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME
@@ -75,8 +85,9 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
             f"`pyro-aevb train --out {run_dir}` or pyro_aevb.fit(..., out_dir=...))"
         )
     payload = load_checkpoint(checkpoint)
+    check_training_payload(payload, checkpoint)
     config = payload["config"]
-    state = payload.get("program_state", {})
+    state = payload["program_state"]
     if model is None:
         if not config.get("model"):
             raise ValueError(
@@ -84,7 +95,7 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
                 f"model: build it the same way and pass it, load_run({str(run_dir)!r}, "
                 f"model=...)"
             )
-        model = build_model(config["model"])
+        model = _build_checked(config["model"], state, checkpoint)
     module = model if isinstance(model, nn.Module) else None
     if guide is None and callable(getattr(model, "model", None)):
         programs = [p for p in (model.model, getattr(model, "guide", None)) if callable(p)]
@@ -101,7 +112,23 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
         params = collect_params(programs, data[:2], modules=modules)
     else:
         params = ProgramParams(modules, [])
+    check_module_states(state, params.modules, checkpoint)
     params.load_state_dict(state)
     if module is not None:
         module.eval()
     return Run(module=module, config=config, history=payload["history"], directory=run_dir)
+
+
+def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Path) -> nn.Module:
+    """The preset model of ``config``, after checking on the meta device (no memory) that its
+    parameters have the shapes the checkpoint holds: a config that does not describe the
+    saved weights (or asks for absurd sizes) is refused before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config)
+    except (TypeError, ValueError, KeyError) as err:
+        raise MalformedCheckpointError(
+            f"checkpoint {checkpoint}: its model config cannot be built: {err}"
+        ) from err
+    check_module_states(state, [skeleton], checkpoint)
+    return build_model(config)

@@ -35,8 +35,34 @@ from ..models.vae import VAE
 from ..poutine import TrainingProgram
 from ..validation import check_choice, check_data, check_positive_float, check_positive_int
 from ..version import __version__
-from .checkpoint import load_checkpoint, save_checkpoint, write_json_atomic
+from .checkpoint import (
+    load_checkpoint,
+    previous_checkpoint_path,
+    remove_stale_temps,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .divergence import (
+    NonFiniteGradient,
+    NonFiniteLossError,
+    all_finite,
+    constraint_violation,
+    install_gradient_check,
+    non_finite_entries,
+)
+from .fingerprint import data_fingerprint
+from .interrupt import DeferredInterrupts, TrainingInterrupted
+from .lock import RunLock
 from .optim import make_optimizer
+from .payload import (
+    MalformedCheckpointError,
+    check_generator_state,
+    check_module_states,
+    check_optimizer_state,
+    check_permutation,
+    check_restorable,
+)
+from .resume import config_differences, resumed_lr
 from .runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
 
 __all__ = [
@@ -44,6 +70,7 @@ __all__ = [
     "Trainer",
     "FitResult",
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "eval_schedule",
     "resolve_programs",
     "resolve_objective",
@@ -54,9 +81,10 @@ logger = logging.getLogger("pyro_aevb")
 # Evaluation never touches the training RNG; it uses its own fixed stream.
 _EVAL_SEED_OFFSET = 1_000_003
 
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss; the parameters were not updated with it."""
+#: The step size when none is given (and a resumed run keeps its own).
+DEFAULT_LR = 0.02
+#: Wall-time checkpoint interval by default, in seconds (with out_dir).
+DEFAULT_CHECKPOINT_SECONDS = 300.0
 
 
 @dataclass
@@ -195,7 +223,7 @@ class Trainer:
         plate_name: str = "data",
         modules: Sequence[nn.Module] = (),
         optimizer: str = "adagrad",
-        lr: float = 0.02,
+        lr: float | None = None,
         batch_size: int = 100,
         num_samples: int | None = None,
         epochs: float | None = None,
@@ -203,6 +231,7 @@ class Trainer:
         eval_every: int | str = "log",
         eval_size: int | None = 1000,
         checkpoint_every: int | None = None,
+        checkpoint_every_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
         out_dir: str | Path | None = None,
         resume: bool = False,
         fast: str = "auto",
@@ -241,6 +270,11 @@ class Trainer:
             if checkpoint_every is None
             else check_positive_int(checkpoint_every, "checkpoint_every")
         )
+        self.checkpoint_every_seconds = (
+            None
+            if checkpoint_every_seconds is None
+            else check_positive_float(checkpoint_every_seconds, "checkpoint_every_seconds")
+        )
         self.eval_size = None if eval_size is None else check_positive_int(eval_size, "eval_size")
         self.progress = progress
         if callback is not None and not callable(callback):
@@ -269,6 +303,9 @@ class Trainer:
                 # fail now, not after training, if the bound cannot be evaluated
                 with torch.no_grad():
                     self.objective.bound(self.train[:2])
+        # lr=None: the default for a new run, the run's own when resuming (see _restore)
+        self._lr_given = None if lr is None else check_positive_float(lr, "lr")
+        lr = DEFAULT_LR if lr is None else self._lr_given
         self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
         if self.objective.path == "pyro" and isinstance(module, VAE) and fast == "auto":
             warnings.warn(
@@ -298,6 +335,8 @@ class Trainer:
             "path": self.objective.path,
             "path_reason": self.objective.path_reason,
             "num_data_route": self.program.route,
+            # compared on resume: the same number of rows is not the same data
+            "data": {"train": data_fingerprint(self.train), "test": data_fingerprint(self.test)},
         }
 
         # Progress state: everything below is saved in checkpoints.
@@ -312,14 +351,30 @@ class Trainer:
         self._loss_sum = 0.0
         self._loss_count = 0
 
+        self._last_save = time.monotonic()
+        # One job per run directory: locked before looking for a checkpoint, so two runs
+        # cannot both find none and overwrite each other; held until run() ends.
+        self._lock = None if self.out_dir is None else RunLock(self.out_dir).acquire()
+        try:
+            self._open_run(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_run(self, resume: bool) -> None:
+        """Start a new run in ``out_dir`` or restore the one there (``resume``)."""
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
+        if self.out_dir is not None:
+            # the lock is held: temporaries of the run's own files are a killed run's
+            names = [CHECKPOINT_NAME, previous_checkpoint_path(checkpoint).name]
+            remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():
                 raise FileNotFoundError(
                     f"resume=True but there is no checkpoint at {checkpoint}; pass the out_dir "
                     f"of the run to continue"
                 )
-            self._restore(load_checkpoint(checkpoint))
+            self._restore(load_checkpoint(checkpoint), checkpoint)
         else:
             if checkpoint is not None and checkpoint.exists():
                 raise FileExistsError(
@@ -327,6 +382,11 @@ class Trainer:
                     f"choose another out_dir (nothing was overwritten)"
                 )
             torch.manual_seed(self.seed)
+
+    def close(self) -> None:
+        """Release the run directory's lock (done by :meth:`run` when it ends)."""
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     @property
     def path_description(self) -> str:
@@ -355,28 +415,59 @@ class Trainer:
             "objective_state": self.objective.state_dict(),
         }
 
-    def _restore(self, payload: dict[str, Any]) -> None:
+    def _restore(self, payload: dict[str, Any], path: Path) -> None:
+        """Continue the run saved in ``payload`` (read from ``path``): every setting that
+        changes the run is compared first, and the whole payload is checked before anything
+        is loaded, so a refused checkpoint leaves the module as it was."""
+        check_restorable(payload, path)
         saved = payload["config"]
-        for key in ("model", "training", "model_class", "event_shape"):
-            if _comparable(saved.get(key)) != _comparable(self.config.get(key)):
-                raise ValueError(
-                    f"cannot resume: the checkpoint's {key} settings {saved.get(key)} differ "
-                    f"from this run's {self.config.get(key)}"
-                )
-        self.state_params.load_state_dict(payload["program_state"])
-        self.optimizer.load_state_dict(payload["optimizer_state"])
-        self.objective.load_state_dict(payload.get("objective_state", {}))
+        differ = config_differences(saved, self.config)
+        if differ:
+            raise ValueError(
+                f"cannot resume the run in {self.out_dir}: these settings differ from the "
+                f"checkpoint's: {'; '.join(differ)}. Resume with the run's settings, or start "
+                f"a new run in another out_dir"
+            )
+        if "data" not in saved:
+            logger.warning("%s records no data fingerprint: the data cannot be compared", path)
+        saved_lr = saved.get("training", {}).get("lr")
+        if not isinstance(saved_lr, float) or not saved_lr > 0:
+            raise MalformedCheckpointError(f"checkpoint {path}: training.lr is {saved_lr!r}")
+        lr = resumed_lr(saved_lr, self._lr_given)
+        self.training_config["lr"] = lr
+        self.config["lr_changes"] = list(saved.get("lr_changes", []))
+        check_generator_state(payload["rng"]["torch"], torch.get_rng_state(), "torch", path)
+        check_generator_state(payload["rng"]["data"], self.data_rng.get_state(), "data", path)
+        progress = payload["progress"]
+        check_permutation(progress["perm"], self.num_train, path)
+        params = list(self.objective.params)
+        check_module_states(payload["program_state"], self.state_params.modules, path)
+        check_optimizer_state(payload["optimizer_state"], params, path)
+        try:
+            self.state_params.load_state_dict(payload["program_state"])
+            self.optimizer.load_state_dict(payload["optimizer_state"])
+            self.objective.load_state_dict(payload.get("objective_state", {}))
+        except (KeyError, TypeError, IndexError, RuntimeError) as err:
+            raise MalformedCheckpointError(
+                f"checkpoint {path} does not fit this run: {type(err).__name__}: {err}"
+            ) from err
+        if lr != saved_lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.config["lr_changes"].append(
+                {"samples": progress["samples"], "from": saved_lr, "to": lr}
+            )
+            logger.info("resuming with lr %g (the run trained with %g)", lr, saved_lr)
         torch.set_rng_state(payload["rng"]["torch"])
         self.data_rng.set_state(payload["rng"]["data"])
-        progress = payload["progress"]
         self.step, self.samples, self.epoch = (
             progress["step"],
             progress["samples"],
             progress["epoch"],
         )
-        self.train_seconds = progress["train_seconds"]
+        self.train_seconds = float(progress["train_seconds"])
         self.perm, self.pos = progress["perm"], progress["pos"]
-        self._loss_sum, self._loss_count = progress["loss_sum"], progress["loss_count"]
+        self._loss_sum, self._loss_count = float(progress["loss_sum"]), progress["loss_count"]
         self.history = list(payload["history"])
         if self.samples >= self.total:
             logger.warning(
@@ -388,15 +479,20 @@ class Trainer:
         logger.info("resumed from checkpoint at %d samples (step %d)", self.samples, self.step)
 
     def save(self) -> Path | None:
-        """Write checkpoint, history and config to ``out_dir`` (if any), atomically."""
+        """Write checkpoint, history and config to ``out_dir`` (if any), atomically.
+
+        The checkpoint first (the previous one is kept beside it), then the JSON files, which
+        are views of it: history.json is never ahead of the checkpoint.
+        """
         if self.out_dir is None:
             return None
-        if not all(bool(torch.isfinite(p).all()) for p in self.objective.params):
+        if not all_finite(self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
         write_json_atomic(self.out_dir / CONFIG_NAME, self.config)
         write_json_atomic(self.out_dir / HISTORY_NAME, self.history)
-        return save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
+        self._last_save = time.monotonic()
+        return path
 
     # ------------------------------------------------------------------ evaluation
     def _bound(self, data: torch.Tensor) -> torch.Tensor:
@@ -404,6 +500,8 @@ class Trainer:
         return torch.cat(chunks)
 
     def evaluate(self) -> dict[str, Any]:
+        """The history record at this point: progress, the mean loss since the previous
+        record, the train/test bounds with standard errors, the step size."""
         record: dict[str, Any] = {
             "step": self.step,
             "samples": self.samples,
@@ -411,7 +509,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 4),
         }
         record["loss"] = self._loss_sum / self._loss_count if self._loss_count else None
-        self._loss_sum, self._loss_count = 0.0, 0
+        record["lr"] = self.optimizer.param_groups[0]["lr"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
             for split, data in (("train", self.train), ("test", self.test)):
@@ -425,6 +523,8 @@ class Trainer:
             record.update(self.objective.diagnostics())
             if self.callback is not None:  # gradients allowed: it may run HMC
                 self.callback(self, record)
+        # only now: an evaluation that fails leaves the running mean for its retry on resume
+        self._loss_sum, self._loss_count = 0.0, 0
         return record
 
     # ------------------------------------------------------------------ training
@@ -441,31 +541,140 @@ class Trainer:
         self.pos += idx.numel()
         return idx
 
-    def _fail(self, value: float, cause: BaseException | None = None) -> None:
-        last = self.history[-1]["samples"] if self.history else 0
-        where = (
-            f"the last good checkpoint ({self.out_dir / CHECKPOINT_NAME}, {last} samples) is kept"
-            if self.out_dir is not None and (self.out_dir / CHECKPOINT_NAME).exists()
-            else "no checkpoint was written (set out_dir to keep one)"
-        )
-        if cause is None:
-            what = (
-                f"non-finite loss ({value}) at step {self.step + 1} after {self.samples} "
-                f"training samples; training stopped before applying it, so the module's "
-                f"parameters are the last finite ones"
+    def _fail(self, value: float, cause: BaseException | None = None, what: str = "") -> None:
+        """Raise :class:`NonFiniteLossError` for a divergence, saying what was kept."""
+        checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir is not None else None
+        if checkpoint is not None and checkpoint.exists():
+            last = self.history[-1]["samples"] if self.history else 0
+            where = (
+                f"the last good checkpoint ({checkpoint}, last evaluated at {last} samples) is kept"
             )
+        elif checkpoint is not None:
+            where = "no checkpoint had been written yet"
         else:
-            what = (
-                f"parameters became non-finite before step {self.step + 1} (after "
-                f"{self.samples} training samples): a previous update had non-finite gradients"
-            )
+            where = "no checkpoint was written (set out_dir to keep one)"
+        finite = all_finite(self.objective.params)
+        if not what:
+            if cause is None and finite:
+                what = (
+                    f"non-finite loss ({value}) at step {self.step + 1} after {self.samples} "
+                    f"training samples; training stopped before applying it, so the module's "
+                    f"parameters are the last finite ones"
+                )
+            else:
+                what = (
+                    f"parameters became non-finite before step {self.step + 1} (after "
+                    f"{self.samples} training samples): a previous update had non-finite "
+                    f"gradients"
+                )
         raise NonFiniteLossError(
-            f"{what}, and {where}. Try a smaller lr (now {self.training_config['lr']}), "
-            f"estimator 'B', or check the data."
+            f"training diverged: {what}, and {where}. Try a smaller lr (now "
+            f"{self.training_config['lr']}; a resumed run may lower it), estimator 'B', or "
+            f"check the data."
         ) from cause
 
+    def _divergence(self, err: BaseException) -> str | None:
+        """What ``err`` says about a divergence, or ``None`` if it is another failure: a
+        distribution argument made invalid by the parameters (Pyro's validation), or
+        parameters that are no longer finite."""
+        if not all_finite(self.objective.params):
+            return (
+                f"parameters became non-finite before step {self.step + 1} (after "
+                f"{self.samples} training samples)"
+            )
+        violation = constraint_violation(err)
+        # before any update the parameters are the initial ones: a bug, not a divergence
+        if violation is not None and self.step > 0:
+            return (
+                f"after {self.samples} training samples (step {self.step}) the parameters "
+                f"make a distribution's argument invalid ({violation})"
+            )
+        return None
+
+    def _train_step(self, xb: torch.Tensor, idx: torch.Tensor) -> float:
+        """One step; a divergence in it becomes :class:`NonFiniteLossError` (the step is
+        undone: the minibatch is drawn again on resume)."""
+        try:
+            loss = self.objective.train_step(xb, idx, self.optimizer)
+        except NonFiniteGradient as err:
+            self.pos -= xb.shape[0]
+            self._fail(
+                float("nan"),
+                cause=err,
+                what=(
+                    f"non-finite gradient at step {self.step + 1} after {self.samples} training "
+                    f"samples ({err}); the update was not applied, so the parameters are the "
+                    f"last finite ones"
+                ),
+            )
+        except (ValueError, RuntimeError) as err:
+            what = self._divergence(err)
+            if what is None:
+                raise
+            self.pos -= xb.shape[0]
+            self._fail(float("nan"), cause=err, what=what)
+        if not math.isfinite(loss):
+            self.pos -= xb.shape[0]  # the step did not happen
+            self._fail(loss)
+        return loss
+
+    def _evaluate_and_save(self, wall0: float, bar) -> None:
+        """Evaluate, record, then checkpoint: a record that was computed is always saved
+        with the state it describes; a diverged one is neither recorded nor saved."""
+        try:
+            record = self.evaluate()
+        except (ValueError, RuntimeError) as err:
+            what = self._divergence(err)
+            if what is not None:
+                self._fail(float("nan"), cause=err, what=what)
+            self._save_progress_after_failure()
+            raise
+        except BaseException:
+            self._save_progress_after_failure()
+            raise
+        bad = non_finite_entries(record)
+        if bad:
+            self._fail(
+                float("nan"),
+                what=(
+                    f"the evaluation at {self.samples} samples gave {', '.join(bad)}; that "
+                    f"record was not kept"
+                ),
+            )
+        record["wall_seconds"] = round(time.perf_counter() - wall0, 4)
+        self.history.append(record)
+        bar.set_postfix(_postfix(record), refresh=False)
+        self.save()
+
+    def _save_progress_after_failure(self) -> None:
+        # Training progress is kept even if an evaluation fails; the record is not lost: on
+        # resume the missing evaluation point is evaluated first.
+        if self.out_dir is not None and all_finite(self.objective.params):
+            self.save()
+
+    def _stop_if_interrupted(self, interrupts: DeferredInterrupts, saved: bool) -> None:
+        if interrupts.received is None:
+            return
+        checkpoint = None
+        if self.out_dir is not None:
+            checkpoint = self.out_dir / CHECKPOINT_NAME if saved else self.save()
+        raise TrainingInterrupted(interrupts.received, self.samples, self.step, checkpoint)
+
     def run(self) -> FitResult:
-        """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`."""
+        """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`.
+
+        Raises :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) after SIGINT or
+        SIGTERM, once the current step is done and a checkpoint of it written.
+        """
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            with DeferredInterrupts() as interrupts:
+                return self._run(interrupts)
+        finally:
+            self.close()
+
+    def _run(self, interrupts: DeferredInterrupts) -> FitResult:
         logger.info(
             "training %s (%s) on %d datapoints via the %s path",
             self.config["model_class"],
@@ -473,7 +682,9 @@ class Trainer:
             self.num_train,
             self.path_description,
         )
-        pending = [s for s in self.schedule if s > self.samples]
+        # Points after the last record: one missed by a failed evaluation comes first.
+        last = self.history[-1]["samples"] if self.history else 0
+        pending = [s for s in self.schedule if s > last]
         next_ckpt = self._next_checkpoint()
         bar = tqdm(
             total=self.total,
@@ -487,24 +698,22 @@ class Trainer:
         )
         wall0 = time.perf_counter()
         in_step = False
+        # On stock Pyro the gradients are checked before every update, so a diverged update is
+        # never applied (the NaN parameters would otherwise fail Pyro's argument validation
+        # a step later). The fused paths (fast, wake-sleep, MCEM) keep their lean optimizer
+        # step: a non-finite gradient there shows as a non-finite loss at the next step.
+        hook = install_gradient_check(self.optimizer) if self.objective.path == "pyro" else None
         try:
+            if pending and self.samples >= pending[0]:
+                while pending and self.samples >= pending[0]:
+                    pending.pop(0)
+                self._evaluate_and_save(wall0, bar)
             while self.samples < self.total:
                 t0 = time.perf_counter()
                 in_step = True
                 idx = self._next_batch()
                 xb = torch.index_select(self.train, 0, idx)  # 4x faster than self.train[idx]
-                try:
-                    loss = self.objective.train_step(xb, idx, self.optimizer)
-                except (ValueError, RuntimeError) as err:
-                    # With non-finite parameters Pyro's argument validation fails before a
-                    # loss exists; report it as the divergence it is.
-                    if all(bool(torch.isfinite(p).all()) for p in self.objective.params):
-                        raise
-                    self.pos -= xb.shape[0]
-                    self._fail(float("nan"), cause=err)
-                if not math.isfinite(loss):
-                    self.pos -= xb.shape[0]  # the step did not happen
-                    self._fail(loss)
+                loss = self._train_step(xb, idx)
                 self.step += 1
                 self.samples += xb.shape[0]
                 self._loss_sum += loss / self.num_train
@@ -512,31 +721,34 @@ class Trainer:
                 self.train_seconds += time.perf_counter() - t0
                 in_step = False
                 bar.update(xb.shape[0])
+                saved = False
                 if pending and self.samples >= pending[0]:
                     while pending and self.samples >= pending[0]:
                         pending.pop(0)
-                    try:
-                        record = self.evaluate()
-                    except BaseException:
-                        # training progress is kept even if an evaluation fails
-                        if self.out_dir is not None:
-                            self.save()
-                        raise
-                    record["wall_seconds"] = round(time.perf_counter() - wall0, 4)
-                    self.history.append(record)
-                    bar.set_postfix(_postfix(record), refresh=False)
+                    self._evaluate_and_save(wall0, bar)
+                    saved = True
+                elif (next_ckpt is not None and self.samples >= next_ckpt) or self._save_due():
                     self.save()
-                elif next_ckpt is not None and self.samples >= next_ckpt:
-                    self.save()
+                    saved = True
+                if saved:
                     next_ckpt = self._next_checkpoint()
-        except KeyboardInterrupt:
-            # Between steps the state is consistent: keep it so the run can be resumed. Inside
-            # a step the parameters may be half-updated, so the last checkpoint stays.
-            if self.out_dir is not None and not in_step:
+                self._stop_if_interrupted(interrupts, saved)
+        except KeyboardInterrupt as err:
+            # Asked twice, or raised by user code: between steps the state is consistent, so
+            # keep it; inside a step the parameters may be half-updated and the last
+            # checkpoint stays.
+            if (
+                not isinstance(err, TrainingInterrupted)
+                and self.out_dir is not None
+                and not in_step
+                and all_finite(self.objective.params)
+            ):
                 self.save()
                 logger.warning("interrupted; checkpoint saved at %d samples", self.samples)
             raise
         finally:
+            if hook is not None:
+                hook.remove()
             bar.close()
         return FitResult(
             module=self.module,
@@ -549,17 +761,18 @@ class Trainer:
             path_reason=self.objective.path_reason,
         )
 
+    def _save_due(self) -> bool:
+        """A wall-time checkpoint is due (``checkpoint_every_seconds`` since the last save)."""
+        return (
+            self.out_dir is not None
+            and self.checkpoint_every_seconds is not None
+            and time.monotonic() - self._last_save >= self.checkpoint_every_seconds
+        )
+
     def _next_checkpoint(self) -> int | None:
         if self.checkpoint_every is None:
             return None
         return (self.samples // self.checkpoint_every + 1) * self.checkpoint_every
-
-
-def _comparable(config):
-    # The initialisation is overwritten by the checkpoint, so it may differ on resume.
-    if isinstance(config, dict):
-        return {k: v for k, v in config.items() if k != "init_std"}
-    return config
 
 
 def _postfix(record: dict[str, Any]) -> dict[str, str]:
@@ -620,7 +833,11 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         More modules whose state belongs to the run (owners of bound-method programs are
         found automatically).
     optimizer : {"adagrad", "adam"}
-        Default ``"adagrad"`` (the paper's), step size ``lr`` (default 0.02).
+        Default ``"adagrad"`` (the paper's).
+    lr : float, optional
+        Step size; default 0.02 for a new run, the run's own when resuming. A resumed run
+        may be given a *smaller* one (the advice after a divergence): the change is recorded
+        in the config (``lr_changes``) and every history record carries its ``lr``.
     batch_size : int
         M (default 100).
     num_samples, epochs :
@@ -634,10 +851,16 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         Evaluate the bound on the first ``eval_size`` train and test points (None: all).
     checkpoint_every : int, optional
         Extra checkpoints every so many samples (one is always written at each evaluation).
+    checkpoint_every_seconds : float or None
+        Extra checkpoints every so many seconds of wall time (default 300; ``None``: none).
     out_dir : path, optional
-        Where ``config.json``, ``history.json`` and ``checkpoint.pt`` go.
+        Where ``config.json``, ``history.json`` and ``checkpoint.pt`` go (the checkpoint
+        before it, ``checkpoint.prev.pt``, is kept). The directory is locked while the run
+        trains: a second run (or resume) into it is refused while the first is alive.
     resume : bool
-        Continue the run saved in ``out_dir`` (the budget may be larger than before).
+        Continue the run saved in ``out_dir`` (the budget may be larger than before). Every
+        setting that changes the run (the model's config, the training settings, the data,
+        by fingerprint) must be the same; the refusal names those that differ.
     fast : {"auto", "on", "off"}
         Use the fused fast path when it supports the model (the paper's VAE; see
         :mod:`pyro_aevb.infer.objectives.fast_vae`). Which path runs is in the progress bar,
@@ -656,8 +879,18 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         subsamples itself, no data plate), or another argument is invalid; the message says
         what to change. Checked on the first minibatch, before any step.
     NonFiniteLossError
-        When a loss is NaN or infinite; the parameters keep their last finite values and the
-        last checkpoint in ``out_dir`` is not overwritten.
+        Training diverged: a NaN or infinite loss, gradient or bound, or parameters that make
+        a distribution's argument invalid (on every path). The parameters keep their last
+        finite values where the divergence was caught before the update; no checkpoint or
+        history record of the diverged state is written.
+    TrainingInterrupted
+        (a ``KeyboardInterrupt``) On Ctrl-C (SIGINT) or SIGTERM: the current step is
+        finished and a checkpoint of it written before stopping.
+    RunLockedError
+        (a ``FileExistsError``) Another live process trains in ``out_dir``.
+    CorruptCheckpointError
+        (a ``ValueError``) On resume, the checkpoint does not match its SHA-256 seal; the
+        message says whether the previous checkpoint is intact.
     """
     return Trainer(model, train, test, **kwargs).run()
 

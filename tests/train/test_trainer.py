@@ -1,5 +1,6 @@
 """AEVB training: real-data improvement, exact resume, failure handling, input validation."""
 
+import io
 import json
 import os
 import pickle
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from pyro_aevb import VAE, NonFiniteLossError, fit, load_dataset, mlp_vae
-from pyro_aevb.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_aevb.train.checkpoint import CorruptCheckpointError, load_checkpoint, save_checkpoint
+from pyro_aevb.train.integrity import seal
 from pyro_aevb.train.runs import load_run
 from pyro_aevb.train.trainer import Trainer, eval_schedule
 
@@ -143,7 +145,13 @@ def test_checkpoints_refuse_arbitrary_pickled_objects(tmp_path):
         def __reduce__(self):
             return (print, ("this must never run",))
 
-    torch.save({"format": "pyro-aevb-checkpoint", "version": 1, "x": Evil()}, tmp_path / "c.pt")
+    buffer = io.BytesIO()
+    torch.save({"format": "pyro-aevb-checkpoint", "version": 1, "x": Evil()}, buffer)
+    (tmp_path / "c.pt").write_bytes(buffer.getvalue())  # no seal: refused before unpickling
+    with pytest.raises(CorruptCheckpointError, match="does not end with a pyro-aevb SHA-256"):
+        load_checkpoint(tmp_path / "c.pt")
+    # with a valid seal (anyone can compute one) weights_only loading still refuses it
+    (tmp_path / "c.pt").write_bytes(seal(buffer.getvalue()))
     with pytest.raises(ValueError, match="could not be read safely"):
         load_checkpoint(tmp_path / "c.pt")
     (tmp_path / "d.pt").write_bytes(pickle.dumps({"a": 1}))
@@ -159,8 +167,9 @@ def test_eval_schedule():
 
 
 def test_non_finite_gradients_are_reported_as_divergence(tmp_path, monkeypatch):
-    """A finite loss with a NaN gradient poisons the parameters; the next step must stop
-    with NonFiniteLossError (not Pyro's validation error) and keep the last checkpoint."""
+    """A finite loss with a NaN gradient would poison the parameters: on the stock-Pyro path
+    the gradients are checked before the update, which is refused with NonFiniteLossError
+    (not Pyro's validation error a step later); the parameters and the last checkpoint stay."""
     x = binary_data()
     vae = tiny_vae()
     trainer = Trainer(
@@ -185,8 +194,9 @@ def test_non_finite_gradients_are_reported_as_divergence(tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(trainer.objective, "loss_and_grads", poisoned)
-    with pytest.raises(NonFiniteLossError, match="parameters became non-finite before step 13"):
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient at step 12"):
         trainer.run()
+    assert trainer.step == 11 and all(torch.isfinite(p).all() for p in vae.parameters())
     assert load_checkpoint(tmp_path / "checkpoint.pt")["progress"]["samples"] == 500
 
 
