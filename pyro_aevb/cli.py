@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
+from .device import fork_rng
 from .evaluate import METHOD_OPTIONS, METHODS, evaluate_bound, log_marginal, simulate_data
 from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
 from .models import build_model, paper_vae
@@ -189,7 +190,7 @@ def cmd_evaluate(args) -> int:
     x = data
     if args.method == "bdmc" and "z" not in options:
         # BDMC needs exact posterior samples: simulate (x, z) from the model itself.
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(args.seed)
             x, z = simulate_data(module.model, data, plate_name=plate_name)
         options["z"] = z
@@ -212,7 +213,7 @@ def cmd_evaluate(args) -> int:
     }
     print(result.summary())
     if guide is not None:
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(args.seed)
             elbo = evaluate_bound(module, x, estimator="B", plate_name=plate_name)
         report["elbo_mean"] = float(elbo.mean())
