@@ -23,6 +23,7 @@ from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
 from .models import build_model, paper_vae
 from .plots import plot_learning_curves, plot_manifold, plot_reconstructions, plot_samples
 from .train import NonFiniteLossError, fit, load_run, write_json_atomic
+from .train.distributed import init_distributed, launched_by_torchrun, world
 from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
@@ -90,9 +91,13 @@ def _train(args, dataset, out_dir: Path) -> dict:
         resume=args.resume,
         fast=args.fast,
         progress=not args.no_progress,
+        device=args.device,
         **budget,
     )
     seconds = time.perf_counter() - t0
+    if world()[0] != 0:
+        return None  # data-parallel: rank 0 writes the figures and the summary
+    module.cpu()  # the figures are drawn on the CPU
     figures = [] if args.no_figures else write_figures(module, dataset, result.history, out_dir)
     final = result.final
     train_seconds = final.get("train_seconds") or float("nan")
@@ -105,6 +110,8 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "optimizer": f"{args.optimizer} (lr {args.lr})",
         "path": result.path,
         "path_reason": result.path_reason,
+        "device": result.config.get("device"),
+        "data_parallel": result.config.get("data_parallel"),
         "samples": result.samples,
         "train_bound": final.get("train_bound"),
         "test_bound": final.get("test_bound"),
@@ -122,6 +129,9 @@ def _print_summary(summary: dict) -> None:
     why = f" ({summary['path_reason']})" if summary.get("path_reason") else ""
     print(f"algorithm         {summary['algorithm']}, estimator {estimator}, {optimizer}")
     print(f"training path     {path}{why}")
+    parallel = summary.get("data_parallel") or {}
+    if parallel.get("world_size", 1) > 1:
+        print(f"data-parallel     {parallel['world_size']} ranks ({parallel['backend']})")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
@@ -132,19 +142,24 @@ def _print_summary(summary: dict) -> None:
 
 def cmd_train(args) -> int:
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
-    _print_summary(_train(args, dataset, Path(args.out)))
+    summary = _train(args, dataset, Path(args.out))
+    if summary is not None:
+        _print_summary(summary)
     return 0
 
 
 def cmd_demo(args) -> int:
     dataset = load_dataset("embedded-mnist")
     args.dataset = dataset.name
-    print(
-        f"pyro-aevb demo: training a 784-{args.hidden}-{args.latent_dim} VAE on "
-        f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
-        f"({args.optimizer}, lr {args.lr})"
-    )
-    _print_summary(_train(args, dataset, Path(args.out)))
+    if world()[0] == 0:
+        print(
+            f"pyro-aevb demo: training a 784-{args.hidden}-{args.latent_dim} VAE on "
+            f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
+            f"({args.optimizer}, lr {args.lr})"
+        )
+    summary = _train(args, dataset, Path(args.out))
+    if summary is not None:
+        _print_summary(summary)
     return 0
 
 
@@ -201,8 +216,12 @@ def cmd_evaluate(args) -> int:
         method=args.method,
         seed=args.seed,
         plate_name=plate_name,
+        block_size=args.block_size,
+        device=args.device,
         **options,
     )
+    if world()[0] != 0:
+        return 0  # sharded: every rank has the whole result, rank 0 reports it
     report = {
         "run_dir": str(run.directory),
         "dataset": dataset.name,
@@ -273,6 +292,24 @@ def _add_training_options(
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-figures", action="store_true")
+    _add_launch_options(p)
+
+
+def _add_launch_options(p) -> None:
+    """--device and --nproc (data-parallel ranks on this machine, through torchrun)."""
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, mps (default: cuda if available under torchrun, else cpu); "
+        "under torchrun 'cuda' means cuda:LOCAL_RANK",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel ranks on this machine: relaunches this command with "
+        "torchrun --standalone --nproc-per-node=NPROC (gloo on CPUs, NCCL on GPUs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="estimate log p(x) per datapoint for a trained run")
     p.add_argument("run_dir")
     p.add_argument("--method", choices=METHODS, default="iwae")
-    p.add_argument("--n", type=int, default=1000, help="first N points of the split")
+    p.add_argument(
+        "--n",
+        "--num-points",
+        dest="n",
+        type=int,
+        default=1000,
+        help="first N points of the split (spell it --num-points after torchrun)",
+    )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -323,24 +367,78 @@ def build_parser() -> argparse.ArgumentParser:
         help="method option, e.g. num_particles=5000 (iwae), num_chains=32 (ais); repeatable",
     )
     p.add_argument("--plate-name", default=None, help="the data plate's name (default: the run's)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=100,
+        help="rows per independently seeded block (default 100): the estimates do not depend "
+        "on how many ranks (--nproc, torchrun) share the blocks",
+    )
+    _add_launch_options(p)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)
     return parser
 
 
+def _relaunch(argv: list[str], nproc: int) -> int:
+    """Run this command again on ``nproc`` ranks with torchrun on this machine.
+
+    As ``torchrun --standalone --nproc-per-node=NPROC -m pyro_aevb.cli ARGS``, but ARGS are
+    handed over without torchrun's parser seeing them (it would take ``--n`` for an
+    abbreviation of its own ``--nnodes``/``--nproc-per-node``).
+    """
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    launch = torchrun.parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "pyro_aevb.cli"]
+    )
+    launch.training_script_args = rest
+    try:
+        torchrun.run(launch)
+    except ChildFailedError as err:
+        # the failing rank has printed its error; exit with its code
+        codes = [f.exitcode for f in err.failures.values() if f.exitcode]
+        return codes[0] if codes else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        print(f"pyro-aevb: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        return 2
+    if nproc > 1 and not launched_by_torchrun():
+        return _relaunch(argv, nproc)
     # Our own messages at INFO (which training path runs, resumes); other libraries' at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if launched_by_torchrun() and hasattr(args, "device"):
+        # one rank of a data-parallel run: join the process group (gloo or NCCL)
+        args.device = str(init_distributed(args.device))
+        if world()[0] != 0:
+            logger.setLevel(logging.WARNING)  # rank 0 speaks for the run
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as err:
         print(f"pyro-aevb: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if launched_by_torchrun() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
