@@ -96,6 +96,13 @@ def train_worker(rank: int, case: str, out: Path) -> None:
         )
 
 
+def gpu_train_worker(rank: int, out: Path) -> None:
+    """The fast case on the GPU (``tests/test_cuda.py``): 1200 samples, parameters saved."""
+    result, params = train_case("fast", 1200, device="cuda")
+    params = {k: v.cpu() for k, v in params.items()}
+    torch.save({"history": result.history, "params": params}, out / f"gpu-rank{rank}.pt")
+
+
 # ---------------------------------------------------------------------------- evaluation cases
 #: Small settings of each sharded-evaluation method (the PPCA model of marginal_helpers).
 EVAL_CASES = {
