@@ -127,3 +127,31 @@ def test_configurations_that_cannot_be_sharded_are_refused(monkeypatch):
         fit(vae, x, fast="off", shards=3, num_samples=100, progress=False)
     with pytest.raises(ValueError, match="no torch.distributed process group"):
         fit(vae, x, distributed=True, num_samples=100, progress=False)
+
+
+def test_fast_path_shards_average_to_the_whole_minibatch():
+    """Two ranks' fast-path shards (noise drawn for the whole minibatch, scale P N / M, the
+    weight prior on each) average to one process's loss and gradients on the same draws."""
+    from marginal_helpers import bound_objective
+
+    from pyro_aevb.infer.objectives import ELBO
+
+    torch.manual_seed(0)
+    vae = mlp_vae(30, 3, (16,), init_std=0.3, weight_prior_std=1.0).double()
+    x = (torch.rand(37, 30, dtype=torch.float64) < 0.3).double()
+    kernel = bound_objective(ELBO("B", num_particles=2), vae, 400, x, fast="on").kernel
+    torch.manual_seed(5)
+    whole = float(kernel.loss_and_grads(x, 400))
+    expected = [p.grad.clone() for p in kernel.params]
+    losses, grads = [], [torch.zeros_like(g) for g in expected]
+    for start, stop in shard_bounds(37, 2):
+        torch.manual_seed(5)  # every rank's global RNG is in the same state
+        loss = kernel.loss_and_grads(x[start:stop], 400, scale=2 * 400 / 37, noise_rows=(start, 37))
+        losses.append(float(loss))
+        for acc, p in zip(grads, kernel.params, strict=True):
+            acc += p.grad / 2
+    assert sum(losses) / 2 == pytest.approx(whole, rel=1e-13)
+    for g, e in zip(grads, expected, strict=True):
+        assert torch.allclose(g, e, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="noise_rows=\\(30, 37\\) does not hold the 10 rows"):
+        kernel.loss_and_grads(x[:10], 400, noise_rows=(30, 37))
