@@ -30,6 +30,7 @@ from .models import (
 )
 from .poutine import PerDatapointProgram
 from .train import FitResult, NonFiniteLossError, Run, fit, load_run
+from .train.distributed import init_distributed
 from .version import __version__
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "LinearGaussian",
     "Dataset",
     "load_dataset",
+    "init_distributed",
 ]

@@ -3,6 +3,7 @@ with minibatches, evaluation schedule, history, checkpoints, exact resume and ru
 directories."""
 
 from .checkpoint import load_checkpoint, read_json, save_checkpoint, write_json_atomic
+from .distributed import init_distributed
 from .optim import OPTIMIZERS, make_optimizer
 from .runs import Run, load_run
 from .trainer import FitResult, NonFiniteLossError, Trainer, eval_schedule, fit
@@ -21,4 +22,5 @@ __all__ = [
     "load_checkpoint",
     "write_json_atomic",
     "read_json",
+    "init_distributed",
 ]
