@@ -45,8 +45,9 @@ def case_data(case: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def case_model(case: str, seed: int = 0):
-    """``fast``: the paper's VAE (float64) on the fused fast path; ``pyro``: a user's model
-    with a global latent and Pyro param-store entries (``GlobalNoiseModel``) on stock Pyro."""
+    """``fast``: the paper's VAE (float64) on the fused fast path; ``pyro`` (and ``pyro4``, the
+    same with 4 RNG shards): a user's model with a global latent and Pyro param-store entries
+    (``GlobalNoiseModel``) on stock Pyro."""
     from user_models import GlobalNoiseModel
 
     from pyro_aevb import mlp_vae
@@ -66,6 +67,8 @@ def train_case(case: str, num_samples: int, out_dir=None, *, resume=False, model
     train, test = case_data(case)
     model = case_model(case, model_seed)
     options = {"estimator": "B", "fast": "on"} if case == "fast" else {"estimator": "A"}
+    if case == "pyro4":  # two shards per rank: DDP's no_sync accumulation
+        kw.setdefault("shards", 4)
     result = fit(
         model,
         train,
@@ -86,10 +89,16 @@ def train_case(case: str, num_samples: int, out_dir=None, *, resume=False, model
 
 
 def train_worker(rank: int, case: str, out: Path) -> None:
-    """An uninterrupted run of 1200 samples (run directory ``out/straight``) and a run stopped
-    at 600 (``out/half``), each rank saving its history and parameters."""
-    for name, num_samples in (("straight", 1200), ("half", 600)):
-        result, params = train_case(case, num_samples, out / name)
+    """An uninterrupted run of 1200 samples (run directory ``out/straight``), a run stopped at
+    600 (``out/half``), and the continuation to 1200 of a run that one process stopped at 600
+    (``out/one-half``, written before the ranks start); each rank saves its history and
+    parameters."""
+    for name, num_samples, resume in (
+        ("straight", 1200, False),
+        ("half", 600, False),
+        ("one-half", 1200, True),
+    ):
+        result, params = train_case(case, num_samples, out / name, resume=resume, model_seed=rank)
         torch.save(
             {"history": result.history, "params": params, "config": result.config},
             out / f"{name}-rank{rank}.pt",

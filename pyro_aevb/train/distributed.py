@@ -514,6 +514,8 @@ def data_parallel(
             f"every shard needs at least one row; choose a batch_size whose remainder "
             f"N mod batch_size is 0 or at least {shards}"
         )
+    if world_size > 1:
+        _check_same_settings(num_train, batch_size, seed, shards, type(objective).__name__)
     wrapper = DataParallelObjective(
         objective,
         rank=rank,
@@ -526,3 +528,17 @@ def data_parallel(
     )
     backend = dist.get_backend() if use_group else None
     return wrapper, {"world_size": world_size, "shards": wrapper.shards, "backend": backend}
+
+
+def _check_same_settings(*settings) -> None:
+    """Every rank must train the same data set size, batch, seed, shards and path: otherwise
+    the ranks would average gradients of different computations (or wait for each other
+    forever). All ranks see all settings, so all of them raise together."""
+    everyone = all_gather_objects(settings)
+    if any(s != everyone[0] for s in everyone[1:]):
+        names = ("num_train", "batch_size", "seed", "shards", "objective")
+        table = "; ".join(f"rank {r}: {dict(zip(names, s))}" for r, s in enumerate(everyone))
+        raise ValueError(
+            f"the data-parallel ranks were given different settings ({table}): call fit with "
+            f"the same data and arguments on every rank"
+        )

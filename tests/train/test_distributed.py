@@ -14,15 +14,24 @@ from pyro_aevb.train.distributed import ShardScale, derive_seed, shard_bounds
 
 # float64 on the fast path: the split sums differ from one process's only by rounding;
 # float32 on the stock-Pyro path (the user model's pyro.param entries are float32)
-TOLERANCE = {"fast": {"rtol": 1e-10, "atol": 1e-12}, "pyro": {"rtol": 2e-5, "atol": 1e-6}}
+TOLERANCE = {
+    "fast": {"rtol": 1e-10, "atol": 1e-12},
+    "pyro": {"rtol": 2e-5, "atol": 1e-6},
+    "pyro4": {"rtol": 2e-5, "atol": 1e-6},
+}
+SHARDS = {"fast": None, "pyro": 2, "pyro4": 4}
 
 
 def _close(a, b, case):
     return torch.allclose(torch.as_tensor(a), torch.as_tensor(b), **TOLERANCE[case])
 
 
-@pytest.mark.parametrize("case", ["fast", "pyro"])
+@pytest.mark.parametrize("case", ["fast", "pyro", "pyro4"])
 def test_two_ranks_train_like_one_process_and_resume_in_one(tmp_path, case):
+    # one process stops a run at 600 samples; the ranks will continue it
+    shards = SHARDS[case]
+    train_case(case, 600, tmp_path / "one-half", shards=shards)
+    # (the ranks start from different initial values: rank 0's are broadcast)
     run_ranks(train_worker, tmp_path, case, tmp_path)
     ranks = [torch.load(tmp_path / f"straight-rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -32,16 +41,16 @@ def test_two_ranks_train_like_one_process_and_resume_in_one(tmp_path, case):
     assert [h["loss"] for h in ranks[0]["history"]] == [h["loss"] for h in ranks[1]["history"]]
     assert ranks[0]["config"]["data_parallel"] == {
         "world_size": 2,
-        "shards": 2,
+        "shards": shards or 2,
         "backend": "gloo",
     }
-    assert ranks[0]["config"]["path"] == case
+    assert ranks[0]["config"]["path"] == case[:4]
     saved = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert saved["data_parallel"]["world_size"] == 2
 
     # one process at the same global batch and seed follows the same trajectory (the stock
     # path computes its minibatch as the same 2 shards with the same streams)
-    single, single_params = train_case(case, 1200, shards=None if case == "fast" else 2)
+    single, single_params = train_case(case, 1200, shards=shards)
     parallel = ranks[0]["history"]
     assert [h["samples"] for h in single.history] == [h["samples"] for h in parallel]
     assert [h["samples"] for h in parallel] == [400, 800, 1200]
@@ -56,8 +65,12 @@ def test_two_ranks_train_like_one_process_and_resume_in_one(tmp_path, case):
     # a checkpoint written by 2 ranks at 600 samples continues in one process exactly as the
     # uninterrupted 2-rank run (the stock path keeps its 2 shards from the checkpoint)
     resumed, resumed_params = train_case(case, 1200, tmp_path / "half", resume=True, model_seed=5)
-    if case == "pyro":
-        assert resumed.config["data_parallel"] == {"world_size": 1, "shards": 2, "backend": None}
+    if shards:
+        assert resumed.config["data_parallel"] == {
+            "world_size": 1,
+            "shards": shards,
+            "backend": None,
+        }
     else:  # the fast path needs no shards: the resumed run is a plain one-process run
         assert "data_parallel" not in resumed.config
     by_samples = {h["samples"]: h for h in resumed.history}
@@ -67,6 +80,12 @@ def test_two_ranks_train_like_one_process_and_resume_in_one(tmp_path, case):
     assert _close(resumed.history[-1]["loss"], parallel[-1]["loss"], case)
     for name, value in resumed_params.items():
         assert _close(value, ranks[0]["params"][name], case), name
+
+    # and the other way round: 2 ranks continue a one-process checkpoint
+    continued = torch.load(tmp_path / "one-half-rank0.pt", weights_only=False)
+    for name, value in continued["params"].items():
+        assert _close(value, ranks[0]["params"][name], case), name
+    assert _close(continued["history"][-1]["test_bound"], parallel[-1]["test_bound"], case)
 
 
 def test_shards_in_one_process_resume_bit_for_bit(tmp_path):
