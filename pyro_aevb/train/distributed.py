@@ -320,9 +320,9 @@ class DataParallelObjective:
         ]
         ids = {id(p) for p in self._module_params}
         self._store_params = [p for p in inner.params if id(p) not in ids]
+        # without module parameters (only pyro.param entries) there is nothing for DDP to
+        # wrap: every gradient goes through the explicit all-reduce
         self._loss_module = _ShardLoss(state_params.modules, shard_loss)
-        if self.world_size > 1 and not self._module_params:
-            self._store_params = list(inner.params)
 
     def _make_ddp(self, x: torch.Tensor) -> None:
         """Wrap the modules in DistributedDataParallel (on the first step, which tells whether
