@@ -164,7 +164,8 @@ def log_marginal(
         ``block_seed(seed, k)`` (:mod:`pyro_aevb.evaluate.sharded`); needed under
         ``torch.distributed``, where the ranks share the blocks and the per-datapoint results
         are gathered in order: the same numbers as one process with the same ``block_size``.
-        Default: all rows at once, seeded with ``seed``.
+        The merged result's tensors are on the CPU. Default: all rows at once, seeded with
+        ``seed``.
     distributed : bool, optional
         ``None`` (default): share the blocks across the ranks of an initialised process group
         of several ranks (every rank calls ``log_marginal`` with the same arguments and gets
