@@ -32,6 +32,7 @@ from .models import (
 )
 from .poutine import PerDatapointProgram
 from .train import FitResult, NonFiniteLossError, Run, TrainingInterrupted, fit, load_run
+from .train.distributed import init_distributed
 from .version import __version__
 
 __all__ = [
@@ -65,4 +66,5 @@ __all__ = [
     "LinearGaussian",
     "Dataset",
     "load_dataset",
+    "init_distributed",
 ]

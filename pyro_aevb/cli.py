@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import load_dataset
+from .device import fork_rng
 from .evaluate import (
     METHOD_OPTIONS,
     METHODS,
@@ -36,6 +37,7 @@ from .plots import (
     plot_samples,
 )
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
+from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.interrupt import exit_status
 from .version import __version__
 
@@ -186,9 +188,13 @@ def _train(args, dataset, out_dir: Path) -> dict:
         resume=args.resume,
         fast=args.fast,
         progress=not args.no_progress,
+        device=args.device,
         **budget,
     )
     seconds = time.perf_counter() - t0
+    if world()[0] != 0:
+        return None  # data-parallel: rank 0 writes the figures and the summary
+    module.cpu()  # the figures are drawn on the CPU
     figures = [] if args.no_figures else write_figures(module, dataset, result.history, out_dir)
     final = result.final
     train_seconds = final.get("train_seconds") or float("nan")
@@ -202,6 +208,8 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "optimizer": f"{args.optimizer} (lr {result.config['training']['lr']})",
         "path": result.path,
         "path_reason": result.path_reason,
+        "device": result.config.get("device"),
+        "data_parallel": result.config.get("data_parallel"),
         "samples": result.samples,
         "train_bound": final.get("train_bound"),
         "test_bound": final.get("test_bound"),
@@ -225,6 +233,9 @@ def _print_summary(summary: dict) -> None:
         estimator = f"estimator {estimator}"
     print(f"algorithm         {summary['algorithm']}, {estimator}, {optimizer}")
     print(f"training path     {path}{why}")
+    parallel = summary.get("data_parallel") or {}
+    if parallel.get("world_size", 1) > 1:
+        print(f"data-parallel     {parallel['world_size']} ranks ({parallel['backend']})")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
@@ -238,7 +249,9 @@ def cmd_train(args) -> int:
         # a resumed run continues on its own data set; a new one trains on MNIST
         args.dataset = (load_run(args.out).dataset if args.resume else None) or "mnist"
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
-    _print_summary(_train(args, dataset, Path(args.out)))
+    summary = _train(args, dataset, Path(args.out))
+    if summary is not None:
+        _print_summary(summary)
     return 0
 
 
@@ -246,12 +259,15 @@ def cmd_demo(args) -> int:
     dataset = load_dataset("embedded-mnist")
     args.dataset = dataset.name
     latent_dim = args.latent_dim or args.default_latent_dim
-    print(
-        f"pyro-aevb demo: training a 784-{args.hidden}-{latent_dim} VAE on "
-        f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
-        f"({args.optimizer}, lr {args.lr or args.default_lr})"
-    )
-    _print_summary(_train(args, dataset, Path(args.out)))
+    if world()[0] == 0:
+        print(
+            f"pyro-aevb demo: training a 784-{args.hidden}-{latent_dim} VAE on "
+            f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
+            f"({args.optimizer}, lr {args.lr or args.default_lr})"
+        )
+    summary = _train(args, dataset, Path(args.out))
+    if summary is not None:
+        _print_summary(summary)
     return 0
 
 
@@ -297,7 +313,7 @@ def cmd_evaluate(args) -> int:
     x = data
     if args.method == "bdmc" and "z" not in options:
         # BDMC needs exact posterior samples: simulate (x, z) from the model itself.
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(args.seed)
             x, z = simulate_data(module.model, data, plate_name=plate_name)
         options["z"] = z
@@ -308,8 +324,12 @@ def cmd_evaluate(args) -> int:
         method=args.method,
         seed=args.seed,
         plate_name=plate_name,
+        block_size=args.block_size,
+        device=args.device,
         **options,
     )
+    if world()[0] != 0:
+        return 0  # sharded: every rank has the whole result, rank 0 reports it
     report = {
         "run_dir": str(run.directory),
         "dataset": dataset.name,
@@ -320,7 +340,7 @@ def cmd_evaluate(args) -> int:
     }
     print(result.summary())
     if guide is not None:
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(args.seed)
             elbo = evaluate_bound(module, x, estimator="B", plate_name=plate_name)
         report["elbo_mean"] = float(elbo.mean())
@@ -454,6 +474,24 @@ def _add_training_options(
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-figures", action="store_true")
+    _add_launch_options(p)
+
+
+def _add_launch_options(p) -> None:
+    """--device and --nproc (data-parallel ranks on this machine, through torchrun)."""
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, mps (default: cuda if available under torchrun, else cpu); "
+        "under torchrun 'cuda' means cuda:LOCAL_RANK",
+    )
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="data-parallel ranks on this machine: relaunches this command with "
+        "torchrun --standalone --nproc-per-node=NPROC (gloo on CPUs, NCCL on GPUs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -495,7 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="estimate log p(x) per datapoint for a trained run")
     p.add_argument("run_dir")
     p.add_argument("--method", choices=METHODS, default="iwae")
-    p.add_argument("--n", type=_positive_int, default=1000, help="first N points of the split")
+    p.add_argument(
+        "--n",
+        "--num-points",
+        dest="n",
+        type=_positive_int,
+        default=1000,
+        help="first N points of the split (spell it --num-points after torchrun)",
+    )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument(
@@ -506,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="method option, e.g. num_particles=5000 (iwae), num_chains=32 (ais); repeatable",
     )
     p.add_argument("--plate-name", default=None, help="the data plate's name (default: the run's)")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=100,
+        help="rows per independently seeded block (default 100): the estimates do not depend "
+        "on how many ranks (--nproc, torchrun) share the blocks",
+    )
+    _add_launch_options(p)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)
@@ -531,13 +584,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _relaunch(argv: list[str], nproc: int) -> int:
+    """Run this command again on ``nproc`` ranks with torchrun on this machine.
+
+    As ``torchrun --standalone --nproc-per-node=NPROC -m pyro_aevb.cli ARGS``, but ARGS are
+    handed over without torchrun's parser seeing them (it would take ``--n`` for an
+    abbreviation of its own ``--nnodes``/``--nproc-per-node``).
+    """
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    launch = torchrun.parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "pyro_aevb.cli"]
+    )
+    launch.training_script_args = rest
+    try:
+        torchrun.run(launch)
+    except ChildFailedError as err:
+        # the failing rank has printed its error; exit with its code
+        codes = [f.exitcode for f in err.failures.values() if f.exitcode]
+        return codes[0] if codes else 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        print(f"pyro-aevb: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
+        return 2
+    if nproc > 1 and not launched_by_torchrun():
+        return _relaunch(argv, nproc)
     # Our own messages at INFO (which training path runs, resumes); other libraries' at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if launched_by_torchrun() and hasattr(args, "device"):
+        # one rank of a data-parallel run: join the process group (gloo or NCCL)
+        args.device = str(init_distributed(args.device))
+        if world()[0] != 0:
+            logger.setLevel(logging.WARNING)  # rank 0 speaks for the run
     try:
         return args.func(args)
     except TrainingInterrupted as err:
@@ -560,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         # directory; the messages name the file
         print(f"pyro-aevb: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if launched_by_torchrun() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -54,22 +54,28 @@ class FractionalBernoulli(dist.Bernoulli):
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none")
 
 
-def lazy_factor(name: str, log_factor_fn: Callable[[], torch.Tensor], dtype: torch.dtype) -> None:
+def lazy_factor(
+    name: str,
+    log_factor_fn: Callable[[], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+) -> None:
     """``pyro.factor(name, log_factor_fn())``, with ``log_factor_fn`` called only when the
     site's ``log_prob`` is first read (by an ELBO, ``Trace.log_prob_sum``, MCMC on the whole
     model), at most once per trace. The site is a factor site like any other: observed,
     auxiliary, with a :class:`~pyro.distributions.Unit` distribution."""
-    unit = _LazyUnit(log_factor_fn, dtype)
+    unit = _LazyUnit(log_factor_fn, dtype, device)
     pyro.sample(name, unit, obs=unit.sample(), infer={"is_auxiliary": True})
 
 
 class _LazyUnit(dist.Unit):
     """:class:`~pyro.distributions.Unit` whose ``log_factor`` is evaluated on first use."""
 
-    def __init__(self, log_factor_fn: Callable[[], torch.Tensor], dtype: torch.dtype):
+    def __init__(self, log_factor_fn: Callable[[], torch.Tensor], dtype: torch.dtype, device=None):
         self._log_factor_fn = log_factor_fn
         self._log_factor = None
         self._dtype = dtype
+        self._device = device
         # Unit.__init__ would need the value now; a scalar factor has these shapes.
         dist.TorchDistribution.__init__(self, torch.Size(), torch.Size((0,)), validate_args=False)
 
@@ -83,7 +89,8 @@ class _LazyUnit(dist.Unit):
         return dist.Unit(self.log_factor).expand(batch_shape)
 
     def sample(self, sample_shape=()):
-        return torch.empty(torch.Size(sample_shape) + self.shape(), dtype=self._dtype)
+        shape = torch.Size(sample_shape) + self.shape()
+        return torch.empty(shape, dtype=self._dtype, device=self._device)
 
     rsample = sample
 

@@ -44,6 +44,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from ..device import check_generator, place
 from ..mcmc import hmc
 from ..mcmc.adaptation import check_target_accept
 from ..mcmc.potential import PerDatapointPotential, value_and_grad
@@ -168,11 +169,11 @@ def _run(
     batch = n // num_chains
     num_temps = betas.shape[0] - 1
     dtype = start.dtype
-    log_w = torch.zeros(n, dtype=dtype)
+    log_w = start.new_zeros(n)
     u = start
-    accept_sum = torch.zeros(n, dtype=dtype)
+    accept_sum = start.new_zeros(n)
     num_moves = 0
-    learned = torch.empty(num_temps, batch, dtype=dtype)
+    learned = start.new_empty(num_temps, batch)
     eps = step_sizes[0].to(dtype).repeat(num_chains) if adapt else None
     inverse_mass = torch.ones_like(u)
     # forward: weight at beta_t then move with f_t (t = 1..T, no move after the last weight);
@@ -225,7 +226,7 @@ def _pilot_schedule(
     eps0 = hmc.find_reasonable_step_size(
         hmc.HMCState(start, value, grad),
         annealed.potential(float(betas[1])),
-        torch.full((n,), init_step, dtype=start.dtype),
+        start.new_full((n,), init_step),
         generator=generator,
     )
     eps0 = torch.exp(torch.log(eps0).reshape(pilot_chains, batch).mean(0))
@@ -260,6 +261,8 @@ def ais(
     plate_name: str = "data",
     generator: torch.Generator | None = None,
     global_values: dict | None = None,
+    device=None,
+    dtype=None,
 ) -> AISResult:
     """Forward AIS estimate of ``log p(x_i)`` (a stochastic lower bound), per datapoint.
 
@@ -287,7 +290,12 @@ def ais(
     plate_name : str
         Name of the data plate.
     generator : torch.Generator, optional
-        Source of the HMC randomness; initial draws use torch's global RNG (Pyro's).
+        Source of the HMC randomness, on the device the chains run on; initial draws use
+        torch's global RNG (Pyro's).
+    device, dtype : optional
+        Where and in which precision to run: ``x`` and the modules owning the programs (a
+        ``VAE``'s ``model``/``guide``) are moved there in place (see
+        :func:`pyro_aevb.device.place`); default: where the modules are.
 
     Returns
     -------
@@ -308,6 +316,8 @@ def ais(
         plate_name,
         generator,
         global_values,
+        device,
+        dtype,
     )
     result = run.estimate()
     result.seconds = time.perf_counter() - t_start
@@ -330,6 +340,8 @@ def bdmc(
     plate_name: str = "data",
     generator: torch.Generator | None = None,
     global_values: dict | None = None,
+    device=None,
+    dtype=None,
 ) -> tuple[AISResult, AISResult]:
     """Bidirectional Monte Carlo: forward AIS (lower bound) and reverse AIS from exact
     posterior samples (upper bound), with the same step-size schedule and settings.
@@ -365,6 +377,8 @@ def bdmc(
         plate_name,
         generator,
         global_values,
+        device,
+        dtype,
     )
     z_flat = _flat_exact_sample(run.annealed.pot, z, run.x.shape[0])
     t_pilot = time.perf_counter()
@@ -394,8 +408,12 @@ class _AISRun:
         plate_name,
         generator,
         global_values=None,
+        device=None,
+        dtype=None,
     ):
-        self.x = check_data(x, "x")
+        x, device = place(check_data(x, "x"), (model, guide), device=device, dtype=dtype)
+        check_generator(generator, device)
+        self.x = x
         self.num_chains = check_positive_int(num_chains, "num_chains")
         num_temps = check_positive_int(num_temps, "num_temps", minimum=2)
         self.num_leapfrog = check_positive_int(num_leapfrog, "num_leapfrog")
@@ -476,7 +494,7 @@ def _flat_exact_sample(pot: PerDatapointPotential, z, batch: int) -> torch.Tenso
         )
     if not bool(torch.isfinite(flat).all()):
         raise ValueError("z contains non-finite values (NaN or inf)")
-    return flat.to(pot.dtype)
+    return flat.to(device=pot.x.device, dtype=pot.dtype)
 
 
 @torch.no_grad()

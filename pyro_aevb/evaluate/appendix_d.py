@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributions as tdist
 
+from ..device import check_generator, place
 from ..mcmc import sample as hmc_sample
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
@@ -78,7 +79,7 @@ def _covariance(samples: torch.Tensor) -> torch.Tensor:
     cov = torch.einsum("nbi,nbj->bij", centred, centred) / (samples.shape[0] - 1)
     # a relative jitter keeps the Cholesky factor defined for (near-)degenerate samples
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(cov.dtype).tiny)
-    eye = torch.eye(cov.shape[-1], dtype=cov.dtype)
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
     return cov + 1e-6 * scale[:, None, None] * eye
 
 
@@ -115,7 +116,7 @@ def _kde(centres: torch.Tensor, scale_tril: torch.Tensor, bandwidth: torch.Tenso
     loc = centres.transpose(0, 1)  # (B, N, D)
     tril = scale_tril.unsqueeze(-3) * bandwidth[..., None, None, None]  # (..., B, 1, D, D)
     loc = loc.expand(tril.shape[:-4] + loc.shape)
-    mix = tdist.Categorical(logits=torch.zeros(loc.shape[:-1], dtype=loc.dtype))
+    mix = tdist.Categorical(logits=loc.new_zeros(loc.shape[:-1]))
     return tdist.MixtureSameFamily(mix, tdist.MultivariateNormal(loc, scale_tril=tril))
 
 
@@ -149,7 +150,7 @@ def fit_kde(
     _check_fit_samples(samples, max(4, samples.shape[-1] + 2), "a kernel density estimate")
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
-    grid = torch.as_tensor(bandwidths, dtype=samples.dtype).flatten()
+    grid = torch.as_tensor(bandwidths, dtype=samples.dtype, device=samples.device).flatten()
     if grid.numel() == 0 or not bool((grid > 0).all()):
         raise ValueError(f"bandwidths must be positive numbers, got {bandwidths!r}")
     n = samples.shape[0]
@@ -168,11 +169,11 @@ def _ratio_ess(log_r: torch.Tensor) -> torch.Tensor:
 
     c, s, b = log_r.shape
     if s < 4:
-        return torch.full((b,), float(c * s), dtype=log_r.dtype)
+        return log_r.new_full((b,), float(c * s))
     log_mean = torch.logsumexp(log_r.reshape(c * s, b), 0) - math.log(c * s)
     ratio = torch.exp(log_r - log_mean).detach().cpu().double().numpy()
     ess = az.ess(az.convert_to_dataset(ratio), method="mean")["x"].values
-    ess = torch.as_tensor(np.nan_to_num(ess, nan=1.0), dtype=log_r.dtype)
+    ess = torch.as_tensor(np.nan_to_num(ess, nan=1.0), dtype=log_r.dtype, device=log_r.device)
     return ess.clamp(min=1.0, max=float(c * s))
 
 
@@ -241,7 +242,7 @@ def appendix_d_from_samples(
     log_r = q.log_prob(evaluate) - log_joint[:, n_fit:]  # (C, S_e, B)
     ess = _ratio_ess(log_r) if stderr == "ess" else None
     log_mean, se = logmeanexp_with_stderr(log_r.reshape(-1, b), dim=0, ess=ess)
-    diagnostics["ess"] = ess if ess is not None else torch.full((b,), float(log_r[..., 0].numel()))
+    diagnostics["ess"] = ess if ess is not None else log_r.new_full((b,), float(c * (s - n_fit)))
     diagnostics["pareto_k"] = pareto_k(log_r.reshape(-1, b), dim=0)
     diagnostics["num_estimate_draws"] = c * (s - n_fit)
     return -log_mean, se, diagnostics
@@ -266,7 +267,8 @@ def log_joint_at(
         for start in range(0, n, block):
             chunk = samples[start : start + block]
             pot = PerDatapointPotential(program, x, num_chains=chunk.shape[0])
-            out.append(pot.log_joint(chunk.reshape(-1, d).to(pot.dtype)).reshape(-1, b))
+            u = chunk.reshape(-1, d).to(device=pot.x.device, dtype=pot.dtype)
+            out.append(pot.log_joint(u).reshape(-1, b))
     return torch.cat(out)
 
 
@@ -298,6 +300,8 @@ def appendix_d(
     generator: torch.Generator | None = None,
     seed: int = 0,
     global_values: dict | None = None,
+    device=None,
+    dtype=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Sample each datapoint's posterior, then apply :func:`appendix_d_from_samples`.
 
@@ -336,6 +340,10 @@ def appendix_d(
         Batched HMC randomness.
     seed : int
         Seed of the Pyro MCMC runs.
+    device, dtype : optional
+        Where and in which precision to run: ``x`` and the modules owning the programs (a
+        ``VAE``'s ``model``/``guide``) are moved there in place (see
+        :func:`pyro_aevb.device.place`); default: where the modules are.
 
     Returns
     -------
@@ -343,7 +351,8 @@ def appendix_d(
         ``(B,)``, ``(B,)``, and a dict of sampler diagnostics (acceptance, step sizes, ESS,
         R-hat, divergences; ``"inference_data"`` for the Pyro samplers) plus the estimator's.
     """
-    x = check_data(x, "x")
+    x, device = place(check_data(x, "x"), (model, guide), device=device, dtype=dtype)
+    check_generator(generator, device)
     check_choice(sampler, "sampler", SAMPLERS)
     check_choice(density, "density", DENSITIES)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)

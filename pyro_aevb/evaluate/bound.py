@@ -76,13 +76,14 @@ def evaluate_bound(
         model = module
     params = list(module.parameters()) if isinstance(module, nn.Module) else []
     dtype = params[0].dtype if params else data.dtype
+    device = params[0].device if params else data.device
     lik = getattr(module, "likelihood", None)
     data = check_data(
         data,
         "data",
         getattr(module, "event_shape", None),
         unit_interval=bool(getattr(lik, "unit_interval", False)),
-    ).to(dtype)
+    ).to(device=device, dtype=dtype)
     kernel = None
     if fast != "off":
         reason = FastVAE.unsupported_reason(module, estimator, num_particles)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..device import place
 from ..infer.elbo import ESTIMATORS
 from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo, stacked_elbo
 from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
@@ -63,6 +64,8 @@ def iwae_log_weights(
     plate_name: str = "data",
     vectorize: bool = True,
     global_values: dict | None = None,
+    device=None,
+    dtype=None,
 ) -> torch.Tensor:
     """Per-datapoint log importance weights ``log p(x_i, z_k) - log q(z_k | x_i)``.
 
@@ -83,13 +86,17 @@ def iwae_log_weights(
         Draw a chunk's particles in one run on stacked rows (fast), or one trace per particle.
     global_values : dict, optional
         Values to condition global latents on (default: the guide's point estimate).
+    device, dtype : optional
+        Where and in which precision to run: ``x`` and the modules owning the programs (a
+        ``VAE``'s ``model``/``guide``) are moved there in place (see
+        :func:`pyro_aevb.device.place`); default: where the modules are.
 
     Returns
     -------
     torch.Tensor
         ``(K, B)``, without gradient. Randomness comes from torch's global RNG (Pyro's).
     """
-    x = check_data(x, "x")
+    x, _ = place(check_data(x, "x"), (model, guide), device=device, dtype=dtype)
     num_particles = check_positive_int(num_particles, "num_particles")
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     if program.guide is None:
@@ -133,8 +140,12 @@ def iwae(
     plate_name: str = "data",
     vectorize: bool = True,
     global_values: dict | None = None,
+    device=None,
+    dtype=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """IWAE estimate of ``log p(x_i)`` with ``K = num_particles`` guide proposals.
+
+    The options are those of :func:`iwae_log_weights` (``device``/``dtype`` included).
 
     Returns
     -------
@@ -153,6 +164,8 @@ def iwae(
         plate_name=plate_name,
         vectorize=vectorize,
         global_values=global_values,
+        device=device,
+        dtype=dtype,
     )
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
     ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))

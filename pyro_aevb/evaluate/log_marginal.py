@@ -35,13 +35,16 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 
+from ..device import fork_rng, make_generator, place
 from ..infer.per_datapoint import check_per_datapoint
 from ..poutine import PerDatapointProgram, latent_sites, plate_frame
+from ..train.distributed import resolve_distributed
 from ..validation import check_choice, check_data
 from .ais import INITS, SCHEDULES, ais, bdmc
 from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
 from .iwae import elbo_with_stderr, iwae
 from .result import LogMarginalResult
+from .sharded import estimate_in_blocks
 
 __all__ = ["log_marginal", "METHODS", "METHOD_OPTIONS"]
 
@@ -126,6 +129,10 @@ def log_marginal(
     seed: int | torch.Generator = 0,
     plate_name: str = "data",
     global_values: dict | None = None,
+    block_size: int | None = None,
+    distributed: bool | None = None,
+    device=None,
+    dtype=None,
     **method_options,
 ) -> LogMarginalResult:
     """Estimate ``log p(x_i)`` for every row of ``x``.
@@ -156,6 +163,21 @@ def log_marginal(
     global_values : dict, optional
         Values of the model's global latents to condition on (see
         :class:`~pyro_aevb.poutine.PerDatapointProgram`).
+    block_size : int, optional
+        Estimate blocks of this many consecutive rows one by one, block ``k`` seeded with
+        ``block_seed(seed, k)`` (:mod:`pyro_aevb.evaluate.sharded`); needed under
+        ``torch.distributed``, where the ranks share the blocks and the per-datapoint results
+        are gathered in order: the same numbers as one process with the same ``block_size``.
+        The merged result's tensors are on the CPU. Default: all rows at once, seeded with
+        ``seed``.
+    distributed : bool, optional
+        ``None`` (default): share the blocks across the ranks of an initialised process group
+        of several ranks (every rank calls ``log_marginal`` with the same arguments and gets
+        the whole result); ``False``: compute everything in this process.
+    device, dtype : optional
+        Where and in which precision to compute: ``x`` and the modules owning the programs
+        (``vae`` for ``vae.model``) are moved there in place; the HMC generator is created
+        there. Default: where the modules are. Draws on a GPU differ from those on a CPU.
     **method_options
         ``elbo``: ``estimator`` ("A"/"B"), ``num_particles``.
         ``iwae``: ``num_particles`` (K), ``chunk_size``, ``vectorize``.
@@ -191,8 +213,30 @@ def log_marginal(
     if method in ("elbo", "iwae") and guide is None and not isinstance(model, PerDatapointProgram):
         raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
     int_seed = _resolve_seed(seed)
-    generator = torch.Generator().manual_seed(int_seed)
-    with torch.random.fork_rng(devices=[]):
+    x, device = place(x, (model, guide), device=device, dtype=dtype)
+
+    def estimate(rows: torch.Tensor, row_seed: int, row_options: dict) -> LogMarginalResult:
+        result = _estimate(
+            model, guide, rows, method, row_seed, plate_name, global_values, row_options, device
+        )
+        if isinstance(seed, torch.Generator):
+            result.settings["seed_from_generator"] = True
+        return result
+
+    if block_size is None and not resolve_distributed(distributed):
+        return estimate(x, int_seed, options)
+    return estimate_in_blocks(
+        estimate, x, options, seed=int_seed, block_size=block_size, distributed=distributed
+    )
+
+
+def _estimate(
+    model, guide, x, method, int_seed, plate_name, global_values, options, device
+) -> LogMarginalResult:
+    """One estimate on the rows ``x`` with the seed ``int_seed`` (see :func:`log_marginal`)."""
+    options = dict(options)
+    generator = make_generator(int_seed, device)
+    with fork_rng():
         torch.manual_seed(int_seed)
         program = _program_for(method, model, guide, x, plate_name, global_values, options)
     guide = program.guide
@@ -200,11 +244,9 @@ def log_marginal(
         raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")
     settings = {k: v for k, v in options.items() if k != "z"}
     settings.update({"seed": int_seed, **program.settings})
-    if isinstance(seed, torch.Generator):
-        settings["seed_from_generator"] = True
     upper = upper_stderr = None
     t_start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng():
         torch.manual_seed(int_seed)
         if method == "elbo":
             estimate, stderr = elbo_with_stderr(

@@ -32,7 +32,7 @@ def logmeanexp_with_stderr(
         return log_mean, torch.full_like(log_mean, math.nan)
     ratio = torch.exp(log_w - log_mean.unsqueeze(dim))  # w_k / m, mean 1
     sd = ratio.std(dim=dim, unbiased=True)
-    n = torch.as_tensor(float(k), dtype=log_w.dtype) if ess is None else ess.to(log_w.dtype)
+    n = log_w.new_tensor(float(k)) if ess is None else ess.to(log_w.dtype)
     return log_mean, sd / n.sqrt()
 
 
@@ -48,10 +48,10 @@ def pareto_k(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
     arr = log_w.movedim(dim, -1).detach().cpu().double().numpy()
     if arr.shape[-1] < 5:
-        return torch.full(arr.shape[:-1], math.nan, dtype=log_w.dtype)
+        return torch.full(arr.shape[:-1], math.nan, dtype=log_w.dtype, device=log_w.device)
     with np.errstate(all="ignore"):
         _, k = az.psislw(arr)
-    k = torch.as_tensor(np.asarray(k), dtype=log_w.dtype)
+    k = torch.as_tensor(np.asarray(k), dtype=log_w.dtype, device=log_w.device)
     # ArviZ reports inf when the tail is too short to fit: unknown, not infinitely bad
     return torch.where(torch.isfinite(k), k, torch.full_like(k, math.nan))
 

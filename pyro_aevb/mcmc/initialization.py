@@ -67,8 +67,9 @@ def importance_resampled_init(
         chunk_size = max(1, _MAX_ROWS // rows)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
 
-    best_key = torch.full((rows,), -torch.inf, dtype=potential.dtype)
-    best = torch.zeros(rows, potential.dim, dtype=potential.dtype)
+    device = potential.x.device
+    best_key = torch.full((rows,), -torch.inf, dtype=potential.dtype, device=device)
+    best = torch.zeros(rows, potential.dim, dtype=potential.dtype, device=device)
     done = 0
     while done < num_particles:
         k = min(chunk_size, num_particles - done)
@@ -82,11 +83,11 @@ def importance_resampled_init(
             position = chunk.sample_prior()
             log_w = chunk.log_joint_parts(position)[1]
         log_w = torch.nan_to_num(log_w, nan=-torch.inf).reshape(k, rows)
-        uniform = torch.rand(k, rows, dtype=log_w.dtype, generator=generator)
+        uniform = torch.rand(k, rows, dtype=log_w.dtype, device=device, generator=generator)
         key = log_w - torch.log(-torch.log(uniform.clamp_min(torch.finfo(log_w.dtype).tiny)))
         chunk_key, pick = key.max(0)
         better = chunk_key > best_key
-        picked = position.reshape(k, rows, -1)[pick, torch.arange(rows)]
+        picked = position.reshape(k, rows, -1)[pick, torch.arange(rows, device=device)]
         best = torch.where(better[:, None], picked, best)
         best_key = torch.where(better, chunk_key, best_key)
         done += k

@@ -38,6 +38,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..device import fork_rng
 from ..poutine import (
     LatentLayout,
     PerDatapointProgram,
@@ -249,7 +250,7 @@ class PerDatapointPotential:
             self._guide_cache = False
             if len(self.layout.names) == 1:
                 # fork the RNG: this throw-away draw must not shift the caller's random stream
-                with poutine.block(), torch.no_grad(), torch.random.fork_rng(devices=[]):
+                with poutine.block(), torch.no_grad(), fork_rng():
                     trace = poutine.trace(self.guide).get_trace(self.x_rep)
                 sites = list(latent_sites(trace).values())
                 if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from pyro.ops.welford import WelfordCovariance
 
+from ..device import check_generator, resolve_device
 from ..validation import check_positive_float, check_positive_int
 from . import hmc
 from .adaptation import (
@@ -155,6 +156,7 @@ def sample(
     generator: torch.Generator | None = None,
     max_delta_energy: float = 1000.0,
     step_size_jitter: float = 0.5,
+    device=None,
 ) -> BatchedHMCResult:
     """Warm up, then draw ``num_samples`` from ``n`` independent chains at once.
 
@@ -192,6 +194,11 @@ def sample(
         Energy error above which a transition counts as divergent.
     step_size_jitter : float
         Each transition uses ``eps * U(1 - j, 1 + j)`` (see :func:`step`); in [0, 1).
+    device : str or torch.device, optional
+        Where the chains run (default: ``init_position``'s device). ``init_position``,
+        ``inverse_mass`` and a tensor ``step_size`` are moved there; ``potential_fn`` must
+        compute on it (a :class:`~pyro_aevb.mcmc.potential.PerDatapointPotential` runs where
+        its data and model are) and ``generator`` must live on it.
 
     Returns
     -------
@@ -214,11 +221,16 @@ def sample(
     step_size_jitter = check_positive_float(step_size_jitter, "step_size_jitter", allow_zero=True)
     if step_size_jitter >= 1.0:
         raise ValueError(f"step_size_jitter must be in [0, 1), got {step_size_jitter}")
+    device = resolve_device(device) or init_position.device
+    init_position = init_position.to(device)
+    check_generator(generator, device)
     t_start = time.perf_counter()
     state = hmc.init(potential_fn, init_position)
-    eps = torch.as_tensor(0.1 if step_size is None else step_size, dtype=init_position.dtype)
+    eps = torch.as_tensor(
+        0.1 if step_size is None else step_size, dtype=init_position.dtype, device=device
+    )
     eps = eps.expand(n).clone()
-    inv_mass = torch.ones_like(init_position) if inverse_mass is None else inverse_mass
+    inv_mass = torch.ones_like(init_position) if inverse_mass is None else inverse_mass.to(device)
     kw = {
         "num_steps": num_steps,
         "generator": generator,

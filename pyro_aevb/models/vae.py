@@ -143,6 +143,11 @@ class VAE(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
+    @property
+    def _device(self) -> torch.device:
+        # tensors the programs create go where the parameters are (the model follows .to())
+        return next(self.parameters()).device
+
     # ------------------------------------------------------------------ Pyro programs
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         if self.validate:
@@ -157,7 +162,7 @@ class VAE(nn.Module):
         if num_data == batch_size:
             return pyro.plate("data", batch_size)
         # The rows are already the minibatch; the subsample indices only set the N/M scale.
-        return pyro.plate("data", num_data, subsample=torch.arange(batch_size))
+        return pyro.plate("data", num_data, subsample=torch.arange(batch_size, device=self._device))
 
     def log_weight_prior(self) -> torch.Tensor:
         """``log N(theta; 0, s^2 I)`` up to a constant: ``-sum theta^2 / (2 s^2)``; scalar."""
@@ -199,8 +204,8 @@ class VAE(nn.Module):
         else:
             batch_size = 1 if batch_size is None else check_positive_int(batch_size, "batch_size")
         if self.weight_prior_std is not None:
-            lazy_factor("weight_prior", self.log_weight_prior, self._dtype)
-        loc = torch.zeros(batch_size, self.latent_dim, dtype=self._dtype)
+            lazy_factor("weight_prior", self.log_weight_prior, self._dtype, self._device)
+        loc = torch.zeros(batch_size, self.latent_dim, dtype=self._dtype, device=self._device)
         with self._plate(batch_size, num_data):
             z = pyro.sample("z", dist.Normal(loc, torch.ones_like(loc)).to_event(1))
             pyro.sample("x", self.likelihood_dist(z), obs=x)
@@ -263,8 +268,12 @@ class VAE(nn.Module):
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Means of ``p(x|z)`` for ``z ~ N(0, I)``; shape ``(num_samples, *event_shape)``."""
         num_samples = check_positive_int(num_samples, "num_samples")
-        z = torch.randn(num_samples, self.latent_dim, generator=generator, dtype=self._dtype)
-        return self.decode(z)
+        # drawn where the generator lives (a CPU generator for a model on a GPU, say), then moved
+        where = generator.device if generator is not None else self._device
+        z = torch.randn(
+            num_samples, self.latent_dim, generator=generator, dtype=self._dtype, device=where
+        )
+        return self.decode(z.to(self._device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,8 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
+from ..device import fork_rng
+
 __all__ = ["ProgramParams", "collect_params", "owner_modules"]
 
 _DIVIDER = "$$$"  # pyro.module's separator between the module name and the parameter name
@@ -129,7 +131,7 @@ def _param_names(programs, args, kwargs) -> list[str]:
     """Names of the param-store entries the programs read, in first-use order."""
     names: list[str] = []
     # A throw-away run: fork the RNG so the caller's draws are not shifted.
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with fork_rng(), torch.no_grad():
         with poutine.trace(param_only=True) as capture:
             for fn in programs:
                 fn(*args, **kwargs)

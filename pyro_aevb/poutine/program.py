@@ -36,6 +36,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import biject_to
 
+from ..device import fork_rng
 from .layout import LatentLayout
 from .plates import ProgramContractError, latent_sites, plate_frame, require_plate, sample_sites
 
@@ -181,13 +182,13 @@ def global_point_estimate(
     names = list(names)
     median = getattr(getattr(guide, "__wrapped__", guide), "median", None)
     if callable(median):
-        with torch.random.fork_rng(devices=[]), poutine.block():
+        with fork_rng(), poutine.block():
             torch.manual_seed(0)
             values = median(x)
         missing = [n for n in names if n not in values]
         if not missing:
             return {n: values[n].detach() for n in names}
-    with torch.random.fork_rng(devices=[]), poutine.block():
+    with fork_rng(), poutine.block():
         torch.manual_seed(0)
         trace = poutine.trace(guide).get_trace(x)
         out = {}
@@ -248,7 +249,7 @@ class PerDatapointProgram:
         # Traced on the rows the estimator will use: a guide with per-datapoint parameters
         # (pyro.param of shape (len(x), ...)) creates them here, so they must have that size.
         with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng():
                 if guide_r is not None:
                     guide_trace, model_trace = trace_guide_and_model(model_r, guide_r, x)
                 else:

@@ -17,6 +17,7 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
+from ..device import fork_rng
 from .params import ProgramParams, collect_params, owner_modules
 from .plates import latent_sites, plate_frame
 from .program import _check_guide_matches, first_trace_errors, trace_guide_and_model
@@ -90,7 +91,7 @@ class TrainingProgram:
         """
         batch = x.shape[0]
         with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng():
                 if self.guide_n is not None:
                     guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)
                 else:

@@ -9,6 +9,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from .distributed import init_distributed
 from .interrupt import TrainingInterrupted
 from .lock import RunLockedError
 from .optim import OPTIMIZERS, make_optimizer
@@ -34,4 +35,5 @@ __all__ = [
     "load_checkpoint",
     "write_json_atomic",
     "read_json",
+    "init_distributed",
 ]

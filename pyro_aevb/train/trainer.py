@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +31,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..device import (
+    device_rng_state,
+    fork_rng,
+    module_device,
+    place_modules,
+    resolve_device,
+    resolve_dtype,
+    set_device_rng_state,
+)
 from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
@@ -42,6 +52,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from .distributed import data_parallel
 from .divergence import (
     NonFiniteGradient,
     NonFiniteLossError,
@@ -238,24 +249,34 @@ class Trainer:
         progress: bool = True,
         dataset_name: str | None = None,
         callback=None,
+        device=None,
+        dtype=None,
+        distributed: bool | None = None,
+        shards: int | None = None,
     ):
         model_fn, guide_fn, module = resolve_programs(model, guide)
         self.module = module
+        # the programs' modules (and the data, below) go to the device and dtype asked for
+        owners = place_modules(
+            [module, *modules, model_fn, guide_fn], resolve_device(device), resolve_dtype(dtype)
+        )
+        self.device = module_device(owners) or resolve_device(device) or torch.device("cpu")
         objective = resolve_objective(objective, algorithm, estimator, num_particles)
         check_choice(fast, "fast", FAST_MODES)
         if not isinstance(plate_name, str) or not plate_name:
             raise TypeError(f"plate_name must be a non-empty str, got {plate_name!r}")
         train, test, dataset_name = _unpack_data(train, test, dataset_name)
         params = list(module.parameters()) if module is not None else []
-        dtype = params[0].dtype if params else None
+        dtype = params[0].dtype if params else resolve_dtype(dtype)
         unit = bool(getattr(getattr(module, "likelihood", None), "unit_interval", False))
         event_shape = getattr(module, "event_shape", None)
         self.train = check_data(train, "train", event_shape, unit_interval=unit)
         self.train = self.train if dtype is None else self.train.to(dtype)
+        self.train = self.train.to(self.device)
         self.test = None
         if test is not None:
             self.test = check_data(test, "test", tuple(self.train.shape[1:]), unit_interval=unit)
-            self.test = self.test.to(self.train.dtype)
+            self.test = self.test.to(device=self.device, dtype=self.train.dtype)
         self.num_train = self.train.shape[0]
         self.batch_size = min(check_positive_int(batch_size, "batch_size"), self.num_train)
         if (num_samples is None) == (epochs is None):
@@ -294,7 +315,7 @@ class Trainer:
         )
         self.objective: BoundObjective = objective.bind(self.program, fast)
         first = self.train[: self.batch_size]
-        with torch.random.fork_rng(devices=[]):
+        with fork_rng():
             torch.manual_seed(self.seed)
             self.objective.setup(first)
             # everything the programs touch is checkpointed, trained or not
@@ -306,6 +327,22 @@ class Trainer:
         # lr=None: the default for a new run, the run's own when resuming (see _restore)
         self._lr_given = None if lr is None else check_positive_float(lr, "lr")
         lr = DEFAULT_LR if lr is None else self._lr_given
+        # data-parallel ranks (or RNG shards): see pyro_aevb.train.distributed
+        self.parallel, parallel_config = data_parallel(
+            self.objective,
+            distributed=distributed,
+            shards=shards,
+            num_train=self.num_train,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            step_fn=lambda: self.step,
+            state_params=self.state_params,
+            device=self.device,
+            saved=_saved_parallel_config(out_dir, resume),
+        )
+        if self.parallel is not None:
+            self.objective = self.parallel
+        self.progress = progress and (self.parallel is None or self.parallel.is_main)
         self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
         if self.objective.path == "pyro" and isinstance(module, VAE) and fast == "auto":
             warnings.warn(
@@ -337,7 +374,10 @@ class Trainer:
             "num_data_route": self.program.route,
             # compared on resume: the same number of rows is not the same data
             "data": {"train": data_fingerprint(self.train), "test": data_fingerprint(self.test)},
+            "device": str(self.device),
         }
+        if parallel_config:
+            self.config["data_parallel"] = parallel_config
 
         # Progress state: everything below is saved in checkpoints.
         self.step = 0
@@ -354,7 +394,9 @@ class Trainer:
         self._last_save = time.monotonic()
         # One job per run directory: locked before looking for a checkpoint, so two runs
         # cannot both find none and overwrite each other; held until run() ends.
-        self._lock = None if self.out_dir is None else RunLock(self.out_dir).acquire()
+        # (in a data-parallel run rank 0 owns the directory: it writes the run's files)
+        owner = self.parallel is None or self.parallel.is_main
+        self._lock = RunLock(self.out_dir).acquire() if self.out_dir and owner else None
         try:
             self._open_run(resume)
         except BaseException:
@@ -400,7 +442,11 @@ class Trainer:
             "config": self.config,
             "program_state": self.state_params.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "data": self.data_rng.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": self.data_rng.get_state(),
+                **device_rng_state(self.device),
+            },
             "progress": {
                 "step": self.step,
                 "samples": self.samples,
@@ -460,6 +506,7 @@ class Trainer:
             logger.info("resuming with lr %g (the run trained with %g)", lr, saved_lr)
         torch.set_rng_state(payload["rng"]["torch"])
         self.data_rng.set_state(payload["rng"]["data"])
+        set_device_rng_state(payload["rng"], self.device)
         self.step, self.samples, self.epoch = (
             progress["step"],
             progress["samples"],
@@ -484,8 +531,8 @@ class Trainer:
         The checkpoint first (the previous one is kept beside it), then the JSON files, which
         are views of it: history.json is never ahead of the checkpoint.
         """
-        if self.out_dir is None:
-            return None
+        if self.out_dir is None or (self.parallel is not None and not self.parallel.is_main):
+            return None  # in a data-parallel run rank 0 writes the run's files
         if not all_finite(self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
         path = save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
@@ -510,7 +557,13 @@ class Trainer:
         }
         record["loss"] = self._loss_sum / self._loss_count if self._loss_count else None
         record["lr"] = self.optimizer.param_groups[0]["lr"]
-        with torch.random.fork_rng(devices=[]):
+        if self.parallel is not None:
+            # every rank checks that the ranks agree; rank 0 evaluates and shares its record
+            self.parallel.check_in_sync()
+            if not self.parallel.is_main:
+                self._loss_sum, self._loss_count = 0.0, 0
+                return self.parallel.share_record(None)
+        with fork_rng():
             torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
             for split, data in (("train", self.train), ("test", self.test)):
                 if data is None or not self.objective.has_bound:
@@ -525,6 +578,8 @@ class Trainer:
                 self.callback(self, record)
         # only now: an evaluation that fails leaves the running mean for its retry on resume
         self._loss_sum, self._loss_count = 0.0, 0
+        if self.parallel is not None:
+            self.parallel.share_record(record)
         return record
 
     # ------------------------------------------------------------------ training
@@ -653,12 +708,16 @@ class Trainer:
             self.save()
 
     def _stop_if_interrupted(self, interrupts: DeferredInterrupts, saved: bool) -> None:
-        if interrupts.received is None:
+        received = interrupts.received is not None
+        if self.parallel is not None:
+            received = self.parallel.any_rank(received)  # all ranks stop at the same step
+        if not received:
             return
         checkpoint = None
         if self.out_dir is not None:
             checkpoint = self.out_dir / CHECKPOINT_NAME if saved else self.save()
-        raise TrainingInterrupted(interrupts.received, self.samples, self.step, checkpoint)
+        signum = interrupts.received if interrupts.received is not None else signal.SIGINT
+        raise TrainingInterrupted(signum, self.samples, self.step, checkpoint)
 
     def run(self) -> FitResult:
         """Train until ``num_samples`` (or ``epochs``) and return a :class:`FitResult`.
@@ -712,7 +771,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 in_step = True
                 idx = self._next_batch()
-                xb = torch.index_select(self.train, 0, idx)  # 4x faster than self.train[idx]
+                # 4x faster than self.train[idx]; the indices live on the CPU
+                xb = torch.index_select(self.train, 0, idx.to(self.train.device))
                 loss = self._train_step(xb, idx)
                 self.step += 1
                 self.samples += xb.shape[0]
@@ -871,6 +931,30 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         add JSON-serialisable entries to ``record`` (e.g. a marginal-likelihood estimate).
     progress : bool
         Show a tqdm progress bar.
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``: the model object (and ``modules``) are
+        moved there in place, as the data; default: where the model's parameters are.
+        Programs that are plain functions must create their tensors on the data's device.
+        A checkpoint resumes on any device (loaded on the CPU, then moved); the accelerator's
+        RNG state is restored only on the same kind of device, so the draws after resuming
+        on another device differ from an uninterrupted run.
+    dtype : torch.float32 or torch.float64, optional
+        Convert the model and the data (default: the model's dtype).
+    distributed : bool, optional
+        Data-parallel training on ``torch.distributed`` (see
+        :mod:`pyro_aevb.train.distributed`): ``None`` (default) trains data-parallel when a
+        process group of several ranks is initialised (e.g. under ``torchrun``), ``False``
+        trains in this process alone. Every rank calls ``fit`` with the same arguments; each
+        computes its shard of every global minibatch of ``batch_size`` rows (the N/M scaling
+        uses the global minibatch), gradients are averaged, and rank 0 evaluates, logs and
+        writes ``out_dir``.
+    shards : int, optional
+        Stock-Pyro path only: compute each minibatch as this many contiguous shards whose
+        guide/model draws come from streams seeded by ``(seed, step, shard)``, so that the
+        trajectory does not depend on the number of ranks that compute them (which must
+        divide ``shards``). Default: the number of ranks (1 in one process: torch's global
+        RNG), or the checkpoint's value when resuming. The fast path draws the whole
+        minibatch's noise on every rank and needs none.
 
     Raises
     ------
@@ -893,6 +977,14 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         message says whether the previous checkpoint is intact.
     """
     return Trainer(model, train, test, **kwargs).run()
+
+
+def _saved_parallel_config(out_dir, resume: bool) -> dict | None:
+    """The ``data_parallel`` entry of the checkpoint a resumed run continues (its shards)."""
+    checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    if not resume or checkpoint is None or not checkpoint.is_file():
+        return None
+    return load_checkpoint(checkpoint)["config"].get("data_parallel", {})
 
 
 def _describe_program(module, model_fn) -> str:

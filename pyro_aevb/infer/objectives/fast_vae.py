@@ -156,6 +156,17 @@ class _Plan:
         # the scale and the weight-prior term fuse into the same call (torch.addmv).
         self.ones_rows = torch.ones(rows, dtype=dtype, device=device)
         self.ones_lm = torch.ones(LM, dtype=dtype, device=device)
+        self._full_noise: torch.Tensor | None = None
+
+    def full_noise(self, total: int) -> torch.Tensor:
+        """A ``(total, J)`` buffer for the noise of a whole minibatch (data-parallel shards)."""
+        buf = self._full_noise
+        if buf is None or buf.shape[0] != total:
+            buf = torch.empty(
+                total, self.eps.shape[2], dtype=self.eps.dtype, device=self.eps.device
+            )
+            self._full_noise = buf
+        return buf
 
 
 class FastVAE:
@@ -325,7 +336,14 @@ class FastVAE:
         return W.dtype, W.device
 
     # ------------------------------------------------------------------ public API
-    def loss_and_grads(self, x: torch.Tensor, num_data: int) -> torch.Tensor:
+    def loss_and_grads(
+        self,
+        x: torch.Tensor,
+        num_data: int,
+        *,
+        scale: float | None = None,
+        noise_rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """Minibatch loss of eq. 8 and its gradient; see the module docstring for formulas.
 
         Parameters
@@ -336,6 +354,14 @@ class FastVAE:
         num_data : int
             ``N``, the full data set size (``N >= M``); the data terms are scaled by
             ``N / M``.
+        scale : float, optional
+            The scale ``s`` of the data terms instead of ``N / M`` (a data-parallel rank
+            computing its shard of a global minibatch uses ``P N / M_global``; see
+            :mod:`pyro_aevb.train.distributed`). The weight prior is never scaled.
+        noise_rows : (offset, total), optional
+            ``x`` is rows ``offset .. offset + M - 1`` of a minibatch of ``total`` rows: the
+            guide noise is drawn for all ``total`` rows, exactly as a process holding the whole
+            minibatch draws it, and this slice is used.
 
         Returns
         -------
@@ -352,8 +378,8 @@ class FastVAE:
             plan = self._plan(M, dtype, device)
             grads = self._grad_buffers(dtype, device)
             x = x.contiguous()
-            self._forward(plan, x)
-            loss = self._loss_and_backward(plan, x, num_data / M, grads)
+            self._forward(plan, x, noise_rows)
+            loss = self._loss_and_backward(plan, x, num_data / M if scale is None else scale, grads)
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g
         return torch.full((), loss, dtype=dtype, device=device)
@@ -375,8 +401,9 @@ class FastVAE:
             return self._bound_rows(plan, x)
 
     # ------------------------------------------------------------------ the computation
-    def _forward(self, plan: _Plan, x: torch.Tensor) -> None:
-        """Encoder, guide draws and decoder into the plan's buffers."""
+    def _forward(self, plan: _Plan, x: torch.Tensor, noise_rows=None) -> None:
+        """Encoder, guide draws and decoder into the plan's buffers (``noise_rows``: see
+        :meth:`loss_and_grads`)."""
         h = x
         for b, wt, buf in zip(self._enc_b[:-1], self._enc_wt[:-1], plan.enc_h, strict=True):
             h = torch.addmm(b, h, wt, out=buf).tanh_()
@@ -385,8 +412,21 @@ class FastVAE:
         # Guide draws in the order Pyro's guide makes them: one (M, J) block per particle.
         # z = mu + eps * sigma with sigma = exp(lv / 2), rounded exactly as Normal.rsample.
         sigma = torch.mul(plan.lv, 0.5, out=plan.sigma).exp_()
-        for e in plan.eps_blocks:
-            e.normal_()
+        if noise_rows is None:
+            for e in plan.eps_blocks:
+                e.normal_()
+        else:
+            offset, total = noise_rows
+            rows = plan.enc_out.shape[0]
+            if not 0 <= offset <= total - rows:
+                raise ValueError(
+                    f"noise_rows={noise_rows} does not hold the {rows} rows of x (offset + "
+                    f"rows must be at most total)"
+                )
+            full = plan.full_noise(total)
+            for e in plan.eps_blocks:
+                full.normal_()  # the (total, J) block a whole-minibatch process draws
+                e.copy_(full[offset : offset + rows])
         torch.mul(plan.eps, sigma, out=plan.u)
         torch.add(plan.u, plan.mu, out=plan.z)
 

@@ -192,11 +192,15 @@ class MonteCarloEMObjective(BoundObjective):
             trace = poutine.trace(self.prepared.model).get_trace(rows)
         values = {n: trace.nodes[n]["value"] for n in self.layout.names}
         self.chains = self.layout.flatten(values).to(x.dtype)
-        self.step_size = torch.full((num_data,), self.options.init_step_size, dtype=x.dtype)
+        self.step_size = torch.full(
+            (num_data,), self.options.init_step_size, dtype=x.dtype, device=x.device
+        )
 
     def e_step(self, x: torch.Tensor, idx: torch.Tensor, adapt: bool = True) -> torch.Tensor:
         """Advance the chains of rows ``idx`` (data ``x``); returns their positions ``(M, D)``."""
         opt = self.options
+        if self.chains.device != x.device:  # chains from a checkpoint of another device
+            self.chains, self.step_size = self.chains.to(x.device), self.step_size.to(x.device)
         potential = self._potential_fn(x)
         state = hmc.init(potential, self.chains[idx])
         eps = self.step_size[idx]
