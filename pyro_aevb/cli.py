@@ -410,7 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, TypeError, NonFiniteLossError) as err:
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        TypeError,
+        NonFiniteLossError,
+        AnalyticKLError,
+    ) as err:
         print(f"pyro-aevb: error: {err}", file=sys.stderr)
         return 2
 

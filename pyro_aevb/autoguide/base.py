@@ -44,7 +44,12 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import biject_to
-from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
+from torch.distributions.transforms import (
+    AffineTransform,
+    ComposeTransform,
+    IndependentTransform,
+    Transform,
+)
 
 from ..nn.mlp import init_normal_
 from ..poutine import (
@@ -148,6 +153,21 @@ class LocalSite:
             return base
         return dist.TransformedDistribution(base, [self.transform.with_cache()])
 
+    def normal(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        """``N(loc, diag scale^2)`` on the unconstrained value, pushed through
+        :attr:`transform`. An elementwise transform (positive, interval supports) is applied
+        coordinate by coordinate *before* the event dimensions are declared, so a positive
+        site's guide is ``TransformedDistribution(Normal, ExpTransform)`` (``.to_event``),
+        the form whose KL against a ``LogNormal`` prior is registered (estimator B)."""
+        normal = dist.Normal(loc, scale)
+        if self.identity:
+            return normal.to_event(self.u_event_dim)
+        elementwise = _elementwise(self.transform)
+        if elementwise is not None:
+            transformed = dist.TransformedDistribution(normal, [elementwise.with_cache()])
+            return transformed.to_event(self.u_event_dim)
+        return self.distribution(normal.to_event(self.u_event_dim))
+
     @contextlib.contextmanager
     def plates(self):
         """The site's plates other than the data plate, entered."""
@@ -161,6 +181,27 @@ def _is_identity(transform: Transform) -> bool:
     while isinstance(transform, IndependentTransform):
         transform = transform.base_transform
     return isinstance(transform, ComposeTransform) and not transform.parts
+
+
+def _is_identity_affine(transform: Transform) -> bool:
+    return (
+        isinstance(transform, AffineTransform)
+        and bool(torch.all(torch.as_tensor(transform.loc) == 0))
+        and bool(torch.all(torch.as_tensor(transform.scale) == 1))
+    )
+
+
+def _elementwise(transform: Transform) -> Transform | None:
+    """The coordinate-wise transform inside ``transform`` (``IndependentTransform``s and
+    identity affine parts removed: torch's ``biject_to(positive)`` is ``exp`` followed by
+    ``x + 0``), or ``None`` if it acts on whole events or changes shapes."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    parts = transform.parts if isinstance(transform, ComposeTransform) else [transform]
+    parts = [p for p in parts if not _is_identity_affine(p)]
+    if not parts or any(p.domain.event_dim or p.codomain.event_dim for p in parts):
+        return None
+    return parts[0] if len(parts) == 1 else ComposeTransform(parts)
 
 
 def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSite:

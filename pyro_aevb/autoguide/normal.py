@@ -20,7 +20,6 @@ site is a model site sampled directly (no auxiliary variable).
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
@@ -64,9 +63,9 @@ class AmortizedNormal(AmortizedGuide):
     def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         for site, (loc, scale) in zip(self.local_sites, self._site_params(h)):
-            base = dist.Normal(site.shaped(loc), site.shaped(scale)).to_event(site.u_event_dim)
+            fn = site.normal(site.shaped(loc), site.shaped(scale))
             with site.plates():
-                out[site.name] = pyro.sample(site.name, site.distribution(base))
+                out[site.name] = pyro.sample(site.name, fn)
         return out
 
     def _local_center(self, h: torch.Tensor) -> torch.Tensor:
