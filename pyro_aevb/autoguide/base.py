@@ -294,8 +294,9 @@ class AmortizedGuide(PyroModule):
         Initialise the trunk (when named) and heads from ``N(0, init_std^2)`` (the paper's
         0.1); default: PyTorch's initialisation.
     name : str, optional
-        Prefix of the guide's entries in Pyro's param store (default: the class name); two
-        guides used at the same time need different names.
+        Prefix of the guide's entries in Pyro's param store (default: the class name). A
+        guide re-registers its own tensors under it on every call, so several guides of one
+        name may be used one after the other; to train two at once, name them apart.
     """
 
     #: Registry key (:data:`AUTOGUIDES`) and config name; set by subclasses.
@@ -449,7 +450,7 @@ class AmortizedGuide(PyroModule):
         layout = _local_layout(trace, local, self.plate_name)
         if layout.names != tuple(local) or layout.dim != offset:
             raise AssertionError("local latent layout out of order")  # pragma: no cover
-        self._forget_store_entries()
+        self._claim_store_entries()
         self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
         self._plate_dim = dims.pop()
         self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
@@ -475,13 +476,18 @@ class AmortizedGuide(PyroModule):
             with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
                 self.global_guide(*args, **kwargs)
 
-    def _forget_store_entries(self) -> None:
-        """Drop entries under this guide's name from Pyro's param store: they belong to an
-        earlier guide of the same name and would otherwise be trained instead of ours."""
+    def _claim_store_entries(self) -> None:
+        """Drop entries under this guide's name from Pyro's param store that are not this
+        guide's own tensors: they belong to another guide of the same name (an earlier one, or
+        one loaded from a run), and would otherwise be trained, or adopted by the global
+        guide, instead of ours. The guide that runs registers its own tensors again."""
         store = pyro.get_param_store()
         prefix = self._pyro_name
-        for key in list(store.keys()):
-            if key.startswith(prefix + ".") or key.startswith(prefix + "$$$"):
+        own = {id(p) for p in self.parameters()}
+        for key, value in list(store.named_parameters()):
+            if (key.startswith(prefix + ".") or key.startswith(prefix + "$$$")) and (
+                id(value) not in own
+            ):
                 del store[key]
 
     def _build_heads(self, nets: nn.ModuleDict, feature_dim: int) -> None:
@@ -517,17 +523,8 @@ class AmortizedGuide(PyroModule):
 
     # ------------------------------------------------------------------ the program
     def _register(self) -> None:
-        """``pyro.module`` for the networks, and a check that the store holds them."""
-        name = f"{self._pyro_name}.nets" if self._pyro_name else "nets"
-        pyro.module(name, self.nets)
-        first = next(iter(self.nets.named_parameters()), None)
-        if first is not None:
-            pname, p = first
-            if pyro.get_param_store().get_param(f"{name}$$${pname}") is not p:
-                raise ValueError(
-                    f"Pyro's param store holds another module's parameters under '{name}': "
-                    f"two guides named '{self._pyro_name}' are in use; give each its own name="
-                )
+        """``pyro.module`` for the networks (stock ``SVI`` finds them in the param store)."""
+        pyro.module(f"{self._pyro_name}.nets" if self._pyro_name else "nets", self.nets)
 
     def _plate(self, n: int, kwargs: dict):
         """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's."""
@@ -551,6 +548,7 @@ class AmortizedGuide(PyroModule):
         if not self.built:
             self._setup(*args, **kwargs)
         x = self._data(args, kwargs)
+        self._claim_store_entries()
         out = {}
         if self.global_guide is not None:
             out.update(self.global_guide(*args, **kwargs))
