@@ -32,6 +32,7 @@ checkpoint before it has seen data (:func:`pyro_aevb.load_run`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -454,6 +455,17 @@ class AmortizedGuide(PyroModule):
         self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
         self._plate_dim = dims.pop()
         self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
+        try:
+            self._build(x, *args, **kwargs)
+        except BaseException:
+            # a guide that failed to build stays unbuilt (and says so), not half-built
+            self.local_sites, self.layout, self.nets, self.global_guide = None, None, None, None
+            self._row_shape = self._dtype = None
+            raise
+
+    def _build(self, x: torch.Tensor, *args, **kwargs) -> None:
+        """Create the networks (and the global guide) for the sites just read."""
+        model, globals_ = self.model, self.global_names
         nets = nn.ModuleDict()
         encoder = self._encoder if isinstance(self._encoder, str) else self._encoder[0]
         nets["trunk"] = make_trunk(encoder, self._row_shape, self.hidden_dims, self.activation)
@@ -462,10 +474,10 @@ class AmortizedGuide(PyroModule):
             feature_dim = trunk_features(nets["trunk"], x[:1]).shape[-1]
         self._build_heads(nets, feature_dim)
         nets.to(device=x.device, dtype=x.dtype)
-        if self.init_std is not None:
-            for key, net in nets.items():
-                if key != "trunk" or isinstance(self._encoder, str):
-                    init_normal_(net, self.init_std)
+        if self.init_std is not None:  # the named trunk and the linear heads, not flows
+            for key in ("trunk", "head", "heads"):
+                if key in nets and (key != "trunk" or isinstance(self._encoder, str)):
+                    init_normal_(nets[key], self.init_std)
         self._init_heads(nets)
         self.nets = nets
         if globals_:
@@ -526,9 +538,20 @@ class AmortizedGuide(PyroModule):
         """``pyro.module`` for the networks (stock ``SVI`` finds them in the param store)."""
         pyro.module(f"{self._pyro_name}.nets" if self._pyro_name else "nets", self.nets)
 
-    def _plate(self, n: int, kwargs: dict):
+    def _num_data(self, args, kwargs):
+        """The ``num_data`` the model is called with (keyword or positional), if it takes one."""
+        if not self._takes_num_data:
+            return None
+        if "num_data" in kwargs:
+            return kwargs["num_data"]
+        try:
+            bound = inspect.signature(self.model).bind_partial(*args, **kwargs)
+        except TypeError:
+            return None
+        return bound.arguments.get("num_data")
+
+    def _plate(self, n: int, num_data):
         """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's."""
-        num_data = kwargs.get("num_data") if self._takes_num_data else None
         if num_data is not None and num_data != n:
             subsample = torch.arange(n, device=self._device())
             return pyro.plate(self.plate_name, num_data, subsample=subsample, dim=self._plate_dim)
@@ -554,7 +577,7 @@ class AmortizedGuide(PyroModule):
             out.update(self.global_guide(*args, **kwargs))
         self._register()
         h = trunk_features(self.nets["trunk"], x)
-        with self._plate(x.shape[0], kwargs):
+        with self._plate(x.shape[0], self._num_data(args, kwargs)):
             out.update(self._sample_local(h))
         return out
 

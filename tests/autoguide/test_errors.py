@@ -62,8 +62,10 @@ def test_calls_and_options_that_do_not_fit():
     guide(X)
     with pytest.raises(ValueError, match=r"built for rows of shape \(5,\)"):
         guide(torch.randn(3, 4, dtype=torch.float64))
+    conv = AmortizedNormal(PPCA().model, encoder="conv")
     with pytest.raises(ValueError, match="image-shaped rows"):
-        AmortizedNormal(PPCA().model, encoder="conv")(X)
+        conv(X)
+    assert not conv.built and conv.nets is None  # not left half-built
     for bad, match in (
         ({"encoder": "rnn"}, "encoder must be one of"),
         ({"global_guide": "laplace"}, "global_guide must be one of"),

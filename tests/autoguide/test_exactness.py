@@ -181,3 +181,39 @@ def test_full_covariance_reaches_log_p_and_the_diagonal_stays_below_by_the_best_
     assert bool((diagonal >= best_diagonal_kl - 1e-9).all())  # no diagonal q does better
     assert abs(float(diagonal.mean()) - float(best_diagonal_kl)) < 0.05
     assert float(diagonal.mean() - full.mean()) > 0.15
+
+
+def nested_plates(x):
+    """``w_ij ~ N(0, 1)``, ``x_ij ~ N(w_ij, 0.5^2)`` with the data plate at dim -2 and a
+    feature plate at dim -1: ``p(x_ij) = N(0, 1.25)``, ``p(w_ij | x_ij) = N(x_ij / 1.25, 0.2)``."""
+    with pyro.plate("features", 3, dim=-1), pyro.plate("data", x.shape[0], dim=-2):
+        w = pyro.sample("w", dist.Normal(torch.zeros_like(x), 1.0))
+        pyro.sample("x", dist.Normal(w, 0.5), obs=x)
+
+
+@pytest.mark.parametrize("cls", [AmortizedNormal, AmortizedMultivariateNormal])
+def test_a_local_site_in_a_nested_plate_with_the_data_plate_at_dim_minus_2(cls):
+    x = torch.randn(7, 3, dtype=torch.float64)
+    guide = cls(nested_plates, hidden_dims=())
+    guide(x)
+    site = guide.local_sites[0]
+    assert [(f.name, f.dim) for f in site.frames] == [("features", -1)] and site.size == 3
+    assert guide._plate_dim == -2
+    if cls is AmortizedMultivariateNormal:  # a joint over the feature plate: auxiliary
+        assert guide.samples_site_directly is False
+    a = torch.eye(3, dtype=torch.float64) / 1.25
+    c = torch.zeros(3, dtype=torch.float64)
+    head = guide.nets["heads"][0] if cls is AmortizedNormal else guide.nets["head"]
+    if cls is AmortizedNormal:
+        _set_head(head, a, c, log_var=torch.full((3,), 0.2, dtype=torch.float64).log())
+    else:
+        _set_head(head, a, c, tril=torch.eye(3, dtype=torch.float64) * 0.2**0.5)
+    exact = dist.Normal(torch.zeros_like(x), 1.25**0.5).log_prob(x).sum(-1)
+    log_w = iwae_log_weights(nested_plates, guide, x, 10)
+    assert torch.allclose(log_w, exact.expand(10, -1), atol=1e-9, rtol=0)
+    trace = poutine.trace(guide).get_trace(x)
+    assert trace.nodes["w"]["value"].shape == (7, 3)
+    pot = PerDatapointPotential(nested_plates, x, guide=guide)
+    u = torch.randn(7, 3, dtype=torch.float64)
+    post = dist.Normal(x / 1.25, 0.2**0.5).to_event(1).log_prob(u)
+    assert torch.allclose(pot.log_guide(u), post, atol=1e-10, rtol=0)

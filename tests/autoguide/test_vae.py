@@ -84,6 +84,8 @@ def test_stock_svi_with_num_data_and_predictive():
     frame = trace.nodes["z"]["cond_indep_stack"][0]
     assert (frame.name, frame.size, frame.full_size) == ("data", 50, 200)
     assert trace.nodes["z"]["scale"] == 4.0
+    positional = poutine.trace(guide).get_trace(x[:50], 200)  # VAE.model(x, num_data)
+    assert positional.nodes["z"]["scale"] == 4.0
     before = [p.detach().clone() for p in guide.nets.parameters()]
     svi = SVI(vae.model, guide, pyro.optim.Adam({"lr": 0.01}), AnalyticKL_ELBO())
     losses = [svi.step(x[(k % 4) * 50 : (k % 4 + 1) * 50], num_data=200) for k in range(40)]
