@@ -2,9 +2,10 @@
 
 Your own Pyro models with amortized guides (hand-written, or in one line with the encoder
 autoguides ``AmortizedNormal``, ``AmortizedMultivariateNormal`` and ``AmortizedIAF``), trained
-by SVI with the paper's estimators and evaluated honestly: the paper's VAEs as presets, both SGVB estimators (A: ``Trace_ELBO``; B:
-strict analytic KL), a fast minibatch trainer with exact resume, per-datapoint marginal
-likelihoods (IWAE, the paper's Appendix-D HMC estimator, AIS, BDMC) and the paper's baselines.
+by SVI with the paper's estimators and evaluated honestly: the paper's VAEs as presets, both
+SGVB estimators (A: ``Trace_ELBO``; B: strict analytic KL), a fast minibatch trainer with
+exact resume, per-datapoint marginal likelihoods (IWAE, the paper's Appendix-D HMC estimator,
+AIS, BDMC) and the paper's baselines.
 The flat API below is what most users need; the subpackages hold the rest.
 """
 
