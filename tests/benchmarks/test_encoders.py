@@ -1,7 +1,9 @@
-"""The encoder-family benchmark runs end to end in its quick mode."""
+"""The autoguide benchmarks (encoder families; Pyro's example VAE with an autoguide) run end
+to end in their quick modes."""
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,3 +45,14 @@ def test_encoders_quick(tmp_path):
         assert ("elbo_minus_diag" in r) == (r["guide"] != "diag")
     table = out.with_suffix(".md").read_text()
     assert table.count("\n") == 8 and "| fashion-mnist | IAF |" in table
+
+
+def test_pyro_example_autoguide_quick(tmp_path):
+    script = load_script("autoguide_pyro_example")
+    out = tmp_path / "example.json"
+    summary = script.main(["--quick", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["guide"] for r in saved["results"]] == ["hand-written", "AmortizedNormal(vae.model)"]
+    assert saved["results"][1]["guide_config"]["guide"] == "normal"
+    assert all(len(r["per_datapoint"]) == 50 for r in saved["results"])
+    assert math.isfinite(summary["autoguide_minus_hand_written"]) and summary["stderr"] > 0
