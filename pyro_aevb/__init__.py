@@ -1,12 +1,15 @@
 """pyro-aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2014) for Pyro.
 
-Your own Pyro models with amortized guides, trained by SVI with the paper's estimators and
-evaluated honestly: the paper's VAEs as presets, both SGVB estimators (A: ``Trace_ELBO``; B:
-strict analytic KL), a fast minibatch trainer with exact resume, per-datapoint marginal
-likelihoods (IWAE, the paper's Appendix-D HMC estimator, AIS, BDMC) and the paper's baselines.
+Your own Pyro models with amortized guides (hand-written, or in one line with the encoder
+autoguides ``AmortizedNormal``, ``AmortizedMultivariateNormal`` and ``AmortizedIAF``), trained
+by SVI with the paper's estimators and evaluated honestly: the paper's VAEs as presets, both
+SGVB estimators (A: ``Trace_ELBO``; B: strict analytic KL), a fast minibatch trainer with
+exact resume, per-datapoint marginal likelihoods (IWAE, the paper's Appendix-D HMC estimator,
+AIS, BDMC) and the paper's baselines.
 The flat API below is what most users need; the subpackages hold the rest.
 """
 
+from .autoguide import AmortizedIAF, AmortizedMultivariateNormal, AmortizedNormal
 from .data import Dataset, load_dataset
 from .evaluate import LogMarginalResult, evaluate_bound, log_marginal
 from .infer import (
@@ -57,6 +60,9 @@ __all__ = [
     "log_marginal",
     "LogMarginalResult",
     "PerDatapointProgram",
+    "AmortizedNormal",
+    "AmortizedMultivariateNormal",
+    "AmortizedIAF",
     "VAE",
     "mlp_vae",
     "paper_mnist_vae",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .autoguide import GUIDE_FAMILIES
 from .data import load_dataset
 from .device import fork_rng
 from .evaluate import (
@@ -27,8 +28,9 @@ from .evaluate import (
     log_marginal,
     simulate_data,
 )
+from .infer import AnalyticKLError
 from .infer.objectives import ALGORITHMS, IWAE, MCEM_OPTIONS, MonteCarloEM, SemiAmortized
-from .models import build_model, paper_vae
+from .models import conv_vae, paper_vae
 from .plots import (
     plot_gaps,
     plot_learning_curves,
@@ -85,16 +87,30 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def write_figures(module, dataset, history, out_dir: Path) -> list[Path]:
-    """Manifold (2-D latent only), samples, reconstructions and learning curve as PNGs."""
+class _GuideReconstructions:
+    """``reconstruct(x)`` of a VAE trained with another guide (an autoguide): decode the
+    guide's point estimate of ``z`` instead of the VAE's own (untrained) encoder's."""
+
+    def __init__(self, vae, guide):
+        self.vae, self.guide = vae, guide
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(self.guide.median(x)["z"])
+
+
+def write_figures(module, dataset, history, out_dir: Path, guide=None) -> list[Path]:
+    """Manifold (2-D latent only), samples, reconstructions and learning curve as PNGs.
+
+    ``guide``: the guide the VAE was trained with, when not its own (reconstructions)."""
     shape = dataset.image_shape
     figures = []
     if module.latent_dim == 2:
         figures.append(plot_manifold(module, out_dir / "manifold.png", shape))
     figures.append(plot_samples(module, out_dir / "samples.png", shape))
-    figures.append(
-        plot_reconstructions(module, dataset.test[:20], out_dir / "reconstructions.png", shape)
-    )
+    source = module if guide is None else _GuideReconstructions(module, guide)
+    test = dataset.test[:20].reshape(-1, *module.event_shape)
+    figures.append(plot_reconstructions(source, test, out_dir / "reconstructions.png", shape))
     if history:
         figures.append(
             plot_learning_curves(
@@ -140,31 +156,70 @@ def _model_option_differences(args, saved: dict) -> list[str]:
     return out
 
 
-def _resumed_model(args, out_dir: Path):
-    """The run's model, rebuilt from its checkpoint; model options given on the command line
-    must agree with it (a resumed run never silently keeps another model)."""
-    saved = load_run(out_dir).config.get("model") or {}
+def _resumed_run(args, out_dir: Path):
+    """The run's model and guide (``None``: the model's own), rebuilt from its checkpoint;
+    model and guide options given on the command line must agree with them (a resumed run
+    never silently keeps another model)."""
+    run = load_run(out_dir)
+    saved = run.config.get("model") or {}
     differ = _model_option_differences(args, saved)
+    arch = "conv" if saved.get("preset") == "conv_vae" else "mlp"
+    if args.arch is not None and args.arch != arch:
+        differ.append(f"--arch {args.arch} (the run's: {arch})")
+    if args.guide is not None:
+        wanted = None if args.guide == "vae" else GUIDE_FAMILIES[args.guide]
+        if (run.guide is None) != (wanted is None) or (
+            wanted is not None and type(run.guide) is not wanted
+        ):
+            have = "vae" if run.guide is None else type(run.guide).__name__
+            differ.append(f"--guide {args.guide} (the run's: {have})")
     if differ:
         raise ValueError(
             f"cannot resume the run in {out_dir} with another model: {'; '.join(differ)}. "
             f"Leave these options out to continue the run as it is, or train the new model "
             f"into another --out"
         )
-    return build_model(saved)
+    return run.module, run.guide
+
+
+def _model_and_guide(args, dataset):
+    """The VAE the options ask for (``--arch``) and its guide (``--guide``; ``None``: the
+    VAE's own encoder)."""
+    prior = None if args.no_weight_prior else 1.0
+    latent_dim = args.default_latent_dim if args.latent_dim is None else args.latent_dim
+    if args.arch == "conv":
+        if args.hidden is not None:
+            raise ValueError(
+                "--hidden sets the MLP's hidden layer; it does not apply to --arch conv"
+            )
+        module = conv_vae(
+            dataset.as_images().event_shape,
+            latent_dim,
+            likelihood=dataset.likelihood,
+            sigmoid_mean=dataset.likelihood == "gaussian",
+            weight_prior_std=prior,
+        )
+    else:
+        module = paper_vae(dataset, latent_dim, args.hidden, weight_prior_std=prior)
+    if args.guide in (None, "vae"):
+        return module, None
+    # the same trunk as the VAE's own encoder (the paper's tanh MLP, or the conv example)
+    options = (
+        {"encoder": "conv"}
+        if args.arch == "conv"
+        else {"hidden_dims": module.encoder.hidden_dims, "init_std": 0.1}
+    )
+    return module, GUIDE_FAMILIES[args.guide](module.model, **options)
 
 
 def _train(args, dataset, out_dir: Path) -> dict:
     torch.manual_seed(args.seed)
     if args.resume:
-        module = _resumed_model(args, out_dir)
+        module, guide = _resumed_run(args, out_dir)
     else:
-        module = paper_vae(
-            dataset,
-            args.default_latent_dim if args.latent_dim is None else args.latent_dim,
-            args.hidden,
-            weight_prior_std=None if args.no_weight_prior else 1.0,
-        )
+        module, guide = _model_and_guide(args, dataset)
+    if len(module.event_shape) > 1:
+        dataset = dataset.as_images()
     objective = _objective(args)
     budget = (
         {"epochs": args.epochs} if args.epochs is not None else {"num_samples": args.num_samples}
@@ -176,6 +231,7 @@ def _train(args, dataset, out_dir: Path) -> dict:
     result = fit(
         module,
         dataset,
+        guide=guide,
         objective=objective,
         optimizer=args.optimizer,
         lr=lr,
@@ -195,13 +251,18 @@ def _train(args, dataset, out_dir: Path) -> dict:
     if world()[0] != 0:
         return None  # data-parallel: rank 0 writes the figures and the summary
     module.cpu()  # the figures are drawn on the CPU
-    figures = [] if args.no_figures else write_figures(module, dataset, result.history, out_dir)
+    if guide is not None:
+        guide.cpu()
+    figures = (
+        [] if args.no_figures else write_figures(module, dataset, result.history, out_dir, guide)
+    )
     final = result.final
     train_seconds = final.get("train_seconds") or float("nan")
     summary = {
         "dataset": dataset.name,
         "source": dataset.source,
         "model": module.config,
+        "guide": None if guide is None else guide.config,
         "algorithm": args.algorithm,
         "estimator": None if args.algorithm == "iwae" else args.estimator,
         "objective": objective.settings(),
@@ -271,10 +332,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _run_dataset(run, data_dir):
+    """The data set of a run, in the layout it was trained on (flat or image-shaped)."""
+    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=data_dir)
+    return dataset.reshaped(flatten=len(run.config.get("event_shape") or [0]) == 1)
+
+
 def cmd_figures(args) -> int:
     run = load_run(args.run_dir)
-    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
-    for p in write_figures(run.module, dataset, run.history, Path(args.out or args.run_dir)):
+    dataset = _run_dataset(run, args.data_dir)
+    out = Path(args.out or args.run_dir)
+    for p in write_figures(run.module, dataset, run.history, out, run.guide):
         print(p)
     return 0
 
@@ -302,12 +370,12 @@ def _method_options(method: str, pairs: list[str]) -> dict:
 
 def cmd_evaluate(args) -> int:
     run = load_run(args.run_dir)
-    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
+    dataset = _run_dataset(run, args.data_dir)
     data = dataset.train if args.split == "train" else dataset.test
     if args.n is not None:
         data = data[: args.n]
     module = run.module
-    guide = None if run.algorithm == "mcem" else module.guide
+    guide = None if run.algorithm == "mcem" else (run.guide or module.guide)
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
     x = data
@@ -340,14 +408,22 @@ def cmd_evaluate(args) -> int:
     }
     print(result.summary())
     if guide is not None:
-        with fork_rng():
-            torch.manual_seed(args.seed)
-            elbo = evaluate_bound(module, x, estimator="B", plate_name=plate_name)
+        for estimator in ("B", "A"):
+            try:
+                with fork_rng():
+                    torch.manual_seed(args.seed)
+                    elbo = evaluate_bound(
+                        module, x, estimator=estimator, plate_name=plate_name, guide=run.guide
+                    )
+                break
+            except AnalyticKLError as err:  # a flow or joint guide: no closed-form KL
+                print(f"estimator B does not apply ({err}); the ELBO below uses estimator A")
+        report["elbo_estimator"] = estimator
         report["elbo_mean"] = float(elbo.mean())
         gap = result.mean() - report["elbo_mean"]
         report["gap_to_elbo"] = gap
         print(
-            f"ELBO (estimator B) on the same points: {report['elbo_mean']:.4f}; "
+            f"ELBO (estimator {estimator}) on the same points: {report['elbo_mean']:.4f}; "
             f"log p(x) - ELBO = {gap:.4f} nats per datapoint"
         )
     out = (
@@ -433,6 +509,21 @@ def _add_training_options(
         "--dreg",
         action="store_true",
         help="iwae: doubly reparameterized gradients for the encoder (Tucker et al. 2019)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=["mlp", "conv"],
+        default=None,
+        help="the paper's MLP VAE (default), or the convolutional VAE (28x28 padded to 32x32, "
+        "32/64/128 channels) on image-shaped data",
+    )
+    p.add_argument(
+        "--guide",
+        choices=["vae", *GUIDE_FAMILIES],
+        default=None,
+        help="the encoder: the VAE's own (default, fast path), or an amortized autoguide "
+        "with the same trunk: diag (AmortizedNormal), full (AmortizedMultivariateNormal), "
+        "iaf (AmortizedIAF; train with --estimator A)",
     )
     for key, default in MCEM_OPTIONS.items():
         kind = int if isinstance(default, int) else float
@@ -651,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pyro-aevb: interrupted", file=sys.stderr)
         return exit_status(2)  # SIGINT
-    except (ValueError, TypeError, NonFiniteLossError, OSError) as err:
+    except (ValueError, TypeError, NonFiniteLossError, AnalyticKLError, OSError) as err:
         # OSError: missing, unreadable or unwritable files (a full disk), a locked run
         # directory; the messages name the file
         print(f"pyro-aevb: error: {err}", file=sys.stderr)

@@ -98,3 +98,49 @@ def test_evaluate_writes_json_with_estimates_and_elbo_gap(tmp_path, capsys):
     assert "log p(x) - ELBO" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_train_with_autoguides_then_evaluate_and_resume(tmp_path, capsys):
+    base = ["train", "--dataset", "embedded-mnist", "--latent-dim", "2", "--hidden", "16",
+            "--no-progress", "--eval-size", "50", "--num-samples", "400"]  # fmt: skip
+    full = tmp_path / "full"
+    assert main([*base, "--guide", "full", "--out", str(full)]) == 0
+    config = json.loads((full / "config.json").read_text())
+    assert config["guide"]["guide"] == "multivariate_normal"
+    assert config["guide"]["hidden_dims"] == [16] and config["model"]["preset"] == "mlp_vae"
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["guide"] == config["guide"] and summary["path"] == "pyro"
+    assert (full / "reconstructions.png").is_file()  # decoded from the autoguide's z
+    code = main(["evaluate", str(full), "--n", "10", "--option", "num_particles=50"])
+    assert code == 0
+    report = json.loads((full / "evaluate-iwae-test.json").read_text())
+    # one vector site: the full-covariance Gaussian has a closed-form KL (estimator B)
+    assert report["elbo_estimator"] == "B" and len(report["estimate"]) == 10
+    resume = [*base[:-1], "800", "--guide", "full", "--out", str(full), "--resume", "--no-figures"]
+    assert main(resume) == 0
+    assert json.loads((full / "history.json").read_text())[-1]["samples"] == 800
+    iaf = tmp_path / "iaf"
+    capsys.readouterr()
+    base.append("--no-figures")
+    assert main([*base, "--guide", "iaf", "--out", str(iaf)]) == 2  # estimator B by default
+    assert "site 'z'" in capsys.readouterr().err
+    assert main([*base, "--guide", "iaf", "--estimator", "A", "--out", str(iaf)]) == 0
+    assert main(["evaluate", str(iaf), "--n", "5", "--option", "num_particles=20"]) == 0
+    assert "estimator B does not apply" in capsys.readouterr().out
+    report = json.loads((iaf / "evaluate-iwae-test.json").read_text())
+    assert report["elbo_estimator"] == "A"
+
+
+def test_train_the_convolutional_vae_on_images(tmp_path):
+    out = tmp_path / "conv"
+    args = ["train", "--dataset", "embedded-mnist", "--arch", "conv", "--guide", "diag",
+            "--latent-dim", "2", "--num-samples", "200", "--eval-size", "20", "--optimizer",
+            "adam", "--lr", "1e-3", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["event_shape"] == [1, 28, 28] and config["model"]["preset"] == "conv_vae"
+    assert config["guide"]["encoder"] == "conv"
+    for name in ("manifold.png", "samples.png", "reconstructions.png"):
+        assert (out / name).is_file()
+    assert main(["evaluate", str(out), "--n", "4", "--option", "num_particles=10"]) == 0
+    assert main(["figures", str(out), "--out", str(tmp_path / "figs")]) == 0

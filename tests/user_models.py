@@ -159,3 +159,66 @@ class TinyConvVAE(nn.Module):
         mu, log_var = self.enc(h).chunk(2, -1)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * log_var)).to_event(1))
+
+
+class LogLinearGaussian:
+    """Two local sites, one positive, whose posterior is Gaussian in unconstrained space::
+
+        z_i ~ N(0, 1),  s_i ~ LogNormal(0, 1),  x_i ~ N(W [z_i, log s_i] + b, sigma^2 I_d)
+
+    In the unconstrained coordinates ``u_i = (z_i, log s_i)`` (the layout's order) it is
+    probabilistic PCA with ``k = 2``, so ``log p(x_i)`` and the posterior of ``u_i`` are
+    exact (:meth:`posterior`, :meth:`log_marginal`); float64, no parameters."""
+
+    def __init__(self, d=4, sigma=0.5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(d, 2, generator=g, dtype=torch.float64)
+        self.b = torch.randn(d, generator=g, dtype=torch.float64)
+        self.sigma, self.d = sigma, d
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            s = pyro.sample("s", dist.LogNormal(x.new_zeros(x.shape[0]), 1.0))
+            u = torch.stack([z, s.log()], -1)
+            pyro.sample("x", dist.Normal(u @ self.W.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def posterior(self, x):
+        """Exact posterior of ``u = (z, log s)``: mean ``(B, 2)``, covariance ``(2, 2)``."""
+        prec = torch.eye(2, dtype=x.dtype) + self.W.T @ self.W / self.sigma**2
+        cov = torch.linalg.inv(prec)
+        return (x - self.b) @ self.W @ cov / self.sigma**2, cov
+
+    def log_marginal(self, x):
+        cov = self.W @ self.W.T + self.sigma**2 * torch.eye(self.d, dtype=x.dtype)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def simulate(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        u = torch.randn(n, 2, generator=g, dtype=torch.float64)
+        noise = torch.randn(n, self.d, generator=g, dtype=torch.float64)
+        return u @ self.W.T + self.b + self.sigma * noise
+
+
+class GammaScaleGlobalNoise(nn.Module):
+    """A positive local latent and a global one, with nothing but the model written::
+
+    sigma ~ LogNormal(0, 1)                        (global noise scale)
+    z_i ~ N(0, I_k),  r_i ~ Gamma(4, 4)            (local; r_i > 0 scales the loading)
+    x_i ~ N(r_i W z_i + b, sigma^2 I_d)
+    """
+
+    def __init__(self, d=6, k=2):
+        super().__init__()
+        self.W = nn.Parameter(0.5 * torch.randn(d, k))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.d, self.k = d, k
+
+    def model(self, x):
+        pyro.module("gamma_scale", self)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], self.k), 1.0).to_event(1))
+            r = pyro.sample("r", dist.Gamma(x.new_full((x.shape[0],), 4.0), 4.0))
+            loc = r.unsqueeze(-1) * (z @ self.W.T) + self.b
+            pyro.sample("x", dist.Normal(loc, sigma).to_event(1), obs=x)

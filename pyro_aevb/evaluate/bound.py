@@ -34,7 +34,8 @@ def evaluate_bound(
     ----------
     module : nn.Module or callable
         A model object with Pyro ``model(x)``/``guide(x)`` methods (e.g. a
-        :class:`~pyro_aevb.models.VAE`), or a Pyro model with ``guide=`` given.
+        :class:`~pyro_aevb.models.VAE`), or a Pyro model with ``guide=`` given. A model
+        object with ``guide=`` is evaluated with that guide in place of its own.
     data : torch.Tensor
         ``(N, *event_shape)``, validated once here (finite; in [0, 1] for a Bernoulli
         decoder) and converted to the parameters' dtype.
@@ -49,7 +50,8 @@ def evaluate_bound(
         ``module`` (``"auto"``), require it (``"on"``, ``ValueError`` otherwise) or use Pyro's
         traces (``"off"``).
     guide : callable, optional
-        The guide, when ``module`` is a plain Pyro model.
+        The guide, when ``module`` is a plain Pyro model (or to replace a model object's
+        own, e.g. an amortized autoguide).
     plate_name, global_values
         See :func:`~pyro_aevb.infer.per_datapoint.elbo_per_datapoint`.
 
@@ -72,6 +74,8 @@ def evaluate_bound(
                 "evaluate_bound needs a model object with .model and .guide methods, or a Pyro "
                 f"model with guide=; got {type(module).__name__}"
             )
+    elif callable(getattr(module, "model", None)):
+        model = module.model  # a model object evaluated with another guide (an autoguide)
     else:
         model = module
     params = list(module.parameters()) if isinstance(module, nn.Module) else []

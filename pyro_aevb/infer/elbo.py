@@ -25,6 +25,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized
 from torch.distributions import kl_divergence
 
+from ..poutine import UNCONSTRAINED_OF
+
 __all__ = ["AnalyticKL_ELBO", "AnalyticKLError", "make_elbo", "ESTIMATORS", "site_kl"]
 
 ESTIMATORS = ("A", "B")
@@ -65,6 +67,19 @@ class AnalyticKL_ELBO(TraceMeanField_ELBO):
     """
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
+        # Guide-only sites first: a joint guide sets the model's latents through Delta sites
+        # from an auxiliary draw, and a KL of those Deltas would be silently wrong.
+        for name, guide_site in guide_trace.nodes.items():
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                covers = (guide_site.get("infer") or {}).get(UNCONSTRAINED_OF)
+                what = f", which parametrises the latents {list(covers)}" if covers else ""
+                raise AnalyticKLError(
+                    f"guide site '{name}' is not in the model (an auxiliary variable{what}); "
+                    f"the guide sets the model's latents from it through Delta sites, so no "
+                    f"closed-form KL exists (a joint or flow guide, or Pyro's AutoNormal for "
+                    f"global latents). Use estimator 'A' (or AutoDelta / a guide sampling the "
+                    f"model's sites directly)"
+                )
         elbo_particle = 0.0
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
@@ -79,12 +94,6 @@ class AnalyticKL_ELBO(TraceMeanField_ELBO):
             kl = site_kl(name, guide_site, model_site)
             kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
             elbo_particle = elbo_particle - kl.sum()
-        for name, guide_site in guide_trace.nodes.items():
-            if guide_site["type"] == "sample" and name not in model_trace.nodes:
-                raise AnalyticKLError(
-                    f"guide site '{name}' is not in the model (an auxiliary variable); "
-                    f"estimator B has no closed form for it, use estimator 'A'"
-                )
         loss = -elbo_particle.detach()
         return (loss if torch._C._get_tracing_state() else loss.item()), -elbo_particle
 

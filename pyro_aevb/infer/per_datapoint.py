@@ -19,7 +19,9 @@ from __future__ import annotations
 import torch
 
 from ..poutine import (
+    UNCONSTRAINED_OF,
     PerDatapointProgram,
+    guide_auxiliary_sites,
     replicate_rows,
     sample_sites,
     sum_to_plate,
@@ -27,7 +29,7 @@ from ..poutine import (
 )
 from ..poutine.plates import global_latent_error
 from ..validation import check_choice, check_data, check_positive_int
-from .elbo import ESTIMATORS, site_kl
+from .elbo import ESTIMATORS, AnalyticKLError, site_kl
 
 __all__ = [
     "elbo_per_datapoint",
@@ -46,8 +48,28 @@ def elbo_particle_per_datapoint(
     model_trace, guide_trace, estimator: str, plate_name: str
 ) -> torch.Tensor:
     """One particle's per-datapoint bound ``(batch,)`` from a guide trace and the model
-    replayed on it (global latents already conditioned)."""
+    replayed on it (global latents already conditioned).
+
+    Auxiliary guide sites (:mod:`~pyro_aevb.poutine.auxiliary`) inside the data plate count
+    with estimator A (their ``-log q``; the ``Delta`` sites they set carry the Jacobian), and
+    are refused by estimator B, which has no closed form for them. Auxiliary sites outside
+    the plate belong to the global latents, which are conditioned on, and carry no term.
+    """
+    aux, _ = guide_auxiliary_sites(guide_trace, model_trace, plate_name)
+    if aux and estimator == "B":
+        name = next(iter(aux))
+        covers = (aux[name].get("infer") or {}).get(UNCONSTRAINED_OF)
+        what = f" (it parametrises the latents {list(covers)})" if covers else ""
+        raise AnalyticKLError(
+            f"estimator B needs a closed-form KL(q || p) at every latent site, but the guide "
+            f"samples the auxiliary site '{name}'{what} and sets the model's latents from it "
+            f"(a joint guide: full-covariance over several sites, or a flow): no closed form "
+            f"exists for that. Use estimator 'A'"
+        )
     total = None
+    for site in aux.values():
+        term = -sum_to_plate(_log_prob(site), site, plate_name)
+        total = term if total is None else total + term
     for name, site in sample_sites(model_trace):
         if site["is_observed"]:
             term = sum_to_plate(_log_prob(site), site, plate_name)

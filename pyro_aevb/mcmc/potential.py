@@ -40,9 +40,12 @@ import torch
 
 from ..device import fork_rng
 from ..poutine import (
+    UNCONSTRAINED_OF,
+    ConditionAuxiliary,
     LatentLayout,
     PerDatapointProgram,
     as_program,
+    is_auxiliary,
     latent_sites,
     plate_frame,
     replicate_rows,
@@ -71,6 +74,7 @@ def log_density_per_datapoint(
     values: dict[str, torch.Tensor],
     log_jac: dict[str, torch.Tensor] | None = None,
     include_observed: bool = True,
+    position: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``fn(x)`` with the latent sites fixed to ``values``; per-datapoint log densities.
 
@@ -88,6 +92,10 @@ def log_density_per_datapoint(
         Per-site ``log|det dT/du|`` to add to the latent terms (unconstrained coordinates).
     include_observed : bool
         Sum the observed sites and factors in the data plate too (False for a guide).
+    position : torch.Tensor, optional
+        ``(n, D)``: the same latents in unconstrained coordinates. Given for a guide, whose
+        auxiliary sites (:mod:`~pyro_aevb.poutine.auxiliary`) are then set from it
+        (:class:`~pyro_aevb.poutine.ConditionAuxiliary`) and counted in ``log_latent``.
 
     Returns
     -------
@@ -97,10 +105,30 @@ def log_density_per_datapoint(
     """
     n = x.shape[0]
     plate_name = layout.plate_name
-    trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
+    cond = None
+    if position is None:
+        trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
+    else:
+        cond = ConditionAuxiliary(layout, position, values)
+        trace = poutine.trace(cond(fn)).get_trace(x)
     log_latent = log_obs = None
     seen = set()
     for name, site in sample_sites(trace):
+        if cond is not None and name in cond.auxiliary:
+            # log q(u) of the joint draw the latents came from; their Deltas add -log|J|
+            term = _site_sum(site["fn"].log_prob(site["value"]), site, plate_name, n)
+            log_latent = term if log_latent is None else log_latent + term
+            continue
+        if cond is not None and is_auxiliary(site):
+            if plate_frame(site, plate_name) is None:
+                continue  # it parametrises global latents, which are conditioned on
+            raise ValueError(
+                f"the guide's auxiliary site '{name}' does not declare which latents it "
+                f"parametrises (infer={{'is_auxiliary': True, '{UNCONSTRAINED_OF}': "
+                f"(site names...)}}), so q(z | x) cannot be evaluated at given latents "
+                f"(AIS from the encoder, HMC starting points); the bound and IWAE work "
+                f"without it"
+            )
         if name in values:
             seen.add(name)
             lp = site["fn"].log_prob(site["value"])
@@ -240,7 +268,13 @@ class PerDatapointPotential:
             return _site_sum(lp, cached, self.plate_name, self.num_rows)
         with poutine.block(), pyro.validation_enabled(self.validate):
             log_q, _ = log_density_per_datapoint(
-                self.guide, self.x_rep, self.layout, values, log_jac, include_observed=False
+                self.guide,
+                self.x_rep,
+                self.layout,
+                values,
+                log_jac,
+                include_observed=False,
+                position=position,
             )
         return log_q
 

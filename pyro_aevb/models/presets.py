@@ -5,6 +5,10 @@ config saved with a run.
 * :func:`paper_mnist_vae` (784-500-J Bernoulli) and :func:`paper_frey_face_vae` (560-200-J
   Gaussian with a sigmoid mean): the paper's two models.
 * :func:`paper_vae`: the paper's model for a data set by name (its hidden size and decoder).
+* :func:`conv_vae`: a VAE with the convolutional encoder and decoder of
+  :mod:`pyro_aevb.nn.conv` for image-shaped data ``(C, H, W)``;
+  :func:`fashion_mnist_conv_vae`: the course material's Fashion-MNIST model (Bernoulli on
+  [0, 1] pixels).
 * :func:`build_model`: rebuild a preset model from the ``config`` it carries (what
   :func:`pyro_aevb.load_run` uses).
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..nn.conv import ConvDecoder, ConvEncoder, image_shape_of
 from ..nn.likelihoods import make_likelihood
 from ..nn.mlp import MAX_LAYER_SIZE, MLP, as_hidden_dims, init_normal_
 from ..validation import check_positive_float, check_positive_int
@@ -29,6 +34,8 @@ __all__ = [
     "paper_mnist_vae",
     "paper_frey_face_vae",
     "paper_vae",
+    "conv_vae",
+    "fashion_mnist_conv_vae",
     "build_model",
     "register_preset",
 ]
@@ -152,6 +159,68 @@ def paper_vae(dataset, latent_dim: int, hidden_dims: int | None = None, **kwargs
     likelihood = dataset.likelihood
     kwargs.setdefault("sigmoid_mean", likelihood == "gaussian")
     return mlp_vae(dataset.data_dim, latent_dim, hidden_dims, likelihood=likelihood, **kwargs)
+
+
+@register_preset("conv_vae")
+def conv_vae(
+    image_shape: Sequence[int],
+    latent_dim: int,
+    channels: Sequence[int] = (32, 64, 128),
+    likelihood: str = "bernoulli",
+    sigmoid_mean: bool = False,
+    weight_prior_std: float | None = 1.0,
+    padded_size: int = 32,
+    activation: str = "relu",
+    name: str = "vae",
+    validate: bool = True,
+) -> VAE:
+    """A VAE with the convolutional encoder and decoder of :mod:`pyro_aevb.nn.conv`.
+
+    Parameters
+    ----------
+    image_shape : sequence of int
+        ``(C, H, W)`` of one image (or ``(H, W)`` for one channel); the data are
+        ``(batch, C, H, W)``, e.g. ``load_dataset("fashion-mnist", flatten=False)``.
+    latent_dim : int
+        J = N_z.
+    channels : sequence of int
+        The encoder's convolution channels (the course example: 32, 64, 128); the decoder
+        mirrors them.
+    likelihood : {"bernoulli", "gaussian"}
+        Decoder family (Bernoulli: data in [0, 1]).
+    sigmoid_mean : bool
+        Gaussian only: squash the mean through a sigmoid.
+    weight_prior_std : float or None
+        The N(0, s^2 I) MAP prior on all parameters; ``None``: maximum likelihood.
+    padded_size : int
+        The images are padded to ``padded_size`` squared (32 for 28x28 images).
+    activation : str
+        Hidden activation of both networks (PyTorch's default initialisation).
+    name, validate
+        See :class:`~pyro_aevb.models.VAE`.
+    """
+    shape = image_shape_of(image_shape)
+    latent_dim = check_positive_int(latent_dim, "latent_dim")
+    head = make_likelihood(likelihood, sigmoid_mean)
+    encoder = ConvEncoder(shape, channels, 2 * latent_dim, padded_size, activation)
+    decoder = ConvDecoder(latent_dim, shape, channels, head.num_params, padded_size, activation)
+    return VAE(
+        encoder,
+        decoder,
+        head,
+        latent_dim,
+        shape,
+        weight_prior_std=weight_prior_std,
+        name=name,
+        validate=validate,
+    )
+
+
+def fashion_mnist_conv_vae(latent_dim: int = 2, **kwargs) -> VAE:
+    """The course material's convolutional VAE for Fashion-MNIST: 28x28 images padded to
+    32x32, convolutions of 32/64/128 channels and their mirror, Bernoulli on [0, 1] pixels
+    (data: ``load_dataset("fashion-mnist", flatten=False)``)."""
+    return conv_vae((1, 28, 28), latent_dim, likelihood="bernoulli", **kwargs)
 
 
 def build_model(config: dict[str, Any]):

@@ -9,6 +9,9 @@ parameters of ``p(x | z)`` (see :mod:`pyro_aevb.nn.likelihoods`).
 Layers are kept as ``hidden`` (a ``ModuleList`` of ``Linear``) and ``out`` (a ``Linear``), so
 that the fused fast path (:mod:`pyro_aevb.infer.objectives.fast_vae`) can run them without
 autograd.
+
+:class:`MLPTrunk` is the same network without its output layer: the feature extractor that
+an encoder's output heads sit on (:mod:`pyro_aevb.autoguide`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "ACTIVATIONS", "MAX_LAYER_SIZE", "init_normal_", "as_hidden_dims"]
+__all__ = ["MLP", "MLPTrunk", "ACTIVATIONS", "MAX_LAYER_SIZE", "init_normal_", "as_hidden_dims"]
 
 #: The largest layer size accepted (a size beyond it cannot be allocated anyway).
 MAX_LAYER_SIZE = 2**31 - 1
@@ -124,6 +127,43 @@ class MLP(nn.Module):
         for layer in self.hidden:
             h = self._act(layer(h))
         return self.out(h)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
+
+class MLPTrunk(nn.Module):
+    """Feature extractor: each row flattened, then ``hidden_dims`` layers with ``activation``.
+
+    ``forward`` maps ``(batch, *shape)`` with ``prod(shape) == in_dim`` to
+    ``(batch, out_dim)``, ``out_dim = hidden_dims[-1]``; with no hidden layer it is the
+    flattened input itself (``out_dim = in_dim``), so heads on it are linear in ``x``.
+    The layers are ``hidden`` (a ``ModuleList`` of ``Linear``), as in :class:`MLP`: an
+    ``MLP``'s hidden layers can be copied into a trunk one for one.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: int | Sequence[int], activation: str = "tanh"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.in_dim = _check_dim("in_dim", in_dim)
+        self.hidden_dims = as_hidden_dims(hidden_dims)
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        dims = (in_dim, *self.hidden_dims)
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.out_dim = dims[-1]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        h = inputs.reshape(inputs.shape[0], -1)
+        if h.shape[-1] != self.in_dim:
+            raise ValueError(
+                f"the MLP trunk takes rows of {self.in_dim} values, got input of shape "
+                f"{tuple(inputs.shape)}"
+            )
+        for layer in self.hidden:
+            h = self._act(layer(h))
+        return h
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"

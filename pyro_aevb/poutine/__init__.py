@@ -5,6 +5,12 @@ per-datapoint estimators, and the parameters a pair of programs trains.
 Nothing here knows about VAEs, estimators or trainers; everything above builds on it.
 """
 
+from .auxiliary import (
+    UNCONSTRAINED_OF,
+    ConditionAuxiliary,
+    guide_auxiliary_sites,
+    is_auxiliary,
+)
 from .layout import LatentLayout, LatentSite
 from .params import ProgramParams, collect_params, owner_modules
 from .plates import (
@@ -49,4 +55,8 @@ __all__ = [
     "ProgramParams",
     "collect_params",
     "owner_modules",
+    "UNCONSTRAINED_OF",
+    "ConditionAuxiliary",
+    "guide_auxiliary_sites",
+    "is_auxiliary",
 ]

@@ -21,7 +21,8 @@ needs the same preparation, done once here:
   :meth:`pyro.infer.autoguide.AutoGuide.median` defines it). The values used are reported in
   :attr:`PerDatapointProgram.settings`.
 * **Model and guide must match**: every latent of the model has a guide site and the guide
-  has no site the model lacks; a mismatch is an error naming the site.
+  has no site the model lacks, except auxiliary ones (``infer={"is_auxiliary": True}``, see
+  :mod:`~pyro_aevb.poutine.auxiliary`); a mismatch is an error naming the site.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pyro.poutine.util import site_is_factor, site_is_subsample
 from torch.distributions import biject_to
 
 from ..device import fork_rng
+from .auxiliary import is_auxiliary
 from .layout import LatentLayout
 from .plates import ProgramContractError, latent_sites, plate_frame, require_plate, sample_sites
 
@@ -343,12 +345,15 @@ def _check_observed_rows(trace, plate_name: str, rows: int) -> None:
 def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> None:
     model_latents = latent_sites(model_trace)
     guide_sites = dict(sample_sites(guide_trace))
-    extra = [n for n, s in guide_sites.items() if n not in model_trace.nodes]
+    extra = [
+        n for n, s in guide_sites.items() if n not in model_trace.nodes and not is_auxiliary(s)
+    ]
     if extra:
         raise ProgramContractError(
-            f"guide site(s) {extra} are not in the model: auxiliary guide sites have no "
-            f"p(x, z) / q(z | x) term, so per-datapoint bounds and importance weights are not "
-            f"defined; remove them from the guide or add them to the model"
+            f"guide site(s) {extra} are not in the model: a guide-only variable must be marked "
+            f"auxiliary, infer={{'is_auxiliary': True}}, so that its log q is counted in the "
+            f"per-datapoint bounds and importance weights; mark it, remove it from the guide "
+            f"or add it to the model"
         )
     missing = [n for n in model_latents if n not in guide_sites and n not in skip]
     if missing:

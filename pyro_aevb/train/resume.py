@@ -19,9 +19,9 @@ from .fingerprint import describe_fingerprint
 __all__ = ["COMPARED", "config_differences", "resumed_lr"]
 
 #: Top-level config entries compared on resume.
-COMPARED = ("model_class", "model", "event_shape", "training", "data")
+COMPARED = ("model_class", "model", "guide", "event_shape", "training", "data")
 # May differ: the initialisation is overwritten by the checkpoint; lr is checked by resumed_lr.
-_MAY_DIFFER = {"model.init_std", "training.lr"}
+_MAY_DIFFER = {"model.init_std", "guide.init_std", "training.lr"}
 _FINGERPRINTS = {"data.train", "data.test"}
 _MISSING = object()
 

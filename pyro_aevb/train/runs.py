@@ -8,6 +8,7 @@ state loaded into it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..autoguide import build_guide
 from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
 from .checkpoint import load_checkpoint
@@ -29,12 +31,18 @@ CONFIG_NAME = "config.json"
 
 @dataclass
 class Run:
-    """A loaded run: the model with its trained parameters, the config and the history."""
+    """A loaded run: the model with its trained parameters, the config and the history.
+
+    ``guide`` is the guide the run trained when it was not the model object's own (an
+    amortized autoguide rebuilt from the config, or the one passed to :func:`load_run`),
+    else ``None``.
+    """
 
     module: nn.Module | None
     config: dict[str, Any]
     history: list[dict[str, Any]]
     directory: Path
+    guide: Callable | None = None
 
     @property
     def dataset(self) -> str | None:
@@ -57,7 +65,9 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
         state is loaded in place. Not needed for preset models (the paper's VAEs), which are
         rebuilt from the run's config.
     guide : callable, optional
-        The guide, when ``model`` is a function.
+        The guide, when ``model`` is a function or the run replaced the model object's own
+        guide. Not needed for an amortized autoguide
+        (:mod:`pyro_aevb.autoguide`), which is rebuilt from the run's config.
     data : torch.Tensor, optional
         A few rows of data, needed only when the run trained ``pyro.param`` entries outside
         any module: the programs are traced once on them to create those entries, whose
@@ -66,7 +76,8 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     Returns
     -------
     Run
-        ``module`` is the model object (in eval mode), or ``None`` for plain functions.
+        ``module`` is the model object (in eval mode), or ``None`` for plain functions;
+        ``guide`` the guide trained in place of the model object's own, if any.
 
     Raises
     ------
@@ -97,10 +108,13 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
             )
         model = _build_checked(config["model"], state, checkpoint)
     module = model if isinstance(model, nn.Module) else None
-    if guide is None and callable(getattr(model, "model", None)):
+    has_programs = callable(getattr(model, "model", None))
+    if guide is None and config.get("guide"):
+        guide = build_guide(config["guide"], model.model if has_programs else model)
+    if guide is None and has_programs:
         programs = [p for p in (model.model, getattr(model, "guide", None)) if callable(p)]
     else:
-        programs = [p for p in (model, guide) if p is not None]
+        programs = [p for p in (model.model if has_programs else model, guide) if p is not None]
     # the same modules, in the same order, as the trainer's TrainingProgram
     modules = owner_modules(*programs)
     if state.get("store"):
@@ -116,7 +130,16 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     params.load_state_dict(state)
     if module is not None:
         module.eval()
-    return Run(module=module, config=config, history=payload["history"], directory=run_dir)
+    if isinstance(guide, nn.Module):
+        guide.eval()
+    own = guide is None or getattr(guide, "__self__", None) is model
+    return Run(
+        module=module,
+        config=config,
+        history=payload["history"],
+        directory=run_dir,
+        guide=None if own else guide,
+    )
 
 
 def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Path) -> nn.Module:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..autoguide import AmortizedGuide
 from ..device import (
     device_rng_state,
     fork_rng,
@@ -154,6 +155,11 @@ def resolve_programs(model, guide=None) -> tuple[Callable, Callable | None, nn.M
         module = model if isinstance(model, nn.Module) else None
         guide_fn = getattr(model, "guide", None)
         return model.model, guide_fn if callable(guide_fn) else None, module
+    if guide is not None and callable(getattr(model, "model", None)):
+        # a model object whose own guide is replaced, e.g. by an amortized autoguide
+        if not callable(guide):
+            raise TypeError(f"guide must be a callable Pyro guide, got {type(guide).__name__}")
+        return model.model, guide, model if isinstance(model, nn.Module) else None
     if not callable(model) or (isinstance(model, nn.Module) and guide is None):
         raise TypeError(
             "model must be a model object with Pyro programs module.model(x) and "
@@ -344,7 +350,13 @@ class Trainer:
             self.objective = self.parallel
         self.progress = progress and (self.parallel is None or self.parallel.is_main)
         self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
-        if self.objective.path == "pyro" and isinstance(module, VAE) and fast == "auto":
+        own_guide = getattr(guide_fn, "__self__", None) is module
+        if (
+            self.objective.path == "pyro"
+            and isinstance(module, VAE)
+            and own_guide
+            and fast == "auto"
+        ):
             warnings.warn(
                 f"training {type(module).__name__} on stock Pyro, not the fast path: "
                 f"{self.objective.path_reason}",
@@ -365,7 +377,9 @@ class Trainer:
         self.config = {
             "pyro_aevb_version": __version__,
             "model_class": _describe_program(module, model_fn),
-            "model": getattr(module, "config", None),
+            "model": getattr(_model_owner(module, model_fn), "config", None),
+            # an amortized autoguide records how to rebuild it (load_run, resume)
+            "guide": guide_fn.config if isinstance(guide_fn, AmortizedGuide) else None,
             "dataset": dataset_name,
             "event_shape": list(self.train.shape[1:]),
             "training": self.training_config,
@@ -872,7 +886,9 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
     test : torch.Tensor, optional
         Test data for the test bound in the history.
     guide : callable, optional
-        The guide, when ``model`` is a function (or to replace a model object's own).
+        The guide, when ``model`` is a function, or to replace a model object's own (e.g.
+        ``fit(vae, data, guide=AmortizedMultivariateNormal(vae.model))``; an amortized
+        autoguide records its config in the run, so :func:`load_run` rebuilds it).
     objective : Objective or str, optional
         What to optimise, as Pyro's ``SVI`` takes its loss:
         :class:`~pyro_aevb.infer.ELBO` (default, estimator B),
@@ -985,6 +1001,11 @@ def _saved_parallel_config(out_dir, resume: bool) -> dict | None:
     if not resume or checkpoint is None or not checkpoint.is_file():
         return None
     return load_checkpoint(checkpoint)["config"].get("data_parallel", {})
+
+
+def _model_owner(module, model_fn):
+    """The model object: ``module``, or the owner of a bound-method model (``vae.model``)."""
+    return module if module is not None else getattr(model_fn, "__self__", None)
 
 
 def _describe_program(module, model_fn) -> str:

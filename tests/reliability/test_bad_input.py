@@ -160,8 +160,14 @@ CLI_BAD = {
         ["train", "--checkpoint-minutes", "0"],
         "--checkpoint-minutes: expected a finite number > 0",
     ),
-    "evaluate --n -1": (["evaluate", "run", "--n=-1"], "--n/--num-points: expected an integer >= 1"),
-    "evaluate --n 0": (["evaluate", "run", "--n", "0"], "--n/--num-points: expected an integer >= 1"),
+    "evaluate --n -1": (
+        ["evaluate", "run", "--n=-1"],
+        "--n/--num-points: expected an integer >= 1",
+    ),
+    "evaluate --n 0": (
+        ["evaluate", "run", "--n", "0"],
+        "--n/--num-points: expected an integer >= 1",
+    ),
     "evaluate --seed 1.7": (["evaluate", "run", "--seed", "1.7"], "--seed: expected an integer"),
 }
 

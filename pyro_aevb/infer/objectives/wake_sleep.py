@@ -32,7 +32,13 @@ import torch
 from pyro.poutine.util import site_is_factor
 
 from ...models.vae import VAE
-from ...poutine import TrainingProgram, latent_sites, plate_frame, sample_sites
+from ...poutine import (
+    TrainingProgram,
+    guide_auxiliary_sites,
+    latent_sites,
+    plate_frame,
+    sample_sites,
+)
 from ...validation import check_choice
 from ..elbo import ESTIMATORS
 from .base import FAST_MODES, BoundObjective, Objective
@@ -88,7 +94,9 @@ class WakeSleepObjective(BoundObjective):
             and getattr(program.guide, "__self__", None) is self.vae
             and program.plate_name == "data"
         )
-        fast_ok = self.vae is not None and fast != "off"
+        # the fused bound runs the VAE's own encoder: only when that is the guide
+        own_guide = getattr(program.guide, "__self__", None) is self.vae
+        fast_ok = self.vae is not None and own_guide and fast != "off"
         self.kernel = None
         if fast_ok and FastVAE.unsupported_reason(self.vae, estimator, num_particles) is None:
             self.kernel = FastVAE(self.vae, estimator, num_particles)
@@ -120,6 +128,15 @@ class WakeSleepObjective(BoundObjective):
         for site in latent_sites(guide_trace).values():
             site["value"] = site["value"].detach()
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+        aux, outside = guide_auxiliary_sites(guide_trace, model_trace, plate)
+        if aux or outside:
+            raise ValueError(
+                f"wake-sleep's sleep phase scores the guide at the model's fantasies, but the "
+                f"guide sets latents from the auxiliary site(s) {sorted({**aux, **outside})} "
+                f"(a joint or flow guide, or Pyro's AutoNormal): use a guide that samples the "
+                f"model's latent sites directly (e.g. AmortizedNormal on a model without global "
+                f"latents), or the ELBO"
+            )
         wake = -model_trace.log_prob_sum()
 
         observed = [

@@ -1,0 +1,649 @@
+r"""What every amortized autoguide shares: reading the model, the encoder trunk, the data
+plate, global latents, point estimates, configs and checkpoints.
+
+An amortized guide is built, like Pyro's autoguides, from a trace of the model on the first
+call (made with the same arguments as the model, under a forked RNG so that it never shifts
+the caller's draws). From the trace it learns
+
+* the **local latents**: the latent sites inside ``pyro.plate(plate_name)``, each with its
+  unconstrained coordinates ``u = T^{-1}(z)``, ``T = biject_to(support)`` (as in
+  :class:`~pyro_aevb.poutine.LatentLayout`), the plates it sits in and its shapes; a site
+  whose shape or plates do not fit is an error naming it;
+* the **global latents** (outside the data plate), which get a standard Pyro autoguide on
+  the model restricted to them (:data:`GLOBAL_GUIDES`: ``AutoNormal``, ``AutoDelta`` for MAP,
+  or a factory of the user's), composed with the amortized part.
+
+On every call the encoder trunk (:mod:`~pyro_aevb.autoguide.encoders`) maps the rows of
+``x`` (the first argument) to features ``h``, and a subclass turns ``h`` into a
+distribution over each datapoint's local latents, sampled inside the same data plate
+(same name, same dim) as the model's. The plate is over the rows given; when the model
+takes ``num_data`` and is called with it (stock ``SVI``: ``svi.step(x, num_data=N)``), the
+plate declares the full size ``N``, exactly as the model's does, so both are scaled by
+``N / M``; :func:`pyro_aevb.fit` calls the guide without ``num_data`` and scales its plate
+itself (:class:`~pyro_aevb.poutine.DataPlateScale`).
+
+The networks live in :attr:`AmortizedGuide.nets` (a plain ``nn.ModuleDict``, registered in
+Pyro's param store with :func:`pyro.module` on each call, so stock ``SVI`` trains them) and
+the global guide in :attr:`AmortizedGuide.global_guide`; both are part of the module's
+``state_dict``, which also records the shape of a data row, so that a fresh guide loads a
+checkpoint before it has seen data (:func:`pyro_aevb.load_run`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.nn import PyroModule
+from torch import nn
+from torch.distributions import biject_to
+from torch.distributions.transforms import (
+    AffineTransform,
+    ComposeTransform,
+    IndependentTransform,
+    Transform,
+)
+
+from ..nn.mlp import init_normal_
+from ..poutine import (
+    UNCONSTRAINED_OF,
+    LatentLayout,
+    accepts_num_data,
+    latent_sites,
+    plate_frame,
+    require_plate,
+)
+from ..poutine.plates import ProgramContractError
+from .encoders import check_encoder, make_trunk, trunk_features
+
+__all__ = [
+    "AmortizedGuide",
+    "LocalSite",
+    "GLOBAL_GUIDES",
+    "AUTOGUIDES",
+    "register_autoguide",
+    "build_guide",
+]
+
+#: Pyro autoguides for the global latents, by name.
+GLOBAL_GUIDES: dict[str, Callable] = {"normal": AutoNormal, "delta": AutoDelta}
+
+#: Amortized guide classes by family name, for :func:`build_guide`.
+AUTOGUIDES: dict[str, type] = {}
+
+
+def register_autoguide(cls):
+    """Class decorator: register an :class:`AmortizedGuide` subclass under ``cls.family``."""
+    AUTOGUIDES[cls.family] = cls
+    return cls
+
+
+def build_guide(config: dict, model: Callable):
+    """Rebuild a guide for ``model`` from its :attr:`AmortizedGuide.config`.
+
+    Raises ``ValueError`` for a config that names no registered family (a guide of your
+    own: build it yourself and pass it in).
+    """
+    if not isinstance(config, dict) or config.get("guide") not in AUTOGUIDES:
+        raise ValueError(
+            f"cannot rebuild a guide from config {config!r}: it names no amortized guide "
+            f"({', '.join(sorted(AUTOGUIDES))}); build the guide yourself and pass it in"
+        )
+    options = {k: v for k, v in config.items() if k != "guide"}
+    return AUTOGUIDES[config["guide"]](model, **options)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    name: str
+    size: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    """A local latent site as an amortized guide sees it.
+
+    Attributes
+    ----------
+    name : str
+    transform : Transform
+        ``biject_to(support)``: unconstrained -> constrained.
+    identity : bool
+        Whether ``transform`` is the identity (real support): the guide's distribution is then
+        put on the site itself, not pushed through a transform.
+    event_dim, u_event_dim : int
+        Event dimensions of the site, and of its unconstrained value.
+    u_shape : tuple of int
+        Shape of one datapoint's unconstrained block (the data-plate dimension removed).
+    u_plate_dim : int
+        Negative position of the data-plate dimension in the unconstrained value.
+    frames : tuple
+        The site's other (vectorised) plates, reproduced around it in the guide.
+    offset, size : int
+        Columns of the flat unconstrained row (:class:`~pyro_aevb.poutine.LatentLayout`).
+    """
+
+    name: str
+    transform: Transform
+    identity: bool
+    event_dim: int
+    u_event_dim: int
+    u_shape: tuple[int, ...]
+    u_plate_dim: int
+    frames: tuple[_Frame, ...]
+    offset: int
+    size: int
+
+    def shaped(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(n, size)`` per-row numbers -> the unconstrained value's shape, with the data
+        plate at :attr:`u_plate_dim` (the flattening of :class:`LatentLayout`)."""
+        return flat.reshape((flat.shape[0], *self.u_shape)).movedim(0, self.u_plate_dim)
+
+    def distribution(self, base: dist.Distribution) -> dist.Distribution:
+        """``base`` (on the unconstrained value) pushed through :attr:`transform`."""
+        if self.identity:
+            return base
+        return dist.TransformedDistribution(base, [self.transform.with_cache()])
+
+    def normal(self, loc: torch.Tensor, scale: torch.Tensor) -> dist.Distribution:
+        """``N(loc, diag scale^2)`` on the unconstrained value, pushed through
+        :attr:`transform`. An elementwise transform (positive, interval supports) is applied
+        coordinate by coordinate *before* the event dimensions are declared, so a positive
+        site's guide is ``TransformedDistribution(Normal, ExpTransform)`` (``.to_event``),
+        the form whose KL against a ``LogNormal`` prior is registered (estimator B)."""
+        normal = dist.Normal(loc, scale)
+        if self.identity:
+            return normal.to_event(self.u_event_dim)
+        elementwise = _elementwise(self.transform)
+        if elementwise is not None:
+            transformed = dist.TransformedDistribution(normal, [elementwise.with_cache()])
+            return transformed.to_event(self.u_event_dim)
+        return self.distribution(normal.to_event(self.u_event_dim))
+
+    @contextlib.contextmanager
+    def plates(self):
+        """The site's plates other than the data plate, entered."""
+        with contextlib.ExitStack() as stack:
+            for f in self.frames:
+                stack.enter_context(pyro.plate(f.name, f.size, dim=f.dim))
+            yield
+
+
+def _is_identity(transform: Transform) -> bool:
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    return isinstance(transform, ComposeTransform) and not transform.parts
+
+
+def _is_identity_affine(transform: Transform) -> bool:
+    return (
+        isinstance(transform, AffineTransform)
+        and bool(torch.all(torch.as_tensor(transform.loc) == 0))
+        and bool(torch.all(torch.as_tensor(transform.scale) == 1))
+    )
+
+
+def _elementwise(transform: Transform) -> Transform | None:
+    """The coordinate-wise transform inside ``transform`` (``IndependentTransform``s and
+    identity affine parts removed: torch's ``biject_to(positive)`` is ``exp`` followed by
+    ``x + 0``), or ``None`` if it acts on whole events or changes shapes."""
+    while isinstance(transform, IndependentTransform):
+        transform = transform.base_transform
+    parts = transform.parts if isinstance(transform, ComposeTransform) else [transform]
+    parts = [p for p in parts if not _is_identity_affine(p)]
+    if not parts or any(p.domain.event_dim or p.codomain.event_dim for p in parts):
+        return None
+    return parts[0] if len(parts) == 1 else ComposeTransform(parts)
+
+
+def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSite:
+    fn, value = site["fn"], site["value"]
+    try:
+        transform = biject_to(fn.support)
+    except NotImplementedError as err:
+        raise ProgramContractError(
+            f"local latent site '{name}' has support {fn.support}, which has no bijection to "
+            f"unconstrained space (a discrete latent?): an amortized reparameterised guide "
+            f"needs continuous latents; enumerate or marginalise it out in the model"
+        ) from err
+    u_full = tuple(transform.inverse_shape(value.shape))
+    u_event_dim = fn.event_dim + len(u_full) - value.dim()
+    data = plate_frame(site, plate_name)
+    u_plate_dim = data.dim - u_event_dim
+    if len(u_full) < -u_plate_dim or u_full[u_plate_dim] != data.size:
+        raise ProgramContractError(
+            f"local latent site '{name}' has value shape {tuple(value.shape)} (event dims "
+            f"{fn.event_dim}), which has no dimension of size {data.size} for the plate "
+            f"'{plate_name}' (dim {data.dim}): local latents must be expanded along the data "
+            f"plate, one entry per datapoint"
+        )
+    frames = []
+    for frame in site["cond_indep_stack"]:
+        if frame.name == plate_name:
+            continue
+        if not frame.vectorized:
+            raise ProgramContractError(
+                f"local latent site '{name}' is inside the sequential plate '{frame.name}' "
+                f"(a Python loop over pyro.plate): amortized guides reproduce vectorised plates "
+                f"only; vectorise it, with pyro.plate('{frame.name}', size, dim=...)"
+            )
+        if frame.full_size not in (None, frame.size):
+            raise ProgramContractError(
+                f"local latent site '{name}' is inside the plate '{frame.name}', which "
+                f"subsamples {frame.size} of {frame.full_size}: amortized guides subsample "
+                f"only the data plate '{plate_name}'"
+            )
+        frames.append(_Frame(frame.name, frame.size, frame.dim))
+    u_shape = list(u_full)
+    del u_shape[len(u_shape) + u_plate_dim]
+    return LocalSite(
+        name=name,
+        transform=transform,
+        identity=_is_identity(transform),
+        event_dim=fn.event_dim,
+        u_event_dim=u_event_dim,
+        u_shape=tuple(u_shape),
+        u_plate_dim=u_plate_dim,
+        frames=tuple(frames),
+        offset=offset,
+        size=math.prod(u_shape),
+    )
+
+
+def _local_layout(trace, local_names, plate_name: str) -> LatentLayout:
+    """The layout of the local latents (the globals marked observed so that it accepts them)."""
+    trace = trace.copy()
+    for name, site in latent_sites(trace).items():
+        if name not in local_names:
+            trace.nodes[name] = {**site, "is_observed": True}
+    return LatentLayout.from_trace(trace, plate_name)
+
+
+class AmortizedGuide(PyroModule):
+    """Base class of the amortized autoguides; see the module docstring.
+
+    Parameters
+    ----------
+    model : callable
+        The Pyro model. The guide is called with the same arguments; the first (or keyword
+        ``x``) is the batch of observations ``(batch, *event_shape)`` the encoder reads.
+    encoder : {"mlp", "conv"} or nn.Module
+        The trunk (:mod:`~pyro_aevb.autoguide.encoders`).
+    hidden_dims : int or sequence of int
+        Hidden layers of the ``"mlp"`` trunk (the paper: 500); ``()``: heads linear in ``x``.
+    activation : str, optional
+        Of the named trunk (default: tanh for ``"mlp"``, ReLU for ``"conv"``).
+    plate_name : str
+        The model's data plate.
+    global_guide : {"normal", "delta"}, callable or None
+        Pyro autoguide for the global latents (outside the data plate): ``AutoNormal``,
+        ``AutoDelta`` (MAP), a factory ``model -> guide`` (e.g.
+        ``pyro.infer.autoguide.AutoMultivariateNormal``); ``None`` refuses globals. Note that
+        Pyro's ``AutoNormal`` sets its sites from auxiliary draws, so a model with globals
+        trains with estimator A (or ``AutoDelta``); per-datapoint results condition on the
+        globals either way.
+    init_std : float, optional
+        Initialise the trunk (when named) and heads from ``N(0, init_std^2)`` (the paper's
+        0.1); default: PyTorch's initialisation.
+    name : str, optional
+        Prefix of the guide's entries in Pyro's param store (default: the class name). A
+        guide re-registers its own tensors under it on every call, so several guides of one
+        name may be used one after the other; to train two at once, name them apart.
+    """
+
+    #: Registry key (:data:`AUTOGUIDES`) and config name; set by subclasses.
+    family = "amortized"
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        encoder="mlp",
+        hidden_dims=500,
+        activation: str | None = None,
+        plate_name: str = "data",
+        global_guide="normal",
+        init_std: float | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name or type(self).__name__)
+        if not callable(model):
+            raise TypeError(f"model must be a callable Pyro model, got {type(model).__name__}")
+        if not isinstance(plate_name, str) or not plate_name:
+            raise TypeError(f"plate_name must be a non-empty str, got {plate_name!r}")
+        if not (global_guide is None or global_guide in GLOBAL_GUIDES or callable(global_guide)):
+            raise ValueError(
+                f"global_guide must be one of {sorted(GLOBAL_GUIDES)}, a factory model -> "
+                f"autoguide, or None; got {global_guide!r}"
+            )
+        if init_std is not None and not (isinstance(init_std, int | float) and init_std > 0):
+            raise ValueError(f"init_std must be a number > 0 or None, got {init_std!r}")
+        encoder, hidden_dims, activation = check_encoder(encoder, hidden_dims, activation)
+        # Kept out of the module tree: the model may be a module with parameters of its own.
+        self._model = (model,)
+        self._encoder = encoder if isinstance(encoder, str) else (encoder,)
+        self.plate_name = plate_name
+        self.hidden_dims = hidden_dims
+        self.activation = activation
+        self.init_std = None if init_std is None else float(init_std)
+        self._global_spec = global_guide
+        serialisable = isinstance(encoder, str) and not (
+            callable(global_guide) and global_guide not in GLOBAL_GUIDES
+        )
+        self._options = (
+            {
+                "encoder": encoder,
+                "hidden_dims": list(hidden_dims),
+                "activation": activation,
+                "plate_name": plate_name,
+                "global_guide": global_guide,
+                "init_std": self.init_std,
+                "name": name,
+            }
+            if serialisable
+            else None
+        )
+        self.nets = None
+        self.global_guide = None
+        self.local_sites: tuple[LocalSite, ...] | None = None
+        self.global_names: tuple[str, ...] = ()
+        self.layout: LatentLayout | None = None
+        self._row_shape: tuple[int, ...] | None = None
+        self._dtype: torch.dtype | None = None
+        self._plate_dim = -1
+        self._takes_num_data = accepts_num_data(model)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def model(self) -> Callable:
+        """The model this guide is for."""
+        return self._model[0]
+
+    @property
+    def config(self) -> dict | None:
+        """``{"guide": family, **options}`` to rebuild this guide with :func:`build_guide`, or
+        ``None`` when it cannot be (an encoder module or global-guide factory of the user's)."""
+        if self._options is None:
+            return None
+        return {"guide": self.family, **self._options, **self._family_options()}
+
+    def _family_options(self) -> dict:
+        return {}
+
+    @property
+    def built(self) -> bool:
+        """Whether the guide has read the model and created its networks."""
+        return self.local_sites is not None
+
+    @property
+    def latent_dim(self) -> int:
+        """D, unconstrained local-latent coordinates per datapoint (after the first call)."""
+        self._require_built()
+        return self.layout.dim
+
+    def _require_built(self) -> None:
+        if not self.built:
+            raise RuntimeError(
+                f"{type(self).__name__} has not read the model yet: call it once with the "
+                f"model's arguments, guide(x, ...)"
+            )
+
+    # ------------------------------------------------------------------ building
+    def _data(self, args, kwargs) -> torch.Tensor:
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"{type(self).__name__} is called with the model's arguments and encodes the "
+                f"first one (or x=), a batch of observations (batch, *event_shape); got "
+                f"{type(x).__name__}"
+            )
+        if self._row_shape is not None and tuple(x.shape[1:]) != self._row_shape:
+            raise ValueError(
+                f"{type(self).__name__} was built for rows of shape {self._row_shape}, got x of "
+                f"shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"x must have a floating dtype, got {x.dtype}")
+        return x if self._dtype is None or x.dtype == self._dtype else x.to(self._dtype)
+
+    def _setup(self, *args, **kwargs) -> None:
+        x = self._data(args, kwargs)
+        model = self.model
+        # a throw-away run of the model: fork the RNG so the caller's draws are not shifted
+        with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+            trace = poutine.trace(model).get_trace(*args, **kwargs)
+        require_plate(trace, self.plate_name, "model")
+        latents = latent_sites(trace)
+        local = [n for n, s in latents.items() if plate_frame(s, self.plate_name)]
+        globals_ = tuple(n for n in latents if n not in local)
+        if not local:
+            raise ProgramContractError(
+                f"the model has no latent site inside the plate '{self.plate_name}', so there "
+                f"is nothing to amortize (its latents: {list(latents)}); use a Pyro autoguide "
+                f"such as AutoNormal, or pass the right plate_name"
+            )
+        if globals_ and self._global_spec is None:
+            raise ProgramContractError(
+                f"the model has global latent site(s) {list(globals_)} outside the plate "
+                f"'{self.plate_name}' and global_guide=None: pass global_guide='normal' "
+                f"(AutoNormal), 'delta' (AutoDelta, MAP) or a factory model -> autoguide"
+            )
+        sites, offset = [], 0
+        for name in local:
+            site = _local_site(name, latents[name], self.plate_name, offset)
+            sites.append(site)
+            offset += site.size
+        dims = {plate_frame(latents[n], self.plate_name).dim for n in local}
+        if len(dims) != 1:
+            raise ProgramContractError(
+                f"the data plate '{self.plate_name}' has different dims {sorted(dims)} at the "
+                f"local sites {local}"
+            )
+        layout = _local_layout(trace, local, self.plate_name)
+        if layout.names != tuple(local) or layout.dim != offset:
+            raise AssertionError("local latent layout out of order")  # pragma: no cover
+        self._claim_store_entries()
+        self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
+        self._plate_dim = dims.pop()
+        self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
+        try:
+            self._build(x, *args, **kwargs)
+        except BaseException:
+            # a guide that failed to build stays unbuilt (and says so), not half-built
+            self.local_sites, self.layout, self.nets, self.global_guide = None, None, None, None
+            self._row_shape = self._dtype = None
+            raise
+
+    def _build(self, x: torch.Tensor, *args, **kwargs) -> None:
+        """Create the networks (and the global guide) for the sites just read."""
+        model, globals_ = self.model, self.global_names
+        nets = nn.ModuleDict()
+        encoder = self._encoder if isinstance(self._encoder, str) else self._encoder[0]
+        nets["trunk"] = make_trunk(encoder, self._row_shape, self.hidden_dims, self.activation)
+        nets.to(device=x.device, dtype=x.dtype)
+        with torch.no_grad():
+            feature_dim = trunk_features(nets["trunk"], x[:1]).shape[-1]
+        self._build_heads(nets, feature_dim)
+        nets.to(device=x.device, dtype=x.dtype)
+        if self.init_std is not None:  # the named trunk and the linear heads, not flows
+            for key in ("trunk", "head", "heads"):
+                if key in nets and (key != "trunk" or isinstance(self._encoder, str)):
+                    init_normal_(nets[key], self.init_std)
+        self._init_heads(nets)
+        self.nets = nets
+        if globals_:
+            spec = self._global_spec
+            factory = GLOBAL_GUIDES.get(spec, spec) if isinstance(spec, str) else spec
+            self.global_guide = factory(poutine.block(model, expose=list(globals_)))
+            # create its parameters now (a throw-away run), so that a checkpoint loads into them
+            with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+                self.global_guide(*args, **kwargs)
+
+    def _claim_store_entries(self) -> None:
+        """Drop entries under this guide's name from Pyro's param store that are not this
+        guide's own tensors: they belong to another guide of the same name (an earlier one, or
+        one loaded from a run), and would otherwise be trained, or adopted by the global
+        guide, instead of ours. The guide that runs registers its own tensors again."""
+        store = pyro.get_param_store()
+        prefix = self._pyro_name
+        own = {id(p) for p in self.parameters()}
+        for key, value in list(store.named_parameters()):
+            if (key.startswith(prefix + ".") or key.startswith(prefix + "$$$")) and (
+                id(value) not in own
+            ):
+                del store[key]
+
+    def _build_heads(self, nets: nn.ModuleDict, feature_dim: int) -> None:
+        """Add the output heads (and flows) to ``nets``; subclasses."""
+        raise NotImplementedError
+
+    def _init_heads(self, nets: nn.ModuleDict) -> None:
+        """Family-specific initialisation after the generic one (none by default)."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_extra_state(self) -> dict:
+        return {
+            "row_shape": None if self._row_shape is None else list(self._row_shape),
+            "dtype": None if self._dtype is None else str(self._dtype).replace("torch.", ""),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        row = state.get("row_shape")
+        if row is not None and self.built and tuple(row) != self._row_shape:
+            raise ValueError(
+                f"the checkpoint's {type(self).__name__} was built for rows of shape "
+                f"{tuple(row)}, this one for {self._row_shape}"
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Build from the recorded row shape before loading, so that the networks exist: the
+        # model is traced once on a zero batch of that shape.
+        extra = state_dict.get(prefix + "_extra_state")
+        if not self.built and isinstance(extra, dict) and extra.get("row_shape") is not None:
+            dtype = getattr(torch, extra.get("dtype") or "float32")
+            self._setup(torch.zeros(2, *extra["row_shape"], dtype=dtype))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the program
+    def _register(self) -> None:
+        """``pyro.module`` for the networks (stock ``SVI`` finds them in the param store)."""
+        pyro.module(f"{self._pyro_name}.nets" if self._pyro_name else "nets", self.nets)
+
+    def _num_data(self, args, kwargs):
+        """The ``num_data`` the model is called with (keyword or positional), if it takes one."""
+        if not self._takes_num_data:
+            return None
+        if "num_data" in kwargs:
+            return kwargs["num_data"]
+        try:
+            bound = inspect.signature(self.model).bind_partial(*args, **kwargs)
+        except TypeError:
+            return None
+        return bound.arguments.get("num_data")
+
+    def _plate(self, n: int, num_data):
+        """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's."""
+        if num_data is not None and num_data != n:
+            subsample = torch.arange(n, device=self._device())
+            return pyro.plate(self.plate_name, num_data, subsample=subsample, dim=self._plate_dim)
+        return pyro.plate(self.plate_name, n, dim=self._plate_dim)
+
+    def _device(self) -> torch.device:
+        p = next(self.nets.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's features ``(batch, F)`` of observations ``x``."""
+        self._require_built()
+        return trunk_features(self.nets["trunk"], self._data((x,), {}))
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Sample the latents given the model's arguments; returns ``{site: value}``."""
+        if not self.built:
+            self._setup(*args, **kwargs)
+        x = self._data(args, kwargs)
+        self._claim_store_entries()
+        out = {}
+        if self.global_guide is not None:
+            out.update(self.global_guide(*args, **kwargs))
+        self._register()
+        h = trunk_features(self.nets["trunk"], x)
+        with self._plate(x.shape[0], self._num_data(args, kwargs)):
+            out.update(self._sample_local(h))
+        return out
+
+    def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Sample every local site given the features ``h`` ``(n, F)``; subclasses."""
+        raise NotImplementedError
+
+    def _local_center(self, h: torch.Tensor) -> torch.Tensor:
+        """A point in the flat unconstrained space per row, ``(n, D)``; subclasses."""
+        raise NotImplementedError
+
+    def _sample_auxiliary(self, aux_fn: dist.Distribution, n: int) -> dict[str, torch.Tensor]:
+        """Sample one joint unconstrained row per datapoint from ``aux_fn`` (batch ``n`` at the
+        data plate, event ``(D,)``) as an auxiliary site, and set every local site from it
+        through a ``Delta`` carrying ``-log|det dT/du|`` (:mod:`pyro_aevb.poutine.auxiliary`)."""
+        u = pyro.sample(
+            f"_{self._pyro_name or type(self).__name__}_latent",
+            aux_fn,
+            infer={"is_auxiliary": True, UNCONSTRAINED_OF: self.layout.names},
+        )
+        values, log_jac = self.layout.unflatten(u.reshape(n, self.layout.dim))
+        out = {}
+        for site in self.local_sites:
+            with site.plates():
+                delta = dist.Delta(
+                    values[site.name], log_density=-log_jac[site.name], event_dim=site.event_dim
+                )
+                out[site.name] = pyro.sample(site.name, delta)
+        return out
+
+    @property
+    def samples_site_directly(self) -> bool:
+        """Whether a joint (full-covariance or flow) guide puts its distribution on the model's
+        site itself rather than on an auxiliary site: the model has one local site, a vector
+        per datapoint ``(n, D)`` with no other plate. Only then can estimator B apply."""
+        self._require_built()
+        if len(self.local_sites) != 1:
+            return False
+        s = self.local_sites[0]
+        return (
+            s.event_dim == 1
+            and s.u_event_dim == 1
+            and not s.frames
+            and s.u_plate_dim == -2
+            and len(s.u_shape) == 1
+        )
+
+    def _row_batch(self, n: int) -> tuple[int, ...]:
+        """The batch shape of a per-row joint distribution: ``n`` at the data plate's dim."""
+        return (n,) + (1,) * (-self._plate_dim - 1)
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Point estimates of every latent: the global guide's medians, and for each local
+        site the transform of the guide's centre in unconstrained space (the median for the
+        Gaussian guides; for a flow, the flow's image of its base median)."""
+        if not self.built:
+            with torch.random.fork_rng(devices=[]):
+                self._setup(*args, **kwargs)
+        out = {} if self.global_guide is None else dict(self.global_guide.median(*args, **kwargs))
+        x = self._data(args, kwargs)
+        center = self._local_center(trunk_features(self.nets["trunk"], x))
+        out.update(self.layout.unflatten_constrained(center))
+        return out
+
+    def extra_repr(self) -> str:
+        if not self.built:
+            return "not built yet (call it once with the model's arguments)"
+        return f"plate={self.plate_name!r}, local={list(self.layout.names)}, D={self.layout.dim}"

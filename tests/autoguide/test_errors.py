@@ -1,0 +1,99 @@
+"""A model or option an amortized guide cannot serve is an error that names the site or the
+argument and says what to do."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from marginal_helpers import PPCA
+from user_models import GlobalNoiseModel, TwoLatentModel
+
+from pyro_aevb import WakeSleep, fit
+from pyro_aevb.autoguide import (
+    AmortizedIAF,
+    AmortizedMultivariateNormal,
+    AmortizedNormal,
+    build_guide,
+)
+
+X = torch.randn(6, 5, dtype=torch.float64)
+
+
+def _call(model, x=X, **options):
+    return AmortizedNormal(model, **options)(x)
+
+
+def test_models_an_amortized_guide_cannot_serve():
+    def no_local(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(mu, 1.0).expand([x.shape[0], 5]).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"no latent site inside the plate 'data'.*\['mu'\]"):
+        _call(no_local)
+
+    def discrete(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).expand([6, 5]).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match=r"site 'c' has support .*discrete"):
+        _call(discrete)
+
+    def sequential(x):
+        with pyro.plate("data", x.shape[0]):
+            for j in pyro.plate("features", 2):
+                pyro.sample(f"z{j}", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+
+    with pytest.raises(ValueError, match=r"'z0' is inside the sequential plate 'features'"):
+        _call(sequential)
+
+    with pytest.raises(ValueError, match=r"plate named 'batch'"):
+        _call(PPCA().model, plate_name="batch")
+    noise = GlobalNoiseModel()
+    with pytest.raises(ValueError, match=r"global latent site\(s\) \['sigma'\].*global_guide"):
+        _call(noise.model, x=torch.randn(4, 6), global_guide=None)
+
+
+def test_calls_and_options_that_do_not_fit():
+    guide = AmortizedNormal(PPCA().model, hidden_dims=())
+    with pytest.raises(TypeError, match="encodes the first one"):
+        guide()
+    guide(X)
+    with pytest.raises(ValueError, match=r"built for rows of shape \(5,\)"):
+        guide(torch.randn(3, 4, dtype=torch.float64))
+    conv = AmortizedNormal(PPCA().model, encoder="conv")
+    with pytest.raises(ValueError, match="image-shaped rows"):
+        conv(X)
+    assert not conv.built and conv.nets is None  # not left half-built
+    for bad, match in (
+        ({"encoder": "rnn"}, "encoder must be one of"),
+        ({"global_guide": "laplace"}, "global_guide must be one of"),
+        ({"init_std": -1.0}, "init_std must be"),
+        ({"activation": "swish"}, "activation must be one of"),
+        ({"hidden_dims": (0,)}, "hidden_dims must be"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            AmortizedNormal(PPCA().model, **bad)
+    with pytest.raises(ValueError, match="num_flows must be"):
+        AmortizedIAF(PPCA().model, num_flows=0)
+    with pytest.raises(ValueError, match=r"flow_hidden_dims \[1\] must all be >= D = 2"):
+        AmortizedIAF(PPCA().model, flow_hidden_dims=(1,))(X)
+    with pytest.raises(ValueError, match="names no amortized guide"):
+        build_guide({"guide": "mystery"}, PPCA().model)
+    with pytest.raises(RuntimeError, match="has not read the model yet"):
+        AmortizedNormal(PPCA().model).latent_dim  # noqa: B018
+
+
+def test_wake_sleep_refuses_a_guide_with_auxiliary_sites():
+    torch.manual_seed(0)
+    model = TwoLatentModel()
+    x = torch.randn(40, 5)
+    guide = AmortizedMultivariateNormal(model.model, hidden_dims=(8,))
+    with pytest.raises(ValueError, match=r"sleep phase .*auxiliary site\(s\)"):
+        fit(model.model, x, guide=guide, objective=WakeSleep("A"), num_samples=20,
+            batch_size=20, progress=False)  # fmt: skip
+    # a guide that samples the model's sites directly is fine
+    result = fit(model.model, x, guide=AmortizedNormal(model.model, hidden_dims=(8,)),
+                 objective="wake-sleep", num_samples=40, batch_size=20, progress=False)  # fmt: skip
+    assert result.path == "wake-sleep"
