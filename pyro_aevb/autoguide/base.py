@@ -524,13 +524,17 @@ class AmortizedGuide(PyroModule):
                 f"{tuple(row)}, this one for {self._row_shape}"
             )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Build from the recorded row shape before loading, so that the networks exist: the
-        # model is traced once on a zero batch of that shape.
+    def build_for_state(self, state_dict: dict, prefix: str = "") -> None:
+        """Build an unbuilt guide for the rows a saved ``state_dict`` records, so that its
+        networks exist (and can be compared with the saved ones) before loading: the model is
+        traced once on a zero batch of that shape. A built guide is left as it is."""
         extra = state_dict.get(prefix + "_extra_state")
         if not self.built and isinstance(extra, dict) and extra.get("row_shape") is not None:
             dtype = getattr(torch, extra.get("dtype") or "float32")
             self._setup(torch.zeros(2, *extra["row_shape"], dtype=dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.build_for_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ the program

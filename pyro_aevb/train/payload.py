@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from ..autoguide import AmortizedGuide
+
 __all__ = [
     "MalformedCheckpointError",
     "check_training_payload",
@@ -58,9 +60,20 @@ def _is_finite(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _tensor_dict(value) -> bool:
+# torch.nn.Module saves get_extra_state() under this key suffix (a private torch constant)
+_EXTRA_STATE_KEY_SUFFIX = "_extra_state"
+
+
+def _is_extra_state(key: str) -> bool:
+    # a module's get_extra_state() (e.g. an autoguide's row shape) is saved under this key
+    return key.endswith(_EXTRA_STATE_KEY_SUFFIX)
+
+
+def _tensor_dict(value, extra_state: bool = False) -> bool:
+    """A dict of tensors by name (``extra_state``: a module's extra state may be anything)."""
     return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+        isinstance(k, str) and (isinstance(v, torch.Tensor) or (extra_state and _is_extra_state(k)))
+        for k, v in value.items()
     )
 
 
@@ -72,11 +85,16 @@ def check_training_payload(payload: dict[str, Any], path: str | Path) -> None:
             raise _fail(path, f"'{key}' must be a {kind.__name__}, got {type(payload.get(key))}")
     state = payload["program_state"]
     modules = state.get("modules")
-    if not isinstance(modules, list) or not all(_tensor_dict(m) for m in modules):
+    if not isinstance(modules, list) or not all(_tensor_dict(m, True) for m in modules):
         raise _fail(path, "program_state['modules'] must be a list of state dicts of tensors")
     if not _tensor_dict(state.get("store", {})):
         raise _fail(path, "program_state['store'] must map parameter names to tensors")
-    tensors = [(f"module {i} {k}", v) for i, m in enumerate(modules) for k, v in m.items()]
+    tensors = [
+        (f"module {i} {k}", v)
+        for i, m in enumerate(modules)
+        for k, v in m.items()
+        if isinstance(v, torch.Tensor)
+    ]
     tensors += [(f"param '{k}'", v) for k, v in state.get("store", {}).items()]
     for name, value in tensors:
         # the trainer never saves a diverged state
@@ -156,6 +174,8 @@ def check_module_states(state: dict, modules, path) -> None:
             f"it holds the state of {len(saved)} module(s), the programs have {len(modules)}",
         )
     for module, sd in zip(modules, saved, strict=True):
+        if isinstance(module, AmortizedGuide):
+            module.build_for_state(sd)
         own = module.state_dict()
         name = type(module).__name__
         missing = sorted(set(own) - set(sd))
@@ -166,6 +186,8 @@ def check_module_states(state: dict, modules, path) -> None:
                 f"the state of {name} lacks {missing} and has unexpected {unexpected}",
             )
         for key, value in own.items():
+            if _is_extra_state(key):
+                continue
             if tuple(sd[key].shape) != tuple(value.shape) or sd[key].dtype != value.dtype:
                 raise _fail(
                     path,

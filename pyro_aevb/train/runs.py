@@ -153,5 +153,6 @@ def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Pa
         raise MalformedCheckpointError(
             f"checkpoint {checkpoint}: its model config cannot be built: {err}"
         ) from err
-    check_module_states(state, [skeleton], checkpoint)
+    # the model's own state comes first (an autoguide's, if any, follows; checked later)
+    check_module_states({"modules": state["modules"][:1]}, [skeleton], checkpoint)
     return build_model(config)
