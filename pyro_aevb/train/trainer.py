@@ -252,6 +252,7 @@ class Trainer:
             model_fn, guide_fn, num_data=self.num_train, plate_name=plate_name, modules=modules
         )
         self.objective: BoundObjective = objective.bind(self.program, fast)
+        self.objective.plan(math.ceil(self.total / self.batch_size))
         first = self.train[: self.batch_size]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -263,9 +264,14 @@ class Trainer:
                 with torch.no_grad():
                     self.objective.bound(self.train[:2])
         self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
-        if self.objective.path == "pyro" and isinstance(module, VAE) and fast == "auto":
+        if (
+            self.objective.path in ("pyro", "compiled")
+            and isinstance(module, VAE)
+            and fast == "auto"
+        ):
+            where = "stock Pyro" if self.objective.path == "pyro" else "the compiled path"
             warnings.warn(
-                f"training {type(module).__name__} on stock Pyro, not the fast path: "
+                f"training {type(module).__name__} on {where}, not the fused fast path: "
                 f"{self.objective.path_reason}",
                 UserWarning,
                 stacklevel=3,
@@ -387,6 +393,11 @@ class Trainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        # the compiled path may have fallen back to stock Pyro since the start
+        self.config["path"], self.config["path_reason"] = (
+            self.objective.path,
+            self.objective.path_reason,
+        )
         write_json_atomic(self.out_dir / CONFIG_NAME, self.config)
         write_json_atomic(self.out_dir / HISTORY_NAME, self.history)
         return save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())

@@ -1,7 +1,7 @@
 """Training objectives, handed to :func:`pyro_aevb.fit` as Pyro's ``SVI`` takes its loss.
 
-* :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, stock Pyro
-  otherwise);
+* :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, the
+  compiled path for any other model/guide pair, stock Pyro where neither applies);
 * :class:`WakeSleep`: the wake-sleep baseline;
 * :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder).
 
@@ -11,6 +11,7 @@ Each is a settings object; the trainer binds it to the user's programs
 
 from .aevb import ELBO
 from .base import FAST_MODES, BoundObjective, Objective, PyroELBOObjective
+from .compiled import CompiledELBOObjective
 from .fast_vae import FastVAE, FastVAEObjective
 from .mcem import MCEM_OPTIONS, MonteCarloEM, MonteCarloEMObjective
 from .wake_sleep import WakeSleep, WakeSleepObjective
@@ -28,6 +29,7 @@ __all__ = [
     "MCEM_OPTIONS",
     "FAST_MODES",
     "PyroELBOObjective",
+    "CompiledELBOObjective",
     "FastVAE",
     "FastVAEObjective",
     "WakeSleepObjective",
