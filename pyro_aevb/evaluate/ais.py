@@ -47,6 +47,7 @@ from pyro.poutine.util import site_is_subsample
 from ..mcmc import hmc
 from ..mcmc.adaptation import check_target_accept
 from ..mcmc.potential import PerDatapointPotential, value_and_grad
+from ..mcmc.potentials import make_potential
 from ..poutine import as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr
@@ -82,11 +83,26 @@ def annealing_schedule(num_temps: int, kind: str = "sigmoid", delta: float = 4.0
 
 
 class _Annealed:
-    """The annealed potentials ``U_beta = -[log p_0 + beta (log gamma - log p_0)]``."""
+    """The annealed potentials ``U_beta = -[log p_0 + beta (log gamma - log p_0)]``.
+
+    With a potential that computes its own gradients (``pot.provides_grad``: compiled or
+    hand-derived) the parts and their gradients come from it and are combined here, no
+    autograd; otherwise everything is differentiated through the traced potential."""
 
     def __init__(self, pot: PerDatapointPotential, init: str):
         self.pot = pot
         self.init = init
+        self.provides_grad = getattr(pot, "provides_grad", False)
+
+    def parts_and_grads(self, u: torch.Tensor, need_value: bool = True):
+        """``(log p_0, log gamma - log p_0, their gradients)`` per row (values ``None`` when
+        not needed and the potential can skip them)."""
+        log_prior, log_lik, g_prior, g_lik = self.pot.parts_and_grads(u, need_value)
+        if self.init == "prior":
+            return log_prior, log_lik, g_prior, g_lik
+        log_q, g_q = self.pot.log_guide_and_grad(u)
+        increment = None if log_lik is None else log_prior + log_lik - log_q
+        return log_q, increment, g_q, g_prior + g_lik - g_q
 
     def parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log p_0(u), log gamma(u) - log p_0(u))``, each ``(n,)``."""
@@ -97,6 +113,9 @@ class _Annealed:
         return log_q, log_prior + log_lik - log_q
 
     def potential(self, beta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.provides_grad:
+            return _AnnealedPotential(self, beta)
+
         def fn(u):
             log_p0, increment = self.parts(u)
             return -(log_p0 + beta * increment)
@@ -105,6 +124,9 @@ class _Annealed:
 
     def evaluate(self, u: torch.Tensor, beta: float):
         """``(U_beta(u), dU_beta/du, log gamma(u) - log p_0(u))`` in one pass."""
+        if self.provides_grad:
+            log_p0, increment, g_p0, g_inc = self.parts_and_grads(u)
+            return -(log_p0 + beta * increment), -(g_p0 + beta * g_inc), increment
         cache = {}
 
         def fn(v):
@@ -119,6 +141,25 @@ class _Annealed:
         if self.init == "prior":
             return self.pot.sample_prior()
         return self.pot.sample_guide()[0]
+
+
+class _AnnealedPotential:
+    """``U_beta`` of an :class:`_Annealed` whose potential provides gradients, in the form
+    the HMC kernel integrates without autograd (``provides_grad``)."""
+
+    provides_grad = True
+
+    def __init__(self, annealed: _Annealed, beta: float):
+        self.annealed, self.beta = annealed, beta
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        log_p0, increment = self.annealed.parts(u)
+        return -(log_p0 + self.beta * increment)
+
+    def potential_and_grad(self, u: torch.Tensor, need_value: bool = True):
+        log_p0, increment, g_p0, g_inc = self.annealed.parts_and_grads(u, need_value)
+        value = -(log_p0 + self.beta * increment) if increment is not None else None
+        return value, -(g_p0 + self.beta * g_inc)
 
 
 @dataclass
@@ -260,6 +301,7 @@ def ais(
     plate_name: str = "data",
     generator: torch.Generator | None = None,
     global_values: dict | None = None,
+    fast: str = "auto",
 ) -> AISResult:
     """Forward AIS estimate of ``log p(x_i)`` (a stochastic lower bound), per datapoint.
 
@@ -288,6 +330,11 @@ def ais(
         Name of the data plate.
     generator : torch.Generator, optional
         Source of the HMC randomness; initial draws use torch's global RNG (Pyro's).
+    fast : {"auto", "on", "off"}
+        The potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`): hand-derived for
+        the paper's VAE, recorded once for other models, or traced at every evaluation
+        (``"off"``). All datapoints x chains are evaluated together, in row chunks of bounded
+        memory. The estimates equal the traced path's for the same seed (to float rounding).
 
     Returns
     -------
@@ -308,6 +355,7 @@ def ais(
         plate_name,
         generator,
         global_values,
+        fast,
     )
     result = run.estimate()
     result.seconds = time.perf_counter() - t_start
@@ -330,6 +378,7 @@ def bdmc(
     plate_name: str = "data",
     generator: torch.Generator | None = None,
     global_values: dict | None = None,
+    fast: str = "auto",
 ) -> tuple[AISResult, AISResult]:
     """Bidirectional Monte Carlo: forward AIS (lower bound) and reverse AIS from exact
     posterior samples (upper bound), with the same step-size schedule and settings.
@@ -365,6 +414,7 @@ def bdmc(
         plate_name,
         generator,
         global_values,
+        fast,
     )
     z_flat = _flat_exact_sample(run.annealed.pot, z, run.x.shape[0])
     t_pilot = time.perf_counter()
@@ -394,6 +444,7 @@ class _AISRun:
         plate_name,
         generator,
         global_values=None,
+        fast="auto",
     ):
         self.x = check_data(x, "x")
         self.num_chains = check_positive_int(num_chains, "num_chains")
@@ -415,7 +466,7 @@ class _AISRun:
         self.program = program
 
         def factory(chains):
-            return _Annealed(PerDatapointPotential(program, self.x, num_chains=chains), init)
+            return _Annealed(make_potential(program, self.x, num_chains=chains, fast=fast), init)
 
         self.step_sizes, self.pilot_accept = _pilot_schedule(
             factory,
@@ -453,6 +504,7 @@ class _AISRun:
             "step_size_first": self.step_sizes[0],
             "step_size_last": self.step_sizes[-1],
             "log_weight_std": log_w.std(0) if self.num_chains > 1 else torch.zeros_like(estimate),
+            "potential": self.annealed.pot.path,
         }
         return AISResult(log_w, estimate, stderr, accept, 0.0, diagnostics)
 

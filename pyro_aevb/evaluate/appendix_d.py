@@ -47,6 +47,7 @@ import torch.distributions as tdist
 from ..mcmc import sample as hmc_sample
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
+from ..mcmc.potentials import make_potential
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import PerDatapointProgram, as_program
 from ..validation import check_choice, check_data, check_positive_int
@@ -298,6 +299,7 @@ def appendix_d(
     generator: torch.Generator | None = None,
     seed: int = 0,
     global_values: dict | None = None,
+    fast: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Sample each datapoint's posterior, then apply :func:`appendix_d_from_samples`.
 
@@ -336,6 +338,10 @@ def appendix_d(
         Batched HMC randomness.
     seed : int
         Seed of the Pyro MCMC runs.
+    fast : {"auto", "on", "off"}
+        The batched sampler's potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`):
+        hand-derived for the paper's VAE or recorded once, or traced at every gradient
+        (``"off"``); the estimates are the same for a seed, to float rounding.
 
     Returns
     -------
@@ -353,7 +359,7 @@ def appendix_d(
     if init_particles is None:
         init_particles = default_init_particles(guide)
     init_particles = check_positive_int(init_particles, "init_particles")
-    pot = PerDatapointPotential(program, x, num_chains=num_chains)
+    pot = make_potential(program, x, num_chains=num_chains, fast=fast)
     with torch.no_grad():
         if init_particles > 1:
             init = importance_resampled_init(pot, init_particles, generator=generator)
@@ -378,6 +384,7 @@ def appendix_d(
         log_joint = -res.by_chain(res.potential)  # (C, S, B)
         diagnostics = res.diagnostics(rhat=num_chains > 1)
         diagnostics["sampler_seconds"] = res.seconds
+        diagnostics["potential"] = pot.path
     else:
         res = sample_posterior_pyro(
             program,
