@@ -151,15 +151,21 @@ class _AnnealedPotential:
 
     def __init__(self, annealed: _Annealed, beta: float):
         self.annealed, self.beta = annealed, beta
+        #: The parts of the last evaluation with values (a trajectory's end point).
+        self.last_parts = None
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         log_p0, increment = self.annealed.parts(u)
         return -(log_p0 + self.beta * increment)
 
     def potential_and_grad(self, u: torch.Tensor, need_value: bool = True):
-        log_p0, increment, g_p0, g_inc = self.annealed.parts_and_grads(u, need_value)
-        value = -(log_p0 + self.beta * increment) if increment is not None else None
-        return value, -(g_p0 + self.beta * g_inc)
+        parts = self.annealed.parts_and_grads(u, need_value)
+        if need_value:
+            self.last_parts = parts
+            value, grad, _ = _combine(parts, self.beta)
+            return value, grad
+        _, _, g_p0, g_inc = parts
+        return None, -(g_p0 + self.beta * g_inc)
 
 
 @dataclass
@@ -219,10 +225,20 @@ def _run(
     # forward: weight at beta_t then move with f_t (t = 1..T, no move after the last weight);
     # reverse: weight at beta_{t-1} then move with f_{t-1} (t = T..1, no move after t = 1).
     order = range(1, num_temps + 1) if not reverse else range(num_temps, 0, -1)
+    # With a potential that provides its gradients, the parts (log p_0, increment and their
+    # gradients) at the chains' positions are kept: a transition ends where its last leapfrog
+    # step evaluated them (accepted) or where it started (rejected), so the next temperature
+    # recombines them with its beta instead of evaluating the model again.
+    parts = None
     for step_index, t in enumerate(order):
         beta_now, beta_prev = (float(betas[t]), float(betas[t - 1]))
         target_beta = beta_now if not reverse else beta_prev
-        value, grad, increment = annealed.evaluate(u, target_beta)
+        if annealed.provides_grad:
+            if parts is None:
+                parts = annealed.parts_and_grads(u)
+            value, grad, increment = _combine(parts, target_beta)
+        else:
+            value, grad, increment = annealed.evaluate(u, target_beta)
         log_w = log_w + (beta_now - beta_prev) * increment * (1.0 if not reverse else -1.0)
         if step_index == num_temps - 1:
             break
@@ -234,15 +250,18 @@ def _run(
             step = eps
         else:
             step = step_sizes[k].to(dtype).repeat(num_chains)
+        potential = annealed.potential(target_beta)
         state, info = hmc.step(
             hmc.HMCState(u, value, grad),
-            annealed.potential(target_beta),
+            potential,
             step_size=step,
             inverse_mass=inverse_mass,
             num_steps=num_leapfrog,
             generator=generator,
         )
         u = state.position
+        if parts is not None:
+            parts = _select(info.accepted, potential.last_parts, parts)
         accept_sum += info.accept_prob
         num_moves += 1
         if adapt:
@@ -251,6 +270,24 @@ def _run(
             eps = eps * torch.exp(rate * (info.accept_prob - target))
     accept = accept_sum / max(num_moves, 1)
     return log_w, accept, learned
+
+
+def _combine(parts, beta: float):
+    """``(U_beta, dU_beta/du, increment)`` from ``(log p_0, increment, their gradients)``:
+    the arithmetic of :meth:`_Annealed.evaluate`."""
+    log_p0, increment, g_p0, g_inc = parts
+    return -(log_p0 + beta * increment), -(g_p0 + beta * g_inc), increment
+
+
+def _select(accepted: torch.Tensor, new, old):
+    """Per chain, the parts at the proposal (accepted) or at the start (rejected)."""
+    if new is None:  # the trajectory's last evaluation failed: nothing was accepted
+        return old
+    out = []
+    for a, b in zip(new, old, strict=True):
+        keep = accepted if a.dim() == 1 else accepted.unsqueeze(-1)
+        out.append(torch.where(keep, a, b))
+    return tuple(out)
 
 
 def _pilot_schedule(

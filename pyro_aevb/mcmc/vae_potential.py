@@ -26,8 +26,10 @@ Pyro traces or autograd, and without replicating ``x`` over the chains (a chunk 
 whole chains, or a range of one chain's datapoints, so ``x`` is a broadcast or a slice).
 Inside a leapfrog trajectory only gradients are needed (``need_value=False``): the
 log-likelihood's value, which costs several passes over the ``(rows, D)`` decoder output,
-is skipped. The Bernoulli term ``sum_d x_d a_d`` is ``h_K . (x W_o) + x . b_o`` with
-``x W_o`` computed once per datapoint: ``H`` operations per row instead of ``D``.
+is skipped. With ``x W_o`` computed once per datapoint, the Bernoulli terms that involve
+``x`` cost ``H`` operations per row instead of ``D``: ``sum_d x_d a_d = h_K . (x W_o) +
+x . b_o`` and ``(sigmoid(a) - x) W_o = sigmoid(a) W_o - x W_o`` (so a gradient is one pass
+over the ``(rows, D)`` output besides the two products).
 
 The values equal the traced potential's to float rounding (a test compares them, and the
 gradients, with :class:`~pyro_aevb.mcmc.potential.PerDatapointPotential` on the same
@@ -114,10 +116,11 @@ class _Buffers:
             return torch.empty(shape, dtype=dtype, device=device)
 
         width = vae.decoder.out_dim  # D (Bernoulli) or 2 D (Gaussian)
+        gaussian = isinstance(vae.likelihood, GaussianLikelihood)
         self.h = [new(rows, lin.out_features) for lin in vae.decoder.hidden]
         self.dh = [new(rows, lin.out_features) for lin in vae.decoder.hidden]
         self.out = new(rows, width)
-        self.g = new(rows, width)
+        self.g = new(rows, width) if gaussian else None
         self.tmp = new(rows, width)
         self.dz = new(rows, vae.latent_dim)
 
@@ -217,39 +220,44 @@ class VAEPotential(PerDatapointPotential):
         return torch.addmm(b, h, w.t(), out=buf.out[: z.shape[0]])
 
     def _chunk(self, z, buf, layers, data, xs, need_value):
-        """``(log p(x|z) (rows,) or None, d log p(x|z)/dz (rows, J))`` for one chunk."""
+        """``(log p(x|z) (rows,) or None, -d log p(x|z)/dz (rows, J))`` for one chunk."""
         rows = z.shape[0]
         x = data["x"] if xs is None else data["x"][xs[0] : xs[1]]
         m = x.shape[0]
         out = self._decode(z, buf, layers)
-        g = buf.g[:rows]
-        h_last = buf.h[-1][:rows] if buf.h else z
-        D = self.vae.data_dim
+        n_layers = len(layers)
+        w_o = layers[-1][0]
+        # dh: -d log p / d(input of the output layer), (rows, H_K)
+        dh = buf.dh[-1][:rows] if n_layers > 1 else buf.dz[:rows]
         value = None
         if isinstance(self.vae.likelihood, BernoulliLikelihood):
-            torch.sigmoid(out, out=g)
+            xw = data["xw"] if xs is None else data["xw"][xs[0] : xs[1]]
             if need_value:
-                # sum_d x a - softplus(a); softplus(a) = relu(a) - log max(y, 1 - y)
-                xw = data["xw"] if xs is None else data["xw"][xs[0] : xs[1]]
+                # sum_d x a - softplus(a), softplus(a) = relu(a) - log max(y, 1 - y), and
+                # sum_d x a = h_K . (x W_o) + x . b_o
                 xb = data["xb"] if xs is None else data["xb"][xs[0] : xs[1]]
-                k = rows // m
-                xa = (h_last.view(k, m, -1) * xw).sum(-1).add_(xb).view(rows)
+                h_last = buf.h[-1][:rows] if n_layers > 1 else z
+                xa = (h_last.view(-1, m, h_last.shape[1]) * xw).sum(-1).add_(xb).view(rows)
                 tmp = buf.tmp[:rows]
                 relu = torch.clamp_min(out, 0.0, out=tmp).sum(1)
-                log_m = torch.sub(g, 0.5, out=tmp).abs_().add_(0.5).log_().sum(1)
+                y = out.sigmoid_()
+                log_m = torch.sub(y, 0.5, out=tmp).abs_().add_(0.5).log_().sum(1)
                 value = xa.sub_(relu).add_(log_m)
-            g.view(-1, m, D).sub_(x)  # sigmoid(a) - x = -d log p / da
+            else:
+                y = out.sigmoid_()
+            # -d log p/dh_K = (sigmoid(a) - x) W_o = y W_o - x W_o: x W_o is per datapoint,
+            # so no pass over the (rows, D) output subtracts x
+            torch.mm(y, w_o, out=dh)
+            dh.view(-1, m, dh.shape[1]).sub_(xw)
         else:
+            g = buf.g[:rows]
             value = self._gaussian(out, g, buf.tmp[:rows], x, m, need_value)
-        # backpropagate -d log p/d(out) to z
-        n_layers = len(layers)
-        dh = g
-        for k in range(n_layers - 1, -1, -1):
-            if k < n_layers - 1:
-                _tanh_backward(dh, buf.h[k][:rows], grad_input=dh)
-            w = layers[k][0]
+            torch.mm(g, w_o, out=dh)
+        # backpropagate through the tanh layers to z
+        for k in range(n_layers - 2, -1, -1):
+            _tanh_backward(dh, buf.h[k][:rows], grad_input=dh)
             target = buf.dh[k - 1][:rows] if k > 0 else buf.dz[:rows]
-            dh = torch.mm(dh, w, out=target)
+            dh = torch.mm(dh, layers[k][0], out=target)
         return value, dh
 
     def _gaussian(self, out, g, tmp, x, m, need_value):
