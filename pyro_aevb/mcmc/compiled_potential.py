@@ -165,7 +165,9 @@ class CompiledPotential(PerDatapointPotential):
         key = (rows, grads, self.dtype, self.engine)
         rec = self._recordings.get(key)
         if rec is None:
-            u = torch.zeros(rows, self.dim, dtype=self.dtype, requires_grad=True)
+            u = torch.zeros(
+                rows, self.dim, dtype=self.dtype, device=self.x.device, requires_grad=True
+            )
             x_rows = self._x_rows(0, min(rows, self.num_rows), max(0, rows - self.num_rows))
 
             def fn(u, x_rows):

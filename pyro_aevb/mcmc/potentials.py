@@ -55,7 +55,9 @@ def make_potential(
     pot = CompiledPotential(program, x, num_chains=num_chains)
     if fast == "on":
         # record now, so that a model that cannot be compiled is an error here
-        pot.parts_and_grads(torch.zeros(pot.num_rows, pot.dim, dtype=pot.dtype))
+        pot.parts_and_grads(
+            torch.zeros(pot.num_rows, pot.dim, dtype=pot.dtype, device=pot.x.device)
+        )
         if pot.path != "compiled":
             raise ValueError(f"fast='on' but {pot.path_reason}")
     return pot

@@ -365,5 +365,7 @@ class VAEPotential(PerDatapointPotential):
     def sample_prior(self) -> torch.Tensor:
         """One draw per chain from ``N(0, I)``, as the model draws it (same RNG use)."""
         shape = (self.num_rows, self.dim)
-        eps = torch.empty(shape, dtype=self.dtype, device=self.x.device).normal_()
-        return torch.zeros(shape, dtype=self.dtype) + eps * torch.ones(shape, dtype=self.dtype)
+        like = {"dtype": self.dtype, "device": self.x.device}
+        eps = torch.empty(shape, **like).normal_()
+        # loc + eps * scale with loc = 0, scale = 1, as Normal.rsample computes it
+        return torch.zeros(shape, **like) + eps * torch.ones(shape, **like)

@@ -642,9 +642,12 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         Continue the run saved in ``out_dir`` (the budget may be larger than before).
     fast : {"auto", "on", "off"}
         Use the fused fast path when it supports the model (the paper's VAE; see
-        :mod:`pyro_aevb.infer.objectives.fast_vae`). Which path runs is in the progress bar,
-        ``FitResult.path``/``path_reason`` and the run's config; a VAE that cannot use it
-        gets a warning saying why.
+        :mod:`pyro_aevb.infer.objectives.fast_vae`), else the compiled path (any model/guide
+        pair recorded once and replayed, :mod:`pyro_aevb.infer.objectives.compiled`; it falls
+        back to stock Pyro with a warning if the programs cannot be recorded or change;
+        ``"on"`` makes a program that cannot be recorded an error); ``"off"``: stock Pyro.
+        Which path runs is in the progress bar, ``FitResult.path``/``path_reason`` and the
+        run's config; a VAE that cannot use the fused path gets a warning saying why.
     callback : callable, optional
         ``callback(trainer, record)`` after each evaluation, under the evaluation RNG; it may
         add JSON-serialisable entries to ``record`` (e.g. a marginal-likelihood estimate).
