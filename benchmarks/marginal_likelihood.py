@@ -25,10 +25,28 @@ out_dir=...)`` / ``pyro-aevb train``, or its ``checkpoint.pt``), or trained here
 ``pyro_aevb.fit`` on ``--train-samples`` MNIST training images (``--save-run`` keeps it).
 Needs ``PYRO_AEVB_DATA`` pointing at a directory with ``mnist/``.
 
+**AIS seconds per datapoint.** With ``--ais-datapoints N`` (default 100) AIS runs with the
+default settings of :func:`pyro_aevb.log_marginal` (16 chains x 500 temperatures x 5 leapfrog
+steps, plus the 4 pilot chains that fix the step sizes), all datapoints x chains batched,
+on the first N test images with the fast potential (hand-derived for the paper's VAE,
+:mod:`pyro_aevb.mcmc.vae_potential`), and on the first ``--ais-traced-datapoints`` of them
+with the traced potential (``fast="off"``, a Pyro trace at every gradient): seconds per
+datapoint of both, their ratio, and the largest per-datapoint difference of the estimates
+(same seed; they agree to float rounding, or, after a rare float32 accept/reject flip,
+within their error). Also reported: the gradients evaluated per datapoint, the FLOPs of their
+matrix products and the arithmetic limit -- those FLOPs at the matrix-product rate measured
+in this process on the same shapes -- and the fraction of it the run reaches.
+``--full-test-set`` runs the same AIS on all 10,000 test images (and records every
+per-datapoint estimate in the JSON). ``--arch 784-500-20`` uses the paper's MNIST model
+(N_z = 20, 500 hidden units) instead of the Figure-3 model (N_z = 3, 100 hidden);
+``--skip-appendix-d`` runs only the AIS parts.
+
 Example (the numbers in the report)::
 
     PYRO_AEVB_DATA=/path/to/data python benchmarks/marginal_likelihood.py \\
         --num-datapoints 1000 --nuts-datapoints 10 --threads 1 --json ml.json
+    PYRO_AEVB_DATA=/path/to/data python benchmarks/marginal_likelihood.py --skip-appendix-d \\
+        --full-test-set --threads 2 --save-run runs/ml-784-100-3 --json ais_full.json
 """
 
 from __future__ import annotations
@@ -65,7 +83,103 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="784-100-3", help="the MNIST model")
+    p.add_argument("--ais-datapoints", type=int, default=100, help="AIS, fast potential")
+    p.add_argument("--ais-traced-datapoints", type=int, default=10, help="AIS, traced (fast=off)")
+    p.add_argument("--ais-full-temps", type=int, default=500, help="AIS temperatures (timing)")
+    p.add_argument("--full-test-set", action="store_true", help="AIS on all 10000 test images")
+    p.add_argument("--skip-appendix-d", action="store_true", help="only the AIS timings")
     return p.parse_args(argv)
+
+
+#: The MNIST models: (latent_dim, hidden units).
+ARCHS = {"784-100-3": (3, 100), "784-500-20": (20, 500)}
+
+
+def matmul_rate(vae, rows: int = 4096, repeats: int = 20) -> float:
+    """FLOP/s of the decoder's matrix products (a gradient's forward and input-gradient
+    products) on ``rows``-row chunks, in this process: the arithmetic ceiling."""
+    layers = [*vae.decoder.hidden, vae.decoder.out]
+    ins = [torch.randn(rows, lin.in_features) for lin in layers]
+    outs = [torch.randn(rows, lin.out_features) for lin in layers]
+    flops = 4 * rows * sum(lin.in_features * lin.out_features for lin in layers)
+    best = math.inf
+    with torch.no_grad():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for lin, a, g in zip(layers, ins, outs, strict=True):
+                torch.addmm(lin.bias, a, lin.weight.t())
+                torch.mm(g, lin.weight)
+            best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+def count_gradients():
+    """Count the rows whose potential gradient the hand-derived VAE potential computes (a
+    benchmark-only wrapper of :meth:`VAEPotential._likelihood`)."""
+    from pyro_aevb.mcmc import vae_potential
+
+    counter = {"rows": 0}
+    original = vae_potential.VAEPotential._likelihood
+
+    def counting(self, position, need_value, need_grad):
+        if need_grad:
+            counter["rows"] += position.shape[0]
+        return original(self, position, need_value, need_grad)
+
+    vae_potential.VAEPotential._likelihood = counting
+    return counter
+
+
+def ais_timings(vae, x, args) -> dict:
+    """AIS seconds per datapoint, fast and traced potentials, and the arithmetic limit."""
+    n_fast, n_traced = min(args.ais_datapoints, len(x)), min(args.ais_traced_datapoints, len(x))
+    opts = {"seed": args.seed, "num_temps": args.ais_full_temps}
+    counter = count_gradients()
+    fast = log_marginal(vae.model, vae.guide, x[:n_fast], "ais", **opts)
+    gradients = counter["rows"] / n_fast
+    traced = log_marginal(vae.model, vae.guide, x[:n_traced], "ais", fast="off", **opts)
+    layers = [*vae.decoder.hidden, vae.decoder.out]
+    flops = 4 * sum(lin.in_features * lin.out_features for lin in layers)
+    rate = matmul_rate(vae)
+    per_fast, per_traced = fast.seconds / n_fast, traced.seconds / n_traced
+    limit = gradients * flops / rate
+    common = slice(0, min(n_fast, n_traced))
+    diff = (fast.estimate[common] - traced.estimate[common]).abs()
+    return {
+        "settings": {**fast.settings, "datapoints": n_fast, "traced_datapoints": n_traced},
+        "potential": fast.diagnostics["potential"],
+        "seconds_per_datapoint": per_fast,
+        "traced_seconds_per_datapoint": per_traced,
+        "speedup_vs_traced": per_traced / per_fast,
+        "hours_for_10000": per_fast * 10000 / 3600,
+        "traced_hours_for_10000": per_traced * 10000 / 3600,
+        "gradients_per_datapoint": gradients,
+        "flops_per_gradient": flops,
+        "matmul_gflops": rate / 1e9,
+        "arithmetic_limit_seconds_per_datapoint": limit,
+        "fraction_of_arithmetic_limit": limit / per_fast,
+        "mean": fast.mean(),
+        "mean_stderr": fast.mean_stderr(),
+        "max_abs_difference_vs_traced": float(diff.max()),
+        "max_difference_in_stderr": float((diff / traced.stderr[common]).max()),
+    }
+
+
+def ais_full_test_set(vae, x, args) -> dict:
+    res = log_marginal(vae.model, vae.guide, x, "ais", seed=args.seed)
+    return {
+        "datapoints": len(x),
+        "seconds": res.seconds,
+        "seconds_per_datapoint": res.seconds / len(x),
+        "hours": res.seconds / 3600,
+        "mean": res.mean(),
+        "mean_stderr": res.mean_stderr(),
+        "settings": res.settings,
+        "potential": res.diagnostics["potential"],
+        "per_datapoint": res.estimate.tolist(),
+        "per_datapoint_stderr": res.stderr.tolist(),
+    }
 
 
 def get_model(args, ds) -> tuple[VAE, dict]:
@@ -75,7 +189,8 @@ def get_model(args, ds) -> tuple[VAE, dict]:
         run_dir = args.checkpoint.parent if args.checkpoint.is_file() else args.checkpoint
         run = load_run(run_dir)
         return run.module, {"checkpoint": str(run_dir), "samples": run.history[-1]["samples"]}
-    vae = mlp_vae(784, 3, 100, name="vae_ml_benchmark")
+    latent_dim, hidden = ARCHS[args.arch]
+    vae = mlp_vae(784, latent_dim, hidden, name="vae_ml_benchmark")
     t = time.perf_counter()
     res = fit(
         vae,
@@ -124,6 +239,8 @@ def main(argv=None) -> dict:
     print(f"model: {model_info}")
     print(f"environment: {env}")
 
+    if args.skip_appendix_d:
+        return ais_only(vae, ds, model_info, env, args)
     nuts = log_marginal(
         vae.model, vae.guide, x[sub], "appendix_d", seed=args.seed, sampler="pyro_nuts", **common
     )
@@ -239,6 +356,58 @@ def main(argv=None) -> dict:
         f"{batched.mean_stderr():.3f}; acceptance {out['batched']['accept_rate']:.3f}, "
         f"median bulk ESS {out['batched']['ess_bulk_median']:.1f} of {args.num_samples}"
     )
+    out.update(ais_parts(vae, ds, args))
+    return write(out, args)
+
+
+def ais_parts(vae, ds, args) -> dict:
+    out = {}
+    if args.ais_datapoints > 0:
+        t = ais_timings(vae, ds.test, args)
+        out["ais_timing"] = t
+        print(
+            f"\nAIS ({args.arch}, 16 chains x {args.ais_full_temps} temperatures x 5 leapfrog "
+            f"+ 4 pilot chains, {torch.get_num_threads()} thread(s)):"
+        )
+        print(
+            f"  {t['potential']} potential: {t['seconds_per_datapoint']:.4f} s per datapoint "
+            f"({t['hours_for_10000']:.2f} h for 10,000); traced: "
+            f"{t['traced_seconds_per_datapoint']:.4f} s ({t['traced_hours_for_10000']:.2f} h); "
+            f"{t['speedup_vs_traced']:.1f}x"
+        )
+        print(
+            f"  {t['gradients_per_datapoint']:.0f} gradients per datapoint x "
+            f"{t['flops_per_gradient'] / 1e6:.3f} MFLOP at {t['matmul_gflops']:.0f} GFLOP/s = "
+            f"{t['arithmetic_limit_seconds_per_datapoint']:.4f} s: "
+            f"{100 * t['fraction_of_arithmetic_limit']:.0f}% of the arithmetic limit"
+        )
+        print(
+            f"  fast vs traced, same seed: max |difference| "
+            f"{t['max_abs_difference_vs_traced']:.2e} "
+            f"({t['max_difference_in_stderr']:.2f} standard errors)"
+        )
+    if args.full_test_set:
+        f = ais_full_test_set(vae, ds.test, args)
+        out["ais_full_test_set"] = f
+        print(
+            f"\nAIS on all {f['datapoints']} test images: {f['hours']:.2f} h "
+            f"({f['seconds_per_datapoint']:.4f} s per datapoint), mean log p(x) = "
+            f"{f['mean']:.3f} +- {f['mean_stderr']:.3f}"
+        )
+    return out
+
+
+def ais_only(vae, ds, model_info, env, args) -> dict:
+    out = {
+        "settings": vars(args) | {"checkpoint": str(args.checkpoint), "json": str(args.json)},
+        "model": model_info,
+        "environment": env,
+    }
+    out.update(ais_parts(vae, ds, args))
+    return write(out, args)
+
+
+def write(out: dict, args) -> dict:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2, default=str))

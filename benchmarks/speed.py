@@ -23,6 +23,27 @@ scaling), it times, in one process:
 * ``pytorch-compile`` -- optional (``--variants``): the reference loss under
   ``torch.compile``.
 
+User-model rows (the main use of the library: a model that is not the paper's class). The
+model is Pyro's ``examples/vae/vae.py`` VAE as users write it -- softplus MLPs, a Bernoulli
+decoder on probabilities, ``pyro.module``, ``pyro.plate("data", len(x))``, no ``num_data``
+keyword and no weight prior -- at 784-400-50 (Pyro's example) and 784-100-3, estimator B,
+batch 100, Adagrad:
+
+* ``user-compiled`` -- what ``fit`` runs for it: ``ELBO("B").bind(...)`` takes the compiled
+  path (:mod:`pyro_aevb.infer.objectives.compiled`), here with the inductor engine that
+  ``engine="auto"`` picks for long runs (its compile time is in the warm-up column);
+* ``user-replay`` -- the compiled path's replay engine (no compilation, bitwise stock Pyro);
+* ``user-pyro`` -- stock Pyro ``SVI`` + ``Trace_ELBO`` on the same programs;
+* ``user-pytorch`` -- the reference for these rows: a hand-written PyTorch loop of the same
+  network and loss (``binary_cross_entropy`` on the probabilities + analytic KL, N/M scaling,
+  ``loss.backward()``, ``torch.optim.Adagrad`` with its defaults);
+* ``autoguide`` -- the same model with its hand-written guide replaced by
+  ``AmortizedNormal(model)`` (one softplus hidden layer of the same size), through the
+  compiled path.
+
+Paper variants run on the paper's architectures (784-500-20, 784-100-3), user variants on
+784-400-50 and 784-100-3; each family's ratios are against its own hand-written loop.
+
 Every variant takes its minibatches the same way (consecutive slices of a random permutation
 of the training rows, like the trainer). Timing runs in interleaved blocks: in each round
 every variant runs ``--steps`` steps, the reference first in even rounds and last in odd
@@ -59,10 +80,28 @@ import subprocess
 import sys
 import time
 
-ARCHS = {"784-500-20": (784, 500, 20), "784-100-3": (784, 100, 3)}
-DEFAULT_VARIANTS = ["ours", "pytorch", "pyro", "pyro-meanfield", "numpyro"]
+ARCHS = {"784-500-20": (784, 500, 20), "784-100-3": (784, 100, 3), "784-400-50": (784, 400, 50)}
+PAPER_VARIANTS = ["ours", "pytorch", "pyro", "pyro-meanfield", "numpyro"]
+USER_VARIANTS = ["user-compiled", "user-replay", "user-pyro", "user-pytorch", "autoguide"]
+DEFAULT_VARIANTS = PAPER_VARIANTS + USER_VARIANTS
 ALL_VARIANTS = DEFAULT_VARIANTS + ["pytorch-compile"]
+#: Which architectures each family runs on, and its reference (the hand-written loop).
+FAMILY_ARCHS = {"paper": ("784-500-20", "784-100-3"), "user": ("784-400-50", "784-100-3")}
+FAMILY_REFERENCE = {"paper": "pytorch", "user": "user-pytorch"}
+FAMILY_STOCK = {"paper": "pyro", "user": "user-pyro"}
 REFERENCE = "pytorch"
+
+
+def family(variant: str) -> str:
+    return "user" if variant in USER_VARIANTS else "paper"
+
+
+def _autoguide_available() -> bool:
+    try:
+        import pyro_aevb.autoguide  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _numpyro_available() -> bool:
@@ -334,12 +373,171 @@ def make_numpyro(arch, X, args):
     return step
 
 
+class _UserNets:
+    """The networks of Pyro's example VAE (``examples/vae/vae.py``), sizes from ``arch``."""
+
+    @staticmethod
+    def build(arch):
+        from torch import nn
+
+        D, H, J = arch
+
+        class Encoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(D, H)
+                self.fc21 = nn.Linear(H, J)
+                self.fc22 = nn.Linear(H, J)
+
+            def forward(self, x):
+                import torch.nn.functional as F
+
+                x = x.reshape(-1, D)
+                hidden = F.softplus(self.fc1(x))
+                return self.fc21(hidden), self.fc22(hidden).exp()
+
+        class Decoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc1 = nn.Linear(J, H)
+                self.fc21 = nn.Linear(H, D)
+
+            def forward(self, z):
+                import torch
+                import torch.nn.functional as F
+
+                return torch.sigmoid(self.fc21(F.softplus(self.fc1(z))))
+
+        return Encoder(), Decoder()
+
+
+def _pyro_example_vae(arch, seed, name):
+    """Pyro's example VAE, written the ordinary Pyro way (model(x) / guide(x))."""
+    import pyro
+    import pyro.distributions as dist
+    import torch
+    from torch import nn
+
+    D, H, J = arch
+    torch.manual_seed(seed)
+    encoder, decoder = _UserNets.build(arch)
+
+    class PyroExampleVAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = encoder, decoder
+
+        def model(self, x):
+            pyro.module(name + "_decoder", self.decoder)
+            with pyro.plate("data", x.shape[0]):
+                z_loc = x.new_zeros(torch.Size((x.shape[0], J)))
+                z_scale = x.new_ones(torch.Size((x.shape[0], J)))
+                z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+                loc_img = self.decoder(z)
+                pyro.sample("obs", dist.Bernoulli(loc_img, validate_args=False).to_event(1), obs=x)
+
+        def guide(self, x):
+            pyro.module(name + "_encoder", self.encoder)
+            with pyro.plate("data", x.shape[0]):
+                z_loc, z_scale = self.encoder(x)
+                pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+    return PyroExampleVAE()
+
+
+def make_user_compiled(arch, X, args, engine="inductor", autoguide=False):
+    import pyro
+    import torch
+
+    from pyro_aevb.infer import ELBO
+    from pyro_aevb.poutine import TrainingProgram
+    from pyro_aevb.train.optim import make_optimizer
+
+    pyro.clear_param_store()
+    vae = _pyro_example_vae(arch, args.seed, f"user_{engine}")
+    guide = vae.guide
+    if autoguide:
+        from pyro_aevb.autoguide import AmortizedNormal
+
+        # the hand-written guide's encoder: one softplus hidden layer of Pyro's example size
+        guide = AmortizedNormal(vae.model, hidden_dims=[arch[1]], activation="softplus")
+    N = X.shape[0]
+    program = TrainingProgram(vae.model, guide, num_data=N, modules=[vae])
+    objective = ELBO("B", 1, engine=engine).bind(program, fast="on")
+    with torch.random.fork_rng(devices=[]):
+        objective.setup(X[: args.batch_size])
+    optimizer = make_optimizer("adagrad", list(objective.params), lr=args.lr)
+    batches = Batches(X, args.batch_size, args.seed)
+
+    def step():
+        idx = batches.next_index()
+        value = objective.train_step(X[idx], idx, optimizer)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value}")
+        return value
+
+    step()  # the first step compiles (inductor) and is part of the warm-up
+    if objective.path != "compiled" or objective.engine != engine:
+        raise RuntimeError(f"expected the compiled path ({engine}), got {objective.path_reason}")
+    return step
+
+
+def make_user_pyro(arch, X, args):
+    import pyro
+    from pyro.infer import SVI, Trace_ELBO
+
+    pyro.clear_param_store()
+    vae = _pyro_example_vae(arch, args.seed, "user_pyro")
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adagrad({"lr": args.lr}), Trace_ELBO())
+    batches = Batches(X, args.batch_size, args.seed)
+    scale = X.shape[0] / args.batch_size
+
+    def step():
+        xb = X[batches.next_index()]
+        with pyro.poutine.scale(scale=scale):  # N/M, as the trainer's DataPlateScale does
+            value = svi.step(xb)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value}")
+        return value
+
+    return step
+
+
+def make_user_pytorch(arch, X, args):
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(args.seed)
+    encoder, decoder = _UserNets.build(arch)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adagrad(params, lr=args.lr)
+    batches = Batches(X, args.batch_size, args.seed)
+    scale = X.shape[0] / args.batch_size
+
+    def step():
+        xb = X[batches.next_index()]
+        optimizer.zero_grad()
+        mu, sigma = encoder(xb)
+        z = mu + torch.randn_like(mu) * sigma
+        rec = F.binary_cross_entropy(decoder(z), xb, reduction="sum")
+        kl = (0.5 * (mu * mu + sigma * sigma) - sigma.log() - 0.5).sum()
+        loss = scale * (rec + kl)
+        loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite loss {value}")
+        optimizer.step()
+        return value
+
+    return step
+
+
 def preimport(variant) -> None:
     """Import what ``variant`` needs and initialise BLAS, so that neither the warm-up times
     nor the memory deltas include one-off library start-up shared by all variants."""
     import torch
 
-    if variant in ("ours", "pyro", "pyro-meanfield"):
+    if variant in ("ours", "pyro", "pyro-meanfield") or family(variant) == "user":
         import pyro.infer  # noqa: F401
 
         import pyro_aevb.infer.objectives.base  # noqa: F401
@@ -368,6 +566,16 @@ def build(variant, arch, X, args):
         return make_pyro(arch, X, args, meanfield=True)
     if variant == "numpyro":
         return make_numpyro(arch, X, args)
+    if variant == "user-compiled":
+        return make_user_compiled(arch, X, args, "inductor")
+    if variant == "user-replay":
+        return make_user_compiled(arch, X, args, "replay")
+    if variant == "autoguide":
+        return make_user_compiled(arch, X, args, "inductor", autoguide=True)
+    if variant == "user-pyro":
+        return make_user_pyro(arch, X, args)
+    if variant == "user-pytorch":
+        return make_user_pytorch(arch, X, args)
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -468,11 +676,16 @@ def time_arch(arch_name, variants, X, args) -> dict:
             "median_samples_per_s": statistics.median(rates[v]),
             **warm[v],
         }
-        for ref in (REFERENCE, "pyro", "numpyro"):
+        fam = family(v)
+        # each family against its own hand-written loop and stock Pyro (the same keys)
+        refs = {REFERENCE: FAMILY_REFERENCE[fam], "pyro": FAMILY_STOCK[fam]}
+        if fam == "paper":
+            refs["numpyro"] = "numpyro"
+        for key, ref in refs.items():
             if ref in rates and ref != v:
                 paired = [a / b for a, b in zip(rates[v], rates[ref], strict=True)]
-                r[f"ratio_vs_{ref}"] = statistics.median(paired)
-                r[f"ratio_vs_{ref}_range"] = [min(paired), max(paired)]
+                r[f"ratio_vs_{key}"] = statistics.median(paired)
+                r[f"ratio_vs_{key}_range"] = [min(paired), max(paired)]
         result[v] = r
     return result
 
@@ -488,8 +701,8 @@ def print_table(arch_name, res, mem) -> None:
     print(head)
     print("-" * len(head))
     for v, r in res.items():
-        vs_ref = r.get(f"ratio_vs_{REFERENCE}", 1.0 if v == REFERENCE else None)
-        vs_pyro = r.get("ratio_vs_pyro", 1.0 if v == "pyro" else None)
+        vs_ref = r.get(f"ratio_vs_{REFERENCE}", 1.0 if v in FAMILY_REFERENCE.values() else None)
+        vs_pyro = r.get("ratio_vs_pyro", 1.0 if v in FAMILY_STOCK.values() else None)
         vs_np = r.get("ratio_vs_numpyro", 1.0 if v == "numpyro" else None)
         m = (mem or {}).get(v, {}).get("peak_extra_mb")
         np_col = (f"{'' if vs_np is None else f'{vs_np:.2f}x':>10s} ") if has_numpyro else ""
@@ -514,7 +727,13 @@ def main(argv=None) -> int:
         "--variants",
         default=None,
         help=f"comma list of {ALL_VARIANTS}; default all but pytorch-compile "
-        "(numpyro only when importable)",
+        "(numpyro and autoguide only when importable)",
+    )
+    p.add_argument(
+        "--family",
+        choices=["paper", "user", "all"],
+        default="all",
+        help="the paper's VAE rows, the user-model rows, or both [all]",
     )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.01)
@@ -546,11 +765,19 @@ def main(argv=None) -> int:
         if "numpyro" in variants and not _numpyro_available():
             p.error("numpyro requested but `import numpyro` fails")
     else:
-        variants = [v for v in DEFAULT_VARIANTS if v != "numpyro" or _numpyro_available()]
-    if REFERENCE not in variants:
-        variants.insert(0, REFERENCE)
-    # The reference first: its blocks anchor the paired ratios.
-    variants = [REFERENCE] + [v for v in variants if v != REFERENCE]
+        variants = [
+            v
+            for v in DEFAULT_VARIANTS
+            if (v != "numpyro" or _numpyro_available())
+            and (v != "autoguide" or _autoguide_available())
+            and args.family in ("all", family(v))
+        ]
+    if "autoguide" in variants and not _autoguide_available():
+        p.error("autoguide requested but pyro_aevb.autoguide does not exist yet")
+    # Each family's reference runs first: its blocks anchor the paired ratios.
+    families = sorted({family(v) for v in variants})
+    refs = [FAMILY_REFERENCE[f] for f in families]
+    variants = refs + [v for v in variants if v not in refs]
 
     import pyro
     import torch
@@ -587,8 +814,11 @@ def main(argv=None) -> int:
 
     results = {"meta": meta, "archs": {}}
     for arch_name in archs:
-        res = time_arch(arch_name, variants, X, args)
-        mem = None if args.no_memory else run_memory_probes(variants, arch_name, args)
+        here = [v for v in variants if arch_name in FAMILY_ARCHS[family(v)]]
+        if not here:
+            continue
+        res = time_arch(arch_name, here, X, args)
+        mem = None if args.no_memory else run_memory_probes(here, arch_name, args)
         if mem:
             for v, m in mem.items():
                 res[v]["peak_extra_mb"] = m.get("peak_extra_mb")

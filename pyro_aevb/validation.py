@@ -7,19 +7,42 @@ without reading our source.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from numbers import Integral, Real
 
 import torch
 
 __all__ = [
     "check_data",
+    "value_checks_skipped",
     "event_shape_of",
     "check_positive_int",
     "check_positive_float",
     "check_choice",
     "check_num_data",
 ]
+
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def value_checks_skipped():
+    """Within this context :func:`check_data` checks types and shapes but not values
+    (finiteness, range).
+
+    For code that records a program's tensor arithmetic once (:mod:`pyro_aevb.poutine.compile`)
+    on data that was checked before: reading values would be data-dependent Python control
+    flow in the recording, and the recorded program would never repeat the check anyway.
+    """
+    before = getattr(_STATE, "skip_values", False)
+    _STATE.skip_values = True
+    try:
+        yield
+    finally:
+        _STATE.skip_values = before
 
 
 def event_shape_of(event_shape) -> tuple[int, ...] | None:
@@ -76,7 +99,7 @@ def check_data(
         )
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); need at least one row")
-    if x.numel():
+    if x.numel() and not getattr(_STATE, "skip_values", False):
         # A finite sum proves every entry finite (NaN and inf propagate); only a non-finite
         # sum (which may also be an overflow) needs the elementwise pass.
         if not bool(torch.isfinite(x.sum())):

@@ -48,6 +48,7 @@ from ..device import check_generator, place
 from ..mcmc import hmc
 from ..mcmc.adaptation import check_target_accept
 from ..mcmc.potential import PerDatapointPotential, value_and_grad
+from ..mcmc.potentials import make_potential
 from ..poutine import as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr
@@ -83,11 +84,26 @@ def annealing_schedule(num_temps: int, kind: str = "sigmoid", delta: float = 4.0
 
 
 class _Annealed:
-    """The annealed potentials ``U_beta = -[log p_0 + beta (log gamma - log p_0)]``."""
+    """The annealed potentials ``U_beta = -[log p_0 + beta (log gamma - log p_0)]``.
+
+    With a potential that computes its own gradients (``pot.provides_grad``: compiled or
+    hand-derived) the parts and their gradients come from it and are combined here, no
+    autograd; otherwise everything is differentiated through the traced potential."""
 
     def __init__(self, pot: PerDatapointPotential, init: str):
         self.pot = pot
         self.init = init
+        self.provides_grad = getattr(pot, "provides_grad", False)
+
+    def parts_and_grads(self, u: torch.Tensor, need_value: bool = True):
+        """``(log p_0, log gamma - log p_0, their gradients)`` per row (values ``None`` when
+        not needed and the potential can skip them)."""
+        log_prior, log_lik, g_prior, g_lik = self.pot.parts_and_grads(u, need_value)
+        if self.init == "prior":
+            return log_prior, log_lik, g_prior, g_lik
+        log_q, g_q = self.pot.log_guide_and_grad(u)
+        increment = None if log_lik is None else log_prior + log_lik - log_q
+        return log_q, increment, g_q, g_prior + g_lik - g_q
 
     def parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log p_0(u), log gamma(u) - log p_0(u))``, each ``(n,)``."""
@@ -98,6 +114,9 @@ class _Annealed:
         return log_q, log_prior + log_lik - log_q
 
     def potential(self, beta: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        if self.provides_grad:
+            return _AnnealedPotential(self, beta)
+
         def fn(u):
             log_p0, increment = self.parts(u)
             return -(log_p0 + beta * increment)
@@ -106,6 +125,9 @@ class _Annealed:
 
     def evaluate(self, u: torch.Tensor, beta: float):
         """``(U_beta(u), dU_beta/du, log gamma(u) - log p_0(u))`` in one pass."""
+        if self.provides_grad:
+            log_p0, increment, g_p0, g_inc = self.parts_and_grads(u)
+            return -(log_p0 + beta * increment), -(g_p0 + beta * g_inc), increment
         cache = {}
 
         def fn(v):
@@ -120,6 +142,31 @@ class _Annealed:
         if self.init == "prior":
             return self.pot.sample_prior()
         return self.pot.sample_guide()[0]
+
+
+class _AnnealedPotential:
+    """``U_beta`` of an :class:`_Annealed` whose potential provides gradients, in the form
+    the HMC kernel integrates without autograd (``provides_grad``)."""
+
+    provides_grad = True
+
+    def __init__(self, annealed: _Annealed, beta: float):
+        self.annealed, self.beta = annealed, beta
+        #: The parts of the last evaluation with values (a trajectory's end point).
+        self.last_parts = None
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        log_p0, increment = self.annealed.parts(u)
+        return -(log_p0 + self.beta * increment)
+
+    def potential_and_grad(self, u: torch.Tensor, need_value: bool = True):
+        parts = self.annealed.parts_and_grads(u, need_value)
+        if need_value:
+            self.last_parts = parts
+            value, grad, _ = _combine(parts, self.beta)
+            return value, grad
+        _, _, g_p0, g_inc = parts
+        return None, -(g_p0 + self.beta * g_inc)
 
 
 @dataclass
@@ -179,10 +226,20 @@ def _run(
     # forward: weight at beta_t then move with f_t (t = 1..T, no move after the last weight);
     # reverse: weight at beta_{t-1} then move with f_{t-1} (t = T..1, no move after t = 1).
     order = range(1, num_temps + 1) if not reverse else range(num_temps, 0, -1)
+    # With a potential that provides its gradients, the parts (log p_0, increment and their
+    # gradients) at the chains' positions are kept: a transition ends where its last leapfrog
+    # step evaluated them (accepted) or where it started (rejected), so the next temperature
+    # recombines them with its beta instead of evaluating the model again.
+    parts = None
     for step_index, t in enumerate(order):
         beta_now, beta_prev = (float(betas[t]), float(betas[t - 1]))
         target_beta = beta_now if not reverse else beta_prev
-        value, grad, increment = annealed.evaluate(u, target_beta)
+        if annealed.provides_grad:
+            if parts is None:
+                parts = annealed.parts_and_grads(u)
+            value, grad, increment = _combine(parts, target_beta)
+        else:
+            value, grad, increment = annealed.evaluate(u, target_beta)
         log_w = log_w + (beta_now - beta_prev) * increment * (1.0 if not reverse else -1.0)
         if step_index == num_temps - 1:
             break
@@ -194,15 +251,18 @@ def _run(
             step = eps
         else:
             step = step_sizes[k].to(dtype).repeat(num_chains)
+        potential = annealed.potential(target_beta)
         state, info = hmc.step(
             hmc.HMCState(u, value, grad),
-            annealed.potential(target_beta),
+            potential,
             step_size=step,
             inverse_mass=inverse_mass,
             num_steps=num_leapfrog,
             generator=generator,
         )
         u = state.position
+        if parts is not None:
+            parts = _select(info.accepted, potential.last_parts, parts)
         accept_sum += info.accept_prob
         num_moves += 1
         if adapt:
@@ -211,6 +271,24 @@ def _run(
             eps = eps * torch.exp(rate * (info.accept_prob - target))
     accept = accept_sum / max(num_moves, 1)
     return log_w, accept, learned
+
+
+def _combine(parts, beta: float):
+    """``(U_beta, dU_beta/du, increment)`` from ``(log p_0, increment, their gradients)``:
+    the arithmetic of :meth:`_Annealed.evaluate`."""
+    log_p0, increment, g_p0, g_inc = parts
+    return -(log_p0 + beta * increment), -(g_p0 + beta * g_inc), increment
+
+
+def _select(accepted: torch.Tensor, new, old):
+    """Per chain, the parts at the proposal (accepted) or at the start (rejected)."""
+    if new is None:  # the trajectory's last evaluation failed: nothing was accepted
+        return old
+    out = []
+    for a, b in zip(new, old, strict=True):
+        keep = accepted if a.dim() == 1 else accepted.unsqueeze(-1)
+        out.append(torch.where(keep, a, b))
+    return tuple(out)
 
 
 def _pilot_schedule(
@@ -263,6 +341,7 @@ def ais(
     global_values: dict | None = None,
     device=None,
     dtype=None,
+    fast: str = "auto",
 ) -> AISResult:
     """Forward AIS estimate of ``log p(x_i)`` (a stochastic lower bound), per datapoint.
 
@@ -296,6 +375,11 @@ def ais(
         Where and in which precision to run: ``x`` and the modules owning the programs (a
         ``VAE``'s ``model``/``guide``) are moved there in place (see
         :func:`pyro_aevb.device.place`); default: where the modules are.
+    fast : {"auto", "on", "off"}
+        The potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`): hand-derived for
+        the paper's VAE, recorded once for other models, or traced at every evaluation
+        (``"off"``). All datapoints x chains are evaluated together, in row chunks of bounded
+        memory. The estimates equal the traced path's for the same seed (to float rounding).
 
     Returns
     -------
@@ -318,6 +402,7 @@ def ais(
         global_values,
         device,
         dtype,
+        fast,
     )
     result = run.estimate()
     result.seconds = time.perf_counter() - t_start
@@ -342,6 +427,7 @@ def bdmc(
     global_values: dict | None = None,
     device=None,
     dtype=None,
+    fast: str = "auto",
 ) -> tuple[AISResult, AISResult]:
     """Bidirectional Monte Carlo: forward AIS (lower bound) and reverse AIS from exact
     posterior samples (upper bound), with the same step-size schedule and settings.
@@ -379,6 +465,7 @@ def bdmc(
         global_values,
         device,
         dtype,
+        fast,
     )
     z_flat = _flat_exact_sample(run.annealed.pot, z, run.x.shape[0])
     t_pilot = time.perf_counter()
@@ -410,6 +497,7 @@ class _AISRun:
         global_values=None,
         device=None,
         dtype=None,
+        fast="auto",
     ):
         x, device = place(check_data(x, "x"), (model, guide), device=device, dtype=dtype)
         check_generator(generator, device)
@@ -433,7 +521,7 @@ class _AISRun:
         self.program = program
 
         def factory(chains):
-            return _Annealed(PerDatapointPotential(program, self.x, num_chains=chains), init)
+            return _Annealed(make_potential(program, self.x, num_chains=chains, fast=fast), init)
 
         self.step_sizes, self.pilot_accept = _pilot_schedule(
             factory,
@@ -471,6 +559,7 @@ class _AISRun:
             "step_size_first": self.step_sizes[0],
             "step_size_last": self.step_sizes[-1],
             "log_weight_std": log_w.std(0) if self.num_chains > 1 else torch.zeros_like(estimate),
+            "potential": self.annealed.pot.path,
         }
         return AISResult(log_w, estimate, stderr, accept, 0.0, diagnostics)
 

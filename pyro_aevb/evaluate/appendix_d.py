@@ -48,6 +48,7 @@ from ..device import check_generator, place
 from ..mcmc import sample as hmc_sample
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
+from ..mcmc.potentials import make_potential
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import PerDatapointProgram, as_program
 from ..validation import check_choice, check_data, check_positive_int
@@ -302,6 +303,7 @@ def appendix_d(
     global_values: dict | None = None,
     device=None,
     dtype=None,
+    fast: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Sample each datapoint's posterior, then apply :func:`appendix_d_from_samples`.
 
@@ -344,6 +346,10 @@ def appendix_d(
         Where and in which precision to run: ``x`` and the modules owning the programs (a
         ``VAE``'s ``model``/``guide``) are moved there in place (see
         :func:`pyro_aevb.device.place`); default: where the modules are.
+    fast : {"auto", "on", "off"}
+        The batched sampler's potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`):
+        hand-derived for the paper's VAE or recorded once, or traced at every gradient
+        (``"off"``); the estimates are the same for a seed, to float rounding.
 
     Returns
     -------
@@ -362,7 +368,7 @@ def appendix_d(
     if init_particles is None:
         init_particles = default_init_particles(guide)
     init_particles = check_positive_int(init_particles, "init_particles")
-    pot = PerDatapointPotential(program, x, num_chains=num_chains)
+    pot = make_potential(program, x, num_chains=num_chains, fast=fast)
     with torch.no_grad():
         if init_particles > 1:
             init = importance_resampled_init(pot, init_particles, generator=generator)
@@ -387,6 +393,7 @@ def appendix_d(
         log_joint = -res.by_chain(res.potential)  # (C, S, B)
         diagnostics = res.diagnostics(rhat=num_chains > 1)
         diagnostics["sampler_seconds"] = res.seconds
+        diagnostics["potential"] = pot.path
     else:
         res = sample_posterior_pyro(
             program,

@@ -68,6 +68,7 @@ METHOD_OPTIONS: dict[str, dict] = {
         "step_size_jitter": 0.5,
         "bandwidths": None,
         "init_particles": None,
+        "fast": "auto",
     },
     "ais": {
         "num_chains": 16,
@@ -77,6 +78,7 @@ METHOD_OPTIONS: dict[str, dict] = {
         "schedule": "sigmoid",
         "target_accept": 0.8,
         "pilot_chains": 4,
+        "fast": "auto",
     },
 }
 METHOD_OPTIONS["bdmc"] = {**METHOD_OPTIONS["ais"], "z": None}
@@ -186,11 +188,13 @@ def log_marginal(
         ("gaussian"/"kde"), ``sampler`` ("hmc"/"pyro_nuts"/"pyro_hmc"), ``stderr``
         ("ess"/"iid"), ``adapt_mass``, ``step_size_jitter``, ``bandwidths``,
         ``init_particles`` (SIR proposals per chain for the start; 1 from a guide, 1000
-        from the prior by default).
+        from the prior by default), ``fast`` (the potential: ``"auto"`` hand-derived for
+        the paper's VAE or recorded once, ``"off"`` traced at every gradient; see
+        :func:`~pyro_aevb.mcmc.potentials.make_potential`).
         ``ais``/``bdmc``: ``num_chains``, ``num_temps``, ``num_leapfrog``, ``init``
         ("encoder" if a guide is given, else "prior"), ``schedule``, ``target_accept``,
-        ``pilot_chains``; ``bdmc`` also needs ``z``, exact posterior samples for ``x`` (the
-        latents ``x`` was simulated with, e.g. from
+        ``pilot_chains``, ``fast`` (as for ``appendix_d``); ``bdmc`` also needs ``z``,
+        exact posterior samples for ``x`` (the latents ``x`` was simulated with, e.g. from
         :func:`~pyro_aevb.evaluate.ais.simulate_data`).
 
     Returns

@@ -10,8 +10,12 @@ size is a ``(n, 1)`` tensor), and accepts the end point with probability::
     a_c = min(1, exp(H_c(u, r) - H_c(u', r'))),   H_c(u, r) = U_c(u) + 1/2 r^T diag(m_c) r.
 
 Rows never interact, so ``n`` chains cost one batched potential-and-gradient evaluation per
-leapfrog step instead of ``n``. This is what :class:`pyro.infer.MCMC` cannot do: it has one
-step size and one accept/reject for the whole state.
+leapfrog step instead of ``n``. A potential that computes its own gradient (``provides_grad``,
+see :mod:`pyro_aevb.mcmc.potential`) is integrated with the same velocity Verlet steps
+without autograd, and asked for its value only at the end of each trajectory.
+
+This is what :class:`pyro.infer.MCMC` cannot do: it has one step size and one accept/reject
+for the whole state.
 
 The kernel is a pair of pure functions over a small state, in BlackJAX's shape: the state is
 the position with its potential and gradient, and the step size and mass are arguments::
@@ -120,8 +124,40 @@ def _kinetic(r: torch.Tensor, inverse_mass: torch.Tensor) -> torch.Tensor:
     return 0.5 * (inverse_mass * r * r).sum(-1)
 
 
+def _singular(err: Exception) -> bool:
+    """The numerical errors Pyro's integrator turns into a rejected (NaN) end point."""
+    msg = str(err)
+    return isinstance(err, RuntimeError) and (
+        "singular" in msg or "input is not positive-definite" in msg
+    )
+
+
+def _leapfrog_own_grad(state: HMCState, r, potential, step_size, inverse_mass, num_steps):
+    """Pyro's velocity Verlet, operation for operation, for a potential that computes its
+    own gradient (``potential.potential_and_grad(u, need_value)``): no autograd, and the
+    potential's value only at the end of the trajectory, where the accept test needs it."""
+    eps = step_size.unsqueeze(-1)
+    z, grad = state.position, state.grad
+    value = None
+    for k in range(num_steps):
+        r = r + 0.5 * eps * (-grad)  # r(n + 1/2)
+        z = z + eps * (inverse_mass * r)  # z(n + 1)
+        last = k == num_steps - 1
+        try:
+            value, grad = potential.potential_and_grad(z, need_value=last)
+        except Exception as err:
+            if not _singular(err):
+                raise
+            value = torch.full_like(state.potential, math.nan)
+            grad = torch.zeros_like(z)
+        r = r + 0.5 * eps * (-grad)  # r(n + 1)
+    return z, r, value, grad
+
+
 def _leapfrog(state: HMCState, r, potential_fn, step_size, inverse_mass, num_steps):
     """``num_steps`` vectorised leapfrog steps; ``(u', r', U', grad')`` per chain."""
+    if getattr(potential_fn, "provides_grad", False):
+        return _leapfrog_own_grad(state, r, potential_fn, step_size, inverse_mass, num_steps)
     last = {}
 
     def summed_potential(z):

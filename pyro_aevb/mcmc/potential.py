@@ -21,6 +21,16 @@ What is summed:
   ``"weight_prior"`` factor): they do not depend on any ``z_i`` and are not part of
   ``log p(x_i)``.
 
+**Potentials that compute their own gradient.** Tracing the model at every gradient costs
+Pyro's per-site work and an autograd graph each time; :mod:`~pyro_aevb.mcmc.compiled_potential`
+records that arithmetic once and :mod:`~pyro_aevb.mcmc.vae_potential` derives the paper's VAE
+by hand (:func:`~pyro_aevb.mcmc.potentials.make_potential` picks one). Such a potential sets
+:attr:`PerDatapointPotential.provides_grad` and computes ``potential_and_grad(u,
+need_value)`` itself; :func:`value_and_grad`, the HMC kernel and AIS use it instead of
+autograd. The split :meth:`PerDatapointPotential.parts_and_grads` (prior and likelihood
+terms with their gradients) and :meth:`PerDatapointPotential.log_guide_and_grad` are what
+annealed potentials combine.
+
 Several latent sites (of any event shape) are flattened into one ``(n, D)`` matrix by a
 :class:`LatentLayout`, datapoint-major: row ``r`` holds every unconstrained latent of one
 chain. Several chains per datapoint are handled by replicating the rows of ``x``: row
@@ -180,7 +190,16 @@ class PerDatapointPotential:
         Flat layout of the latent sites; ``layout.dim`` is D.
     x_rep : torch.Tensor
         ``(C * B, data_dim)`` replicated observations.
+    path : str
+        How values and gradients are computed: ``"traced"`` (Pyro trace + autograd at every
+        call, here), ``"compiled"`` or ``"vae"`` (subclasses).
     """
+
+    #: Whether :meth:`potential_and_grad` computes the gradient without autograd (then the
+    #: HMC kernel calls it directly, with ``need_value=False`` inside a trajectory).
+    provides_grad = False
+    path = "traced"
+    path_reason = "the model traced by Pyro at every evaluation"
 
     def __init__(
         self,
@@ -203,7 +222,7 @@ class PerDatapointPotential:
         self.batch_size = x.shape[0]
         self.num_chains = check_positive_int(num_chains, "num_chains")
         self.validate = validate
-        self.x_rep = replicate_rows(x, self.num_chains)
+        self._x_rep = None
         self.layout: LatentLayout = program.layout
         self.dtype = program.dtype
         self._guide_cache = None
@@ -222,7 +241,15 @@ class PerDatapointPotential:
     @property
     def num_rows(self) -> int:
         """n = C * B, the number of chains in total."""
-        return self.x_rep.shape[0]
+        return self.num_chains * self.batch_size
+
+    @property
+    def x_rep(self) -> torch.Tensor:
+        """``(C * B, ...)`` replicated observations (made on first use: potentials that
+        never run the model on all rows at once never hold them)."""
+        if self._x_rep is None:
+            self._x_rep = replicate_rows(self.x, self.num_chains)
+        return self._x_rep
 
     def _check_position(self, position: torch.Tensor) -> torch.Tensor:
         expected = (self.num_rows, self.dim)
@@ -252,6 +279,28 @@ class PerDatapointPotential:
     def potential_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U (n,), dU/du (n, D))``, both detached."""
         return value_and_grad(self, position)
+
+    def parts_and_grads(
+        self, position: torch.Tensor, need_value: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``(log p(u), log p(x | z), d log p(u)/du, d log p(x | z)/du)`` per row: each value
+        ``(n,)`` (``None`` when ``need_value`` is false and the subclass can skip it), each
+        gradient ``(n, D)``; ``log p(u)`` includes the Jacobian. Here by autograd on the
+        traced model."""
+        with torch.enable_grad():
+            u = position.detach().requires_grad_(True)
+            log_prior, log_lik = self.log_joint_parts(u)
+            g_prior, g_lik = (
+                torch.autograd.grad(t.sum(), u, retain_graph=True, allow_unused=True)[0]
+                for t in (log_prior, log_lik)
+            )
+        g_prior = torch.zeros_like(u) if g_prior is None else g_prior
+        g_lik = torch.zeros_like(u) if g_lik is None else g_lik
+        return log_prior.detach(), log_lik.detach(), g_prior.detach(), g_lik.detach()
+
+    def log_guide_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log q(u | x) (n,), d log q/du (n, D))``; here by autograd on :meth:`log_guide`."""
+        return value_and_grad(self.log_guide, position)
 
     def log_guide(self, position: torch.Tensor) -> torch.Tensor:
         """``log q(u_i | x_i)`` of the guide in unconstrained coordinates, ``(n,)``."""
@@ -323,8 +372,11 @@ def value_and_grad(
     """``(fn(u) (n,), d fn(u)_i / d u_i (n, D))`` for a per-row function ``fn``; detached.
 
     Valid because row ``i`` of ``fn(u)`` depends on row ``i`` of ``u`` only, so the gradient
-    of the sum is the per-row gradient.
+    of the sum is the per-row gradient. A potential that computes its own gradient
+    (``fn.provides_grad``) is asked for it instead of autograd.
     """
+    if getattr(fn, "provides_grad", False):
+        return fn.potential_and_grad(position)
     with torch.enable_grad():
         u = position.detach().requires_grad_(True)
         value = fn(u)

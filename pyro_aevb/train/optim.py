@@ -12,7 +12,13 @@ parameter in a single pass over parameter, gradient and state, where the default
 results agree with the other implementations to rounding.
 
 Adagrad additionally gets a leaner :meth:`FusedAdagrad.step` (see there): with small models the
-Python bookkeeping of ``torch.optim`` costs as much as the update itself.
+Python bookkeeping of ``torch.optim`` costs as much as the update itself. It calls private
+torch entry points (``torch._fused_adagrad_`` and torch.optim's global hook registries) because
+a measurement showed it pays: the optimizer call about 2x cheaper than
+``torch.optim.Adagrad(fused=True).step()``, a few per cent of a 784-100-3 step. Without them
+:func:`make_optimizer` falls back to the public implementation, and
+``tests/train/test_optim.py`` fails loudly, so that a torch release that removes them is
+noticed.
 """
 
 from __future__ import annotations

@@ -320,6 +320,7 @@ class Trainer:
             model_fn, guide_fn, num_data=self.num_train, plate_name=plate_name, modules=modules
         )
         self.objective: BoundObjective = objective.bind(self.program, fast)
+        self.objective.plan(math.ceil(self.total / self.batch_size))
         first = self.train[: self.batch_size]
         with fork_rng():
             torch.manual_seed(self.seed)
@@ -352,13 +353,14 @@ class Trainer:
         self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
         own_guide = getattr(guide_fn, "__self__", None) is module
         if (
-            self.objective.path == "pyro"
+            self.objective.path in ("pyro", "compiled")
             and isinstance(module, VAE)
             and own_guide
             and fast == "auto"
         ):
+            where = "stock Pyro" if self.objective.path == "pyro" else "the compiled path"
             warnings.warn(
-                f"training {type(module).__name__} on stock Pyro, not the fast path: "
+                f"training {type(module).__name__} on {where}, not the fused fast path: "
                 f"{self.objective.path_reason}",
                 UserWarning,
                 stacklevel=3,
@@ -549,6 +551,11 @@ class Trainer:
             return None  # in a data-parallel run rank 0 writes the run's files
         if not all_finite(self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
+        # the compiled path may have fallen back to stock Pyro since the start
+        self.config["path"], self.config["path_reason"] = (
+            self.objective.path,
+            self.objective.path_reason,
+        )
         path = save_checkpoint(self.out_dir / CHECKPOINT_NAME, self.state())
         write_json_atomic(self.out_dir / CONFIG_NAME, self.config)
         write_json_atomic(self.out_dir / HISTORY_NAME, self.history)
@@ -939,9 +946,12 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         by fingerprint) must be the same; the refusal names those that differ.
     fast : {"auto", "on", "off"}
         Use the fused fast path when it supports the model (the paper's VAE; see
-        :mod:`pyro_aevb.infer.objectives.fast_vae`). Which path runs is in the progress bar,
-        ``FitResult.path``/``path_reason`` and the run's config; a VAE that cannot use it
-        gets a warning saying why.
+        :mod:`pyro_aevb.infer.objectives.fast_vae`), else the compiled path (any model/guide
+        pair recorded once and replayed, :mod:`pyro_aevb.infer.objectives.compiled`; it falls
+        back to stock Pyro with a warning if the programs cannot be recorded or change;
+        ``"on"`` makes a program that cannot be recorded an error); ``"off"``: stock Pyro.
+        Which path runs is in the progress bar, ``FitResult.path``/``path_reason`` and the
+        run's config; a VAE that cannot use the fused path gets a warning saying why.
     callback : callable, optional
         ``callback(trainer, record)`` after each evaluation, under the evaluation RNG; it may
         add JSON-serialisable entries to ``record`` (e.g. a marginal-likelihood estimate).

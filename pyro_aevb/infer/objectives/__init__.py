@@ -1,7 +1,7 @@
 """Training objectives, handed to :func:`pyro_aevb.fit` as Pyro's ``SVI`` takes its loss.
 
-* :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, stock Pyro
-  otherwise);
+* :class:`ELBO`: AEVB with estimator A or B (fused fast path for the paper's VAE, the
+  compiled path for any other model/guide pair, stock Pyro where neither applies);
 * :class:`WakeSleep`: the wake-sleep baseline;
 * :class:`MonteCarloEM`: Monte Carlo EM with an HMC E-step (no encoder);
 * :class:`SemiAmortized`: SA-VAE, the guide refined per minibatch before the decoder's step;
@@ -14,6 +14,7 @@ Each is a settings object; the trainer binds it to the user's programs
 
 from .aevb import ELBO
 from .base import FAST_MODES, BoundObjective, Objective, PyroELBOObjective
+from .compiled import CompiledELBOObjective
 from .fast_vae import FastVAE, FastVAEObjective
 from .iwae import IWAE, PyroIWAEObjective, VAEIWAEObjective
 from .mcem import MCEM_OPTIONS, MonteCarloEM, MonteCarloEMObjective
@@ -41,6 +42,7 @@ __all__ = [
     "MCEM_OPTIONS",
     "FAST_MODES",
     "PyroELBOObjective",
+    "CompiledELBOObjective",
     "FastVAE",
     "FastVAEObjective",
     "WakeSleepObjective",

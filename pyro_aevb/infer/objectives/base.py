@@ -71,6 +71,10 @@ class BoundObjective:
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def plan(self, num_steps: int) -> None:
+        """Told by the trainer how many steps it means to take (before :meth:`setup`);
+        objectives whose set-up cost depends on it (the compiled path) use it."""
+
     def train_step(self, x: torch.Tensor, idx: torch.Tensor, optimizer) -> float:
         """One training step on the minibatch ``x = data[idx]``; returns the loss.
 
@@ -130,6 +134,11 @@ class PyroELBOObjective(BoundObjective):
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         # Estimator B has lower variance; A needs no closed-form KL.
         return self.stock_bound(x)
+
+    def load_state_dict(self, state: dict) -> None:
+        # A run of the compiled path (same numbers) resumes on stock Pyro: its bookkeeping
+        # keys (``compiled_*``, see compiled.STATE_KEYS) have no meaning here.
+        super().load_state_dict({k: v for k, v in state.items() if not k.startswith("compiled_")})
 
 
 class Objective:

@@ -33,7 +33,7 @@ import pyro.poutine as poutine
 import torch
 
 from ...mcmc import hmc
-from ...mcmc.potential import PerDatapointPotential
+from ...mcmc.potentials import make_potential
 from ...models.vae import VAE
 from ...poutine import PerDatapointProgram, TrainingProgram, collect_params
 from ...validation import check_choice, check_positive_float, check_positive_int
@@ -123,6 +123,7 @@ class MonteCarloEMObjective(BoundObjective):
         vae = getattr(program.model, "__self__", None)
         self.vae = vae if type(vae) is VAE and program.plate_name == "data" else None
         self.direct = fast != "off" and self.vae is not None
+        self.fast = fast
         self.path_reason = "direct VAE arithmetic" if self.direct else "Pyro traces"
         self.chains: torch.Tensor | None = None  # (N, D) persistent unconstrained positions
         self.step_size: torch.Tensor | None = None  # (N,)
@@ -181,7 +182,8 @@ class MonteCarloEMObjective(BoundObjective):
                 return -vae.log_joint(x, z)
 
             return potential
-        return PerDatapointPotential(self.prepared, x)
+        # recorded once (compiled) and replayed at every E-step, unless fast="off"
+        return make_potential(self.prepared, x, fast="off" if self.fast == "off" else "auto")
 
     def _init_chains(self, x: torch.Tensor) -> None:
         # Chains start from the prior of every local site (through its transform): the same

@@ -1,0 +1,397 @@
+r"""The compiled path: the ELBO step of any model/guide pair, recorded once and replayed.
+
+For a model that is not the paper's VAE (which has its own hand-derived path,
+:mod:`~pyro_aevb.infer.objectives.fast_vae`), :class:`CompiledELBOObjective` computes what
+stock Pyro computes -- the minibatch loss of eq. 8 with estimator A
+(:class:`~pyro.infer.Trace_ELBO`) or B (:class:`~pyro_aevb.infer.elbo.AnalyticKL_ELBO`) and
+its gradient in every trained tensor -- without Pyro's per-site work at every step:
+
+1. **Record.** On the first minibatch of a shape the user's guide and model are traced by
+   Pyro as the ELBO traces them (``_get_traces``: the guide, then the model replayed on its
+   draws, with the trainer's ``N / M`` scaling), the loss is formed from the traces as
+   :func:`elbo_loss_particle` does it for Pyro's ELBO classes, and
+   ``torch.autograd.grad`` differentiates it; :func:`pyro_aevb.poutine.compile.capture`
+   records the ATen operations of all of it, including the guide's random draws.
+2. **Replay.** Each step runs the recording on the minibatch and the current parameters: the
+   same operations on the same random draws as the traced run, without the messenger stack,
+   traces, distribution objects or autograd graph. Engines: ``"replay"`` (the recorded calls
+   one by one: bitwise the stock numbers, no start-up cost) and ``"inductor"`` (fused C++
+   kernels: equal to float rounding, several times less Python and memory traffic, seconds
+   to compile once). ``engine="auto"`` compiles only runs planned for at least
+   :data:`INDUCTOR_MIN_STEPS` steps (the trainer says how many), where the compile time is
+   repaid.
+3. **Check.** A recording is only valid while the programs are static: same sites, shapes,
+   plates, distribution types and scales, no Python state that changes the arithmetic. At
+   steps 1, 2, 4, 8, ... and every ``check_every`` steps the step runs on Pyro's traces
+   instead (its loss and gradients are the stock ones, so nothing is lost), and the recording
+   is run on the same draws beside it: if the traced structure differs from the recorded one
+   or the numbers disagree, the objective falls back to stock Pyro for the rest of training,
+   with a warning and a new ``path``/``path_reason``. A program whose Python reads tensor
+   values (``if x.sum() > 0``) cannot be recorded at all and runs on stock Pyro from the
+   start (``fast="on"`` makes that an error).
+
+Guides with score-function (non-reparameterised) sites are not recorded (stock Pyro runs
+them). Autoguides are ordinary Pyro programs (``PyroModule`` guides included): their
+parameters are trained tensors like any other and are recorded as inputs.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import torch
+from pyro.distributions.util import is_identically_zero, scale_and_mask
+from pyro.infer.util import check_fully_reparametrized
+
+from ...poutine import TrainingProgram
+from ...poutine.compile import CaptureError, RecordedFunction, capture, structure_of
+from ...validation import check_choice, check_positive_int
+from ..elbo import AnalyticKLError, make_elbo, site_kl
+from .base import BoundObjective, PyroELBOObjective
+
+__all__ = [
+    "CompiledELBOObjective",
+    "ENGINE_CHOICES",
+    "INDUCTOR_MIN_STEPS",
+    "elbo_loss_particle",
+]
+
+#: ``engine=`` choices: ``"auto"`` picks ``"inductor"`` for long runs, else ``"replay"``.
+ENGINE_CHOICES = ("auto", "replay", "inductor")
+#: Planned training steps from which ``engine="auto"`` compiles with inductor: its compile
+#: time (seconds to a minute, cached on disk by torch) is then a small part of the run.
+INDUCTOR_MIN_STEPS = 10_000
+#: Steps between structure checks after the first few (1, 2, 4, ...).
+CHECK_EVERY = 500
+# Recordings kept per minibatch shape (full batches, a smaller last one, a first minibatch).
+_MAX_RECORDINGS = 4
+# Checkpointed engine codes.
+_ENGINE_CODES = {None: 0, "replay": 1, "inductor": 2}
+#: Keys of :meth:`CompiledELBOObjective.state_dict` (stock Pyro accepts and ignores them).
+STATE_KEYS = ("compiled_engine", "compiled_fell_back", "compiled_steps")
+
+
+def elbo_loss_particle(model_trace, guide_trace, estimator: str) -> torch.Tensor:
+    """One particle's surrogate loss (a tensor) from Pyro's traces, as Pyro differentiates it.
+
+    Estimator A: ``Trace_ELBO``'s ``-(sum_model log_prob_sum - sum_guide entropy_term)``;
+    estimator B: :class:`~pyro_aevb.infer.elbo.AnalyticKL_ELBO`'s
+    ``-(sum_observed log_prob_sum - sum_latent scaled KL(q || p))``. The traces must have
+    their log-densities computed (``compute_log_prob``/``compute_score_parts``), as the
+    ELBOs' ``_get_traces`` leave them. Raises :class:`~pyro_aevb.poutine.compile.
+    CaptureError` for a guide site with a score-function term (not reparameterised).
+    """
+    surrogate = 0
+    if estimator == "A":
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                surrogate = surrogate + site["log_prob_sum"]
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            _, score_function_term, entropy_term = site["score_parts"]
+            if not is_identically_zero(entropy_term):
+                surrogate = surrogate - entropy_term.sum()
+            if not is_identically_zero(score_function_term):
+                raise CaptureError(
+                    f"guide site '{name}' is not reparameterised (its gradient needs "
+                    f"score-function terms)"
+                )
+        return -surrogate
+    surrogate = 0.0
+    for name, model_site in model_trace.nodes.items():
+        if model_site["type"] != "sample":
+            continue
+        if model_site["is_observed"]:
+            surrogate = surrogate + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes.get(name)
+        if guide_site is None:
+            raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
+        check_fully_reparametrized(guide_site)
+        kl = site_kl(name, guide_site, model_site)
+        kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+        surrogate = surrogate - kl.sum()
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+            raise AnalyticKLError(
+                f"guide site '{name}' is not in the model (an auxiliary variable); "
+                f"estimator B has no closed form for it, use estimator 'A'"
+            )
+    return -surrogate
+
+
+def _first_difference(recorded: tuple, traced: tuple) -> str:
+    for a, b in zip(recorded, traced, strict=False):
+        if a != b:
+            return f"recorded {a}, now {b}"
+    longer, what = (recorded, "lost") if len(recorded) > len(traced) else (traced, "gained")
+    return f"the programs {what} site {longer[min(len(recorded), len(traced))]}"
+
+
+class _Recording:
+    """A recorded step for one minibatch shape: the function, its structure, which
+    parameters get a gradient."""
+
+    def __init__(self, fn: RecordedFunction, structure: tuple, has_grad: list[bool]):
+        self.fn = fn
+        self.structure = structure
+        self.has_grad = has_grad
+
+
+class CompiledELBOObjective(BoundObjective):
+    """Estimator A or B of any :class:`~pyro_aevb.poutine.TrainingProgram`, recorded once
+    and replayed (see the module docstring).
+
+    Parameters
+    ----------
+    program : TrainingProgram
+    estimator : {"A", "B"}
+    num_particles : int
+        L; the programs run L times per step, as ``Trace_ELBO(num_particles=L)`` runs them.
+    engine : {"auto", "replay", "inductor"}
+        How the recording runs (see the module docstring).
+    strict : bool
+        Raise ``ValueError`` when the programs cannot be recorded (``fast="on"``) instead
+        of running them on stock Pyro.
+    check_every : int
+        Steps between structure checks after the first few.
+    """
+
+    path = "compiled"
+
+    def __init__(
+        self,
+        program: TrainingProgram,
+        estimator: str = "B",
+        num_particles: int = 1,
+        *,
+        engine: str = "auto",
+        strict: bool = False,
+        check_every: int = CHECK_EVERY,
+    ):
+        super().__init__(program, estimator, num_particles)
+        self.engine_choice = check_choice(engine, "engine", ENGINE_CHOICES)
+        self.check_every = check_positive_int(check_every, "check_every")
+        self.strict = strict
+        self.elbo = make_elbo(self.estimator, self.num_particles)
+        self.stock = PyroELBOObjective(program, self.estimator, self.num_particles)
+        #: The engine in use (resolved at the first step); ``None`` before.
+        self.engine: str | None = None
+        #: Whether the objective runs on stock Pyro now (the programs could not be recorded,
+        #: or changed).
+        self.fell_back = False
+        #: Steps taken on this objective, and how many of them were structure checks.
+        self.steps = 0
+        self.num_checks = 0
+        self.planned_steps: int | None = None
+        self._recordings: OrderedDict = OrderedDict()
+        self._main_shape = None
+        self._why_not_fused = ""
+
+    # ------------------------------------------------------------------ set-up
+    def plan(self, num_steps: int) -> None:
+        """The number of steps the caller means to take (picks the engine for ``"auto"``)."""
+        self.planned_steps = int(num_steps)
+
+    def setup(self, x: torch.Tensor) -> None:
+        super().setup(x)
+        self.stock.params = self.params
+        self._main_shape = (tuple(x.shape), x.dtype, x.device)
+        if not self.fell_back:
+            try:
+                self._recording(x)
+            except CaptureError as err:
+                self._fall_back(str(err), at_setup=True)
+
+    def describe(self, why_not_fused: str) -> None:
+        """Set :attr:`path_reason` (with why the fused VAE path does not apply)."""
+        self._why_not_fused = why_not_fused
+        self._update_reason()
+
+    def _update_reason(self) -> None:
+        if self.fell_back:
+            return
+        engine = self.engine or (
+            self.engine_choice if self.engine_choice != "auto" else "replay or inductor"
+        )
+        self.path_reason = (
+            f"programs recorded once and replayed without Pyro's per-site overhead "
+            f"({engine} engine); not the fused VAE path: {self._why_not_fused}"
+        )
+
+    def _fall_back(self, reason: str, at_setup: bool = False) -> None:
+        if self.strict and at_setup:
+            raise ValueError(f"fast='on' but the programs cannot be compiled: {reason}")
+        self.fell_back = True
+        self._recordings.clear()
+        self.path = "pyro"
+        self.path_reason = f"stock Pyro: the compiled path does not apply ({reason})"
+        warnings.warn(
+            f"training on stock Pyro instead of the compiled path: {reason}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+    # ------------------------------------------------------------------ recording
+    def _loss_terms(self, x: torch.Tensor):
+        """The ELBO's traces of the programs on ``x``: ``(loss tensor, structure)``, the loss
+        accumulated over particles exactly as Pyro's ``differentiable_loss`` does."""
+        loss = 0.0
+        structure = ()
+        model, guide = self.program.model_n, self.program.guide_n
+        for model_trace, guide_trace in self.elbo._get_traces(model, guide, (x,), {}):
+            loss = loss + elbo_loss_particle(model_trace, guide_trace, self.estimator) / (
+                self.num_particles
+            )
+            structure += structure_of(guide_trace, model_trace)
+        if not isinstance(loss, torch.Tensor):
+            raise CaptureError("the programs have no sample site")
+        return loss, structure
+
+    def _record(self, x: torch.Tensor) -> _Recording:
+        params = list(self.params)
+        found: dict = {}
+
+        def step(xb, *ps):
+            loss, found["structure"] = self._loss_terms(xb)
+            if not loss.requires_grad:
+                raise CaptureError("the loss does not depend on any trained parameter")
+            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+            found["has_grad"] = [g is not None for g in grads]
+            out = [loss.detach()]
+            for p, g in zip(ps, grads, strict=True):
+                if g is not None:
+                    # the layout backward() gives p.grad (the fused optimizers want it)
+                    out.append(g.contiguous() if p.is_contiguous() else g)
+            return out
+
+        fn = capture(step, [x, *params], what="the model and guide")
+        return _Recording(fn, found["structure"], found["has_grad"])
+
+    def _recording(self, x: torch.Tensor) -> _Recording:
+        key = (tuple(x.shape), x.dtype, x.device)
+        rec = self._recordings.get(key)
+        if rec is None:
+            rec = self._record(x)
+            self._recordings[key] = rec
+            if len(self._recordings) > _MAX_RECORDINGS:
+                self._recordings.popitem(last=False)
+        return rec
+
+    def _resolve_engine(self) -> None:
+        if self.engine is not None:
+            return
+        if self.engine_choice == "auto":
+            long_run = self.planned_steps is not None and self.planned_steps >= INDUCTOR_MIN_STEPS
+            self.engine = "inductor" if long_run else "replay"
+        else:
+            self.engine = self.engine_choice
+        self._update_reason()
+
+    def _engine_for(self, rec: _Recording, x: torch.Tensor) -> None:
+        """Compile the main minibatch shape's recording when the engine is inductor (other
+        shapes, e.g. a smaller last batch, are rare: they replay)."""
+        if self.engine != "inductor" or rec.fn.engine == "inductor":
+            return
+        if (tuple(x.shape), x.dtype, x.device) != self._main_shape:
+            return
+        try:
+            rec.fn.compile("inductor", x, *self.params)
+        except CaptureError as err:
+            warnings.warn(f"compiled path: using the replay engine ({err})", stacklevel=3)
+            self.engine = "replay"
+            self._update_reason()
+
+    # ------------------------------------------------------------------ steps
+    def _assign(self, rec: _Recording, grads) -> None:
+        it = iter(grads)
+        for p, has in zip(self.params, rec.has_grad, strict=True):
+            p.grad = next(it) if has else None
+
+    def _traced_step(self, x: torch.Tensor):
+        """The step on Pyro's traces (stock numbers): ``(loss, structure)``, gradients in
+        ``p.grad``."""
+        self.zero_grad()
+        loss, structure = self._loss_terms(x)
+        loss.backward()
+        return loss.detach(), structure
+
+    def _check_due(self) -> bool:
+        k = self.steps
+        return k & (k - 1) == 0 or k % self.check_every == 0
+
+    def _agree(self, rec: _Recording, replayed, loss, structure) -> str | None:
+        """``None`` if the traced step agrees with the recording, else what differs."""
+        if structure != rec.structure:
+            return f"their structure changed: {_first_difference(rec.structure, structure)}"
+        rtol = 1e-4 if loss.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        traced = [loss] + [p.grad for p, has in zip(self.params, rec.has_grad, strict=True) if has]
+        for i, (a, b) in enumerate(zip(replayed, traced, strict=True)):
+            if b is None or a.shape != b.shape:
+                return "a parameter's gradient changed shape or vanished"
+            scale = float(b.abs().max()) if b.numel() else 0.0
+            err = float((a - b).abs().max()) if b.numel() else 0.0
+            if not err <= rtol * scale + 1e-30:
+                what = "loss" if i == 0 else "gradients"
+                return (
+                    f"the recorded {what} no longer equal Pyro's (the programs read Python "
+                    f"state that changed)"
+                )
+        return None
+
+    def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fell_back:
+            return self.stock.loss_and_grads(x)
+        try:
+            rec = self._recording(x)
+        except CaptureError as err:
+            self._fall_back(f"a minibatch of shape {tuple(x.shape)}: {err}")
+            return self.stock.loss_and_grads(x)
+        self._resolve_engine()
+        self._engine_for(rec, x)
+        self.steps += 1
+        inputs = [x, *self.params]
+        if not self._check_due():
+            out = rec.fn(*inputs)
+            self._assign(rec, out[1:])
+            return out[0]
+        # A check: run the recording on the draws the traced step is about to make.
+        self.num_checks += 1
+        with torch.random.fork_rng(devices=[]):
+            replayed = rec.fn(*inputs)
+        loss, structure = self._traced_step(x)
+        differs = self._agree(rec, replayed, loss, structure)
+        if differs is not None:
+            self._fall_back(f"at step {self.steps} {differs}")
+        return loss
+
+    def bound(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stock_bound(x)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Engine, fallback and step count (numbers only): a resumed run replays the same
+        way and checks at the same steps."""
+        return {
+            "compiled_engine": _ENGINE_CODES[self.engine],
+            "compiled_fell_back": int(self.fell_back),
+            "compiled_steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        unknown = sorted(set(state) - set(STATE_KEYS))
+        if unknown:
+            raise ValueError(f"CompiledELBOObjective got unknown state keys {unknown}")
+        if not state:
+            return
+        code = int(state.get("compiled_engine", 0))
+        self.engine = {v: k for k, v in _ENGINE_CODES.items()}[code]
+        self.steps = int(state.get("compiled_steps", 0))
+        if state.get("compiled_fell_back") and not self.fell_back:
+            self.fell_back = True
+            self._recordings.clear()
+            self.path = "pyro"
+            self.path_reason = "stock Pyro: the run had left the compiled path before"
+        self._update_reason()

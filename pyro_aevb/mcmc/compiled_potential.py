@@ -1,0 +1,231 @@
+r"""Per-datapoint potentials of any Pyro model, recorded once instead of traced every time.
+
+:class:`~pyro_aevb.mcmc.potential.PerDatapointPotential` runs the model under a Pyro trace and
+autograd at every gradient: HMC, AIS, Appendix D and Monte Carlo EM pay Pyro's per-site work
+thousands of times for the same program on the same data. :class:`CompiledPotential` records
+the arithmetic of one traced evaluation -- the unflattening of the position, the model
+conditioned on it, the per-datapoint sums and both gradients -- with
+:func:`pyro_aevb.poutine.compile.capture` and replays it:
+
+    (u, x_rows) -> (log p(u) incl. Jacobian, log p(x | z), d log p(u)/du, d log p(x|z)/du)
+
+per row. Values and gradients are those of the traced potential (the same ATen operations on
+the same inputs); the model's parameters and other tensors are read by reference at every
+replay, so in-place updates (an optimizer's, between Monte Carlo EM's E-steps) are seen.
+
+**Rows in chunks.** Rows (chains x datapoints) are independent, so a large position is
+evaluated in chunks of at most ``max_rows`` rows (by default as many as keep the recording's
+working memory near ``memory_limit``), the last chunk padded with copies of its own rows:
+every chunk has the same shape, so one recording serves any number of rows, and the memory
+of a whole-test-set AIS run stays bounded.
+
+A model whose Python reads tensor values (data-dependent control flow) cannot be recorded:
+the potential then runs traced, says so in :attr:`path_reason`, and logs a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+
+import pyro.poutine as poutine
+import torch
+
+from ..poutine.compile import CaptureError, RecordedFunction, capture
+from .potential import PerDatapointPotential, log_density_per_datapoint
+
+__all__ = ["CompiledPotential", "DEFAULT_MEMORY_LIMIT", "row_chunks"]
+
+#: Default working-memory budget of one potential evaluation, in bytes.
+DEFAULT_MEMORY_LIMIT = 256 * 2**20
+# Tensors of a row's size alive at once in a traced evaluation with its backward pass
+# (activations, log-densities, their gradients): a deliberately generous estimate.
+_LIVE_COPIES = 16
+
+logger = logging.getLogger("pyro_aevb")
+
+# Recordings by program: potentials of one program on other rows or chains (with_chains, the
+# E-steps of Monte Carlo EM on each minibatch) share them, as they depend on the chunk shape
+# only.
+_RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def row_chunks(n: int, max_rows: int):
+    """``(start, stop, pad)`` covering rows ``0..n`` in chunks of ``min(n, max_rows)`` rows;
+    ``pad`` rows are added to the last chunk to make it full (0 elsewhere)."""
+    size = min(n, max_rows)
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        yield start, stop, size - (stop - start)
+
+
+def _row_index(start: int, stop: int, pad: int, device=None) -> torch.Tensor:
+    """Rows ``start:stop`` followed by ``pad`` copies of them (cyclically), as indices."""
+    idx = torch.arange(start, stop, device=device)
+    if pad:
+        idx = torch.cat([idx, idx[torch.arange(pad, device=device) % (stop - start)]])
+    return idx
+
+
+def _padded(t: torch.Tensor, start: int, stop: int, pad: int) -> torch.Tensor:
+    """Rows ``start:stop`` of ``t``, followed by ``pad`` copies of those rows (cyclically)."""
+    if not pad:
+        return t[start:stop]
+    return t.index_select(0, _row_index(start, stop, pad, t.device))
+
+
+class CompiledPotential(PerDatapointPotential):
+    """:class:`~pyro_aevb.mcmc.potential.PerDatapointPotential` computed from a recording
+    of one traced evaluation (see the module docstring).
+
+    Parameters
+    ----------
+    (as PerDatapointPotential), and:
+    max_rows : int, optional
+        Rows per recorded evaluation (default: from ``memory_limit``).
+    memory_limit : int
+        Working-memory budget in bytes that sets the default ``max_rows``.
+    engine : {"replay", "inductor"}
+        How the recordings run (see :mod:`pyro_aevb.poutine.compile`); ``"replay"`` gives
+        the traced numbers bit for bit.
+    """
+
+    provides_grad = True
+    path = "compiled"
+
+    def __init__(
+        self,
+        model,
+        x: torch.Tensor,
+        *,
+        num_chains: int = 1,
+        plate_name: str = "data",
+        guide=None,
+        validate: bool = False,
+        global_values: dict | None = None,
+        max_rows: int | None = None,
+        memory_limit: int = DEFAULT_MEMORY_LIMIT,
+        engine: str = "replay",
+    ):
+        super().__init__(
+            model,
+            x,
+            num_chains=num_chains,
+            plate_name=plate_name,
+            guide=guide,
+            validate=validate,
+            global_values=global_values,
+        )
+        row_bytes = (math.prod(x.shape[1:]) + self.dim) * x.element_size() * _LIVE_COPIES
+        self.max_rows = max_rows or max(1, memory_limit // max(1, row_bytes))
+        self.memory_limit = memory_limit
+        self.engine = engine
+        self._recordings = _RECORDINGS.setdefault(self.program, {})
+        self.path_reason = "the model's arithmetic recorded once and replayed (no Pyro trace)"
+
+    def with_chains(self, num_chains: int) -> CompiledPotential:
+        new = CompiledPotential(
+            self.program,
+            self.x,
+            num_chains=num_chains,
+            validate=self.validate,
+            max_rows=self.max_rows,
+            memory_limit=self.memory_limit,
+            engine=self.engine,
+        )
+        if self.path != "compiled":
+            new._fall_back(self.path_reason, warn=False)
+        return new
+
+    # ------------------------------------------------------------------ recording
+    def _fall_back(self, reason: str, warn: bool = True) -> None:
+        self.provides_grad = False
+        self.path = "traced"
+        self.path_reason = f"traced at every evaluation: the model cannot be compiled ({reason})"
+        if warn:
+            logger.warning("per-datapoint potential: %s", self.path_reason)
+
+    def _evaluate(self, u: torch.Tensor, x_rows: torch.Tensor, grads: bool):
+        values, log_jac = self.layout.unflatten(u)
+        with poutine.block():
+            log_prior, log_lik = log_density_per_datapoint(
+                self.model, x_rows, self.layout, values, log_jac
+            )
+        if not grads:
+            return log_prior, log_lik
+        g_prior = torch.autograd.grad(log_prior.sum(), u, retain_graph=True)[0]
+        if log_lik.requires_grad:
+            g_lik = torch.autograd.grad(log_lik.sum(), u)[0]
+        else:  # no observation depends on the latents
+            g_lik = torch.zeros_like(u)
+        return log_prior, log_lik, g_prior, g_lik
+
+    def _recording(self, rows: int, grads: bool) -> RecordedFunction:
+        key = (rows, grads, self.dtype, self.engine)
+        rec = self._recordings.get(key)
+        if rec is None:
+            u = torch.zeros(
+                rows, self.dim, dtype=self.dtype, device=self.x.device, requires_grad=True
+            )
+            x_rows = self._x_rows(0, min(rows, self.num_rows), max(0, rows - self.num_rows))
+
+            def fn(u, x_rows):
+                return self._evaluate(u, x_rows, grads)
+
+            rec = capture(fn, [u, x_rows], what="the model's log-density")
+            if self.engine != "replay":
+                rec.compile(self.engine, u, x_rows)
+            self._recordings[key] = rec
+        return rec
+
+    def _x_rows(self, start: int, stop: int, pad: int) -> torch.Tensor:
+        """The observations of rows ``start:stop`` (+ ``pad``), without replicating ``x``."""
+        if self.num_chains == 1:
+            return _padded(self.x, start, stop, pad)
+        idx = _row_index(start, stop, pad, self.x.device) % self.batch_size
+        return self.x.index_select(0, idx)
+
+    def _run(self, position: torch.Tensor, grads: bool):
+        """The recorded evaluation over all rows, chunk by chunk; ``None`` if it cannot be
+        recorded (after falling back)."""
+        self._check_position(position)
+        n = position.shape[0]
+        outs = []
+        try:
+            for start, stop, pad in row_chunks(n, self.max_rows):
+                rec = self._recording(stop - start + pad, grads)
+                u = _padded(position, start, stop, pad)
+                x_rows = self._x_rows(start, stop, pad)
+                out = rec(u, x_rows)
+                outs.append([t[: stop - start] for t in out])
+        except CaptureError as err:
+            self._fall_back(str(err))
+            return None
+        if len(outs) == 1:
+            return outs[0]
+        return [torch.cat(parts) for parts in zip(*outs, strict=True)]
+
+    # ------------------------------------------------------------------ evaluations
+    def log_joint_parts(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.path != "compiled" or position.requires_grad:
+            # traced (after a fallback), or differentiated by a caller's autograd
+            return super().log_joint_parts(position)
+        out = self._run(position.detach(), grads=False)
+        if out is None:
+            return super().log_joint_parts(position)
+        return out[0], out[1]
+
+    def parts_and_grads(self, position: torch.Tensor, need_value: bool = True):
+        if self.path == "compiled":
+            out = self._run(position.detach(), grads=True)
+            if out is not None:
+                return tuple(out)
+        return super().parts_and_grads(position, need_value)
+
+    def potential_and_grad(self, position: torch.Tensor, need_value: bool = True):
+        """``(U (n,), dU/du (n, D))`` from the recording (``need_value`` is free here)."""
+        if self.path != "compiled":
+            return super().potential_and_grad(position)
+        log_prior, log_lik, g_prior, g_lik = self.parts_and_grads(position)
+        return -(log_prior + log_lik), -(g_prior + g_lik)

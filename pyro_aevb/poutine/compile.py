@@ -1,0 +1,244 @@
+r"""Record the tensor arithmetic of a Pyro program once, and replay it without Pyro.
+
+Every call of a Pyro program pays for Pyro's machinery on top of its arithmetic: a messenger
+stack that handles each ``pyro.sample``/``pyro.param``/``pyro.module`` statement, a
+:class:`~pyro.poutine.Trace` per run, distribution objects, scale and log-density
+bookkeeping, and the autograd graph of all of it. On small networks this costs more than the
+arithmetic itself. :func:`capture` runs a function of tensors once -- typically "trace the
+programs, compute the loss, differentiate it" -- under :func:`torch.fx.experimental.
+proxy_tensor.make_fx`, which records every ATen operation that reaches the tensors, and only
+those: the result is a straight-line program over the inputs (a :class:`torch.fx.GraphModule`)
+with the forward pass, the backward pass of ``torch.autograd.grad`` and the random draws, and
+nothing of Pyro's Python. Running it computes exactly what the traced run computes:
+
+* the same operations in the same order (the **replay** engine runs the recorded ATen calls
+  one by one, so results are bitwise those of the eager run), or the same operations fused by
+  :func:`torch.compile` (inductor) into C++ kernels (the **inductor** engine: equal to float
+  rounding, much faster on small models, seconds to a minute to compile);
+* the same random draws: random operations (``normal_``, ``bernoulli``, ...) are recorded as
+  such and draw from torch's global RNG in the recorded order on every run, as Pyro's
+  ``rsample`` does (inductor is told ``fallback_random=True`` so that it keeps them).
+
+**What is recorded, and what is not.** The recording is specialised to the shapes, dtypes and
+devices of its inputs and to the Python control flow taken while recording. Reading a tensor
+value in Python (``bool(t)``, ``t.item()``, ``if x.sum() > 0``) on anything that depends on
+the inputs cannot be recorded: :func:`capture` raises :class:`CaptureError` saying so, and the
+caller keeps running the program under Pyro. Pyro's own argument validation reads values, so
+recording runs with validation off (the caller validates on a traced run first), and
+:func:`~pyro_aevb.validation.check_data` skips its value scans. Python state read by the
+program (a counter, an annealing factor in an attribute, the set of sites it chooses to
+sample) is frozen at recording time; :func:`structure_of` gives a signature of the sites,
+shapes, plates, distribution types and scales of traces, which callers compare on a traced
+run now and then to catch a program whose structure changes. Tensors the function reads that
+are not inputs (buffers, constants) are read by reference at every run, so in-place updates
+of them are seen; trainable tensors must be passed as inputs to get their gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pyro
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from ..validation import value_checks_skipped
+
+__all__ = [
+    "ENGINES",
+    "CaptureError",
+    "RecordedFunction",
+    "capture",
+    "structure_of",
+]
+
+#: How a recording is run: ATen calls one by one (exact), or compiled by inductor (fused).
+ENGINES = ("replay", "inductor")
+
+# make_fx's message when a traced tensor's value is read in Python (aten._local_scalar_dense)
+_DATA_DEPENDENT = ("_local_scalar_dense", "data-dependent", "get value out of a tracing tensor")
+
+
+class CaptureError(ValueError):
+    """A program whose arithmetic cannot be recorded (or compiled); the message says why."""
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+class RecordedFunction:
+    """A function of tensors recorded by :func:`capture`; call it like the original.
+
+    Attributes
+    ----------
+    graph_module : torch.fx.GraphModule
+        The recorded ATen program.
+    engine : str
+        ``"replay"`` or ``"inductor"`` (after :meth:`compile`).
+    input_shapes : tuple
+        ``(shape, dtype, device)`` of each input it was recorded for.
+    num_ops : int
+        Operations in the recording.
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]):
+        self.graph_module = graph_module
+        self.input_shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
+        self.engine = "replay"
+        self._run = graph_module
+        self.num_ops = sum(1 for n in graph_module.graph.nodes if n.op == "call_function")
+
+    def matches(self, inputs: Sequence[torch.Tensor]) -> bool:
+        """Whether ``inputs`` have the shapes, dtypes and devices it was recorded for."""
+        if len(inputs) != len(self.input_shapes):
+            return False
+        return all(
+            (tuple(t.shape), t.dtype, t.device) == spec
+            for t, spec in zip(inputs, self.input_shapes, strict=True)
+        )
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # The recording holds the backward pass explicitly: no autograd graph is built here.
+        with torch.no_grad():
+            out = self._run(*[t.detach() for t in inputs])
+        return tuple(out)
+
+    def compile(self, engine: str, *example: torch.Tensor) -> None:
+        """Switch to ``engine``. For ``"inductor"`` compile now with :func:`torch.compile`
+        (seconds to a minute; torch caches the kernels on disk), running once on ``example``
+        inputs (as for :meth:`__call__`) under a forked RNG. Raises :class:`CaptureError` if
+        the compiler is unavailable or fails, and stays on the replay engine then."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
+        if engine == self.engine:
+            return
+        if engine == "replay":
+            self._run, self.engine = self.graph_module, "replay"
+            return
+        try:
+            # fallback_random: torch's own random kernels, so the compiled program draws
+            # exactly what the recorded one (and Pyro) draws, from the global RNG
+            compiled = torch.compile(
+                self.graph_module,
+                backend="inductor",
+                fullgraph=True,
+                dynamic=False,
+                options={"fallback_random": True},
+            )
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                compiled(*[t.detach() for t in example])  # compiles
+        except Exception as err:  # no C++ compiler, an unsupported operation, ...
+            raise CaptureError(f"the inductor compiler failed: {_describe(err)}") from err
+        self._run, self.engine = compiled, "inductor"
+
+
+def _simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop what a run without autograd does not need: ``detach`` calls and dead code.
+
+    Random operations count as side effects (torch.fx's default), so an unused draw is kept
+    and the random stream stays that of the traced program.
+    """
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.detach.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    graph.eliminate_dead_code()
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def capture(
+    fn: Callable[..., Sequence[torch.Tensor]],
+    inputs: Sequence[torch.Tensor],
+    *,
+    what: str = "the programs",
+) -> RecordedFunction:
+    """Record ``fn(*inputs)`` (a flat sequence of tensors out) as a :class:`RecordedFunction`.
+
+    ``fn`` runs once, for real, with Pyro's validation off and under a forked RNG (the
+    recording run never shifts the caller's random stream). Raises :class:`CaptureError`
+    naming the reason when ``fn`` reads tensor values in Python or fails.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    inputs = list(inputs)
+
+    def flat(*args):
+        out = fn(*args)
+        if not isinstance(out, tuple | list) or not all(isinstance(t, torch.Tensor) for t in out):
+            raise TypeError("the recorded function must return a sequence of tensors")
+        return tuple(out)
+
+    try:
+        with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+            with value_checks_skipped(), torch.enable_grad():
+                gm = make_fx(flat, tracing_mode="real")(*inputs)
+    except CaptureError:
+        raise
+    except Exception as err:
+        message = str(err)
+        if any(s in message for s in _DATA_DEPENDENT):
+            raise CaptureError(
+                f"{what} read a tensor value in Python (data-dependent control flow such as "
+                f"`if x.sum() > 0`, or .item()), which a recording cannot repeat"
+            ) from err
+        raise CaptureError(f"recording {what} failed: {_describe(err)}") from err
+    return RecordedFunction(_simplify(gm), inputs)
+
+
+def _dist_name(fn) -> str:
+    """``"Independent(Normal)"``-style name of a distribution and the ones it wraps."""
+    names = []
+    while hasattr(fn, "base_dist"):
+        names.append(type(fn).__name__)
+        fn = fn.base_dist
+    names.append(type(fn).__name__)
+    return "(".join(names) + ")" * (len(names) - 1)
+
+
+def _scale_key(scale):
+    if isinstance(scale, torch.Tensor):
+        return ("tensor", tuple(scale.shape)) if scale.numel() != 1 else float(scale)
+    return float(scale)
+
+
+def structure_of(*traces) -> tuple:
+    """The static structure of Pyro traces: one entry per sample, plate and param site.
+
+    A sample site gives its name, distribution type, value shape and dtype, whether it is
+    observed, its event dimension, its plates (name, dim, size, full size), its scale (a
+    number, or the shape of a tensor scale) and whether it is masked; a param site its name
+    and shape. Two runs of a program with the same structure have equal signatures.
+    """
+    out = []
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            kind = site["type"]
+            if kind == "param":
+                out.append(("param", name, tuple(site["value"].shape)))
+            elif kind == "sample" and site_is_subsample(site):
+                out.append(("plate", name, tuple(site["value"].shape)))
+            elif kind == "sample":
+                fn, value = site["fn"], site["value"]
+                frames = tuple(
+                    (f.name, f.dim, f.size, f.full_size) for f in site["cond_indep_stack"]
+                )
+                out.append(
+                    (
+                        "sample",
+                        name,
+                        _dist_name(fn),
+                        tuple(getattr(value, "shape", ())),
+                        str(getattr(value, "dtype", "")),
+                        bool(site["is_observed"]),
+                        getattr(fn, "event_dim", None),
+                        frames,
+                        _scale_key(site["scale"]),
+                        site["mask"] is None,
+                    )
+                )
+    return tuple(out)
