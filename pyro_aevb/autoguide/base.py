@@ -586,8 +586,47 @@ class AmortizedGuide(PyroModule):
         return out
 
     def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sample every local site given the features ``h`` ``(n, F)``; subclasses."""
+        """Sample every local site given the features ``h`` ``(n, F)``."""
+        return self._sample_from_params(self._params_from_features(h))
+
+    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-datapoint parameters of ``q`` ``{name: (n, ...)}`` from the features
+        ``h`` ``(n, F)``; subclasses."""
         raise NotImplementedError
+
+    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sample every local site from per-datapoint parameters; subclasses."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ refinement
+    def local_params(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-datapoint parameters of ``q(z | x_i)`` the encoder computes for the rows
+        of ``x``, ``{name: (B, ...)}`` (unconstrained; with gradients to the encoder), for
+        :func:`pyro_aevb.infer.refine.refine`: what refinement optimises per datapoint."""
+        self._require_built()
+        return self._params_from_features(self.features(x))
+
+    def local_guide(self, params: dict[str, torch.Tensor]) -> Callable:
+        """A guide called with the model's arguments, like this one, whose local latents are
+        drawn from ``q`` with the given per-datapoint ``params`` (each ``(B, ...)`` for the
+        ``B`` rows of ``x``) instead of the encoder's; the global latents as this guide."""
+        self._require_built()
+
+        def guide(*args, **kwargs):
+            x = self._data(args, kwargs)
+            rows = {int(v.shape[0]) for v in params.values()}
+            if rows != {x.shape[0]}:
+                raise ValueError(
+                    f"the local parameters are for {sorted(rows)} rows, x has {x.shape[0]}"
+                )
+            out = {}
+            if self.global_guide is not None:
+                out.update(self.global_guide(*args, **kwargs))
+            with self._plate(x.shape[0], self._num_data(args, kwargs)):
+                out.update(self._sample_from_params(params))
+            return out
+
+        return guide
 
     def _local_center(self, h: torch.Tensor) -> torch.Tensor:
         """A point in the flat unconstrained space per row, ``(n, D)``; subclasses."""

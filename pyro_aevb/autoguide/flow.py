@@ -106,8 +106,14 @@ class AmortizedIAF(AmortizedGuide):
         loc, scale = self._base(h)
         return loc, scale, [f.condition(h) for f in self.nets["flows"]]
 
-    def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc, scale = self._base(h)
+    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        # per datapoint: the base Gaussian and the flows' context (the flows' weights are
+        # shared, so refining a datapoint moves its base and the context its flows see)
+        loc, log_var = self.nets["head"](h).split(self.layout.dim, dim=-1)
+        return {"loc": loc, "log_var": log_var, "context": h}
+
+    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loc, scale, h = params["loc"], torch.exp(0.5 * params["log_var"]), params["context"]
         if self.samples_site_directly:
             (site,) = self.local_sites
             transforms = [f.condition(h) for f in self.nets["flows"]]

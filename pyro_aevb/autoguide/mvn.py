@@ -53,21 +53,27 @@ class AmortizedMultivariateNormal(AmortizedGuide):
             nets["head"].weight[2 * d :].zero_()
             nets["head"].bias[2 * d :].zero_()
 
-    def _loc_and_tril(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.layout.dim
         loc, log_var, lower = self.nets["head"](h).split([d, d, d * (d - 1) // 2], dim=-1)
-        tril = torch.diag_embed(torch.exp(0.5 * log_var))
-        if d > 1:
-            tril = _fill_lower(tril, lower)
-        return loc, tril
+        return {"loc": loc, "log_var": log_var, "lower": lower}
+
+    def _loc_and_tril_of(self, params: dict[str, torch.Tensor]):
+        tril = torch.diag_embed(torch.exp(0.5 * params["log_var"]))
+        if self.layout.dim > 1:
+            tril = _fill_lower(tril, params["lower"])
+        return params["loc"], tril
+
+    def _loc_and_tril(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loc_and_tril_of(self._params_from_features(h))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, L)``: ``(batch, D)`` and ``(batch, D, D)``, the Gaussian of the flat
         unconstrained row of local latents (covariance ``L L^T``)."""
         return self._loc_and_tril(self.features(x))
 
-    def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        loc, tril = self._loc_and_tril(h)
+    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        loc, tril = self._loc_and_tril_of(params)
         if self.samples_site_directly:
             (site,) = self.local_sites
             fn = site.distribution(dist.MultivariateNormal(loc, scale_tril=tril))

@@ -60,9 +60,17 @@ class AmortizedNormal(AmortizedGuide):
         params = self._site_params(self.features(x))
         return {site.name: p for site, p in zip(self.local_sites, params)}
 
-    def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
-        for site, (loc, scale) in zip(self.local_sites, self._site_params(h)):
+        for site, head in zip(self.local_sites, self.nets["heads"]):
+            out[f"{site.name}.loc"], out[f"{site.name}.log_var"] = head(h).split(site.size, -1)
+        return out
+
+    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for site in self.local_sites:
+            loc = params[f"{site.name}.loc"]
+            scale = torch.exp(0.5 * params[f"{site.name}.log_var"])
             fn = site.normal(site.shaped(loc), site.shaped(scale))
             with site.plates():
                 out[site.name] = pyro.sample(site.name, fn)
