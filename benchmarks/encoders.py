@@ -69,8 +69,21 @@ def per_datapoint_estimates(model, guide, x, k: int, batch: int) -> tuple:
     return torch.cat(elbo), torch.cat(iwae)
 
 
-def run_config(cfg: dict) -> dict:
-    """Train one (data set, family) and evaluate it; ``cfg`` is a plain dict (processes)."""
+def run_tag(cfg: dict) -> str:
+    """The name of one (data set, family) run under ``--run-dir``."""
+    n = cfg.get("num_train") or "all"
+    return (
+        f"{cfg['dataset']}-n{n}-z{cfg['latent_dim']}-h{cfg['hidden']}-{cfg['guide']}-"
+        f"{cfg['estimator']}-{cfg['num_samples']}-s{cfg['seed']}"
+    )
+
+
+def train_family(cfg: dict):
+    """Train the paper's VAE with one family's autoguide; ``cfg`` is a plain dict (it crosses
+    processes). With ``cfg["run_dir"]`` the run is saved there (and a finished one is loaded
+    instead of retrained, so that ``benchmarks/gaps.py`` evaluates the same models).
+
+    Returns ``(dataset, vae, guide, result, train_wall_seconds)``."""
     torch.set_num_threads(cfg["threads"])
     dataset = load_config_dataset(cfg)
     torch.manual_seed(cfg["seed"])  # the same decoder initialisation for every family
@@ -79,6 +92,7 @@ def run_config(cfg: dict) -> dict:
     if cfg["guide"] == "iaf":
         options["num_flows"] = cfg["num_flows"]
     guide = GUIDE_FAMILIES[cfg["guide"]](vae.model, **options)
+    out_dir = Path(cfg["run_dir"]) / run_tag(cfg) if cfg.get("run_dir") else None
     t0 = time.perf_counter()
     result = fit(
         vae,
@@ -91,10 +105,18 @@ def run_config(cfg: dict) -> dict:
         num_samples=cfg["num_samples"],
         seed=cfg["seed"],
         eval_size=cfg["eval_size"],
+        out_dir=out_dir,
+        resume=out_dir is not None and (out_dir / "checkpoint.pt").exists(),
         progress=False,
     )
     train_wall = time.perf_counter() - t0
     vae.eval()
+    return dataset, vae, guide, result, train_wall
+
+
+def run_config(cfg: dict) -> dict:
+    """Train one (data set, family) and evaluate it; ``cfg`` is a plain dict (processes)."""
+    dataset, vae, guide, result, train_wall = train_family(cfg)
     x = dataset.test[: cfg["eval_n"]]
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -177,6 +199,11 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument("--data-dir", default=None)
+    p.add_argument(
+        "--run-dir",
+        default=None,
+        help="save the trained runs here (benchmarks/gaps.py reuses them)",
+    )
     p.add_argument("--out", default=None, help="JSON file (default: results/encoders.json)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run in seconds: {QUICK}")
     args = p.parse_args(argv)

@@ -1,28 +1,16 @@
 """benchmarks/iwae.py (VAE against IWAE at equal budget) runs end to end in its quick mode."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 from pyro_aevb.data import data_dir_from_env
-
-BENCH = Path(__file__).parents[2] / "benchmarks"
 
 pytestmark = pytest.mark.skipif(
     data_dir_from_env() is None, reason="set PYRO_AEVB_DATA to the data directory"
 )
-
-
-def load_script(name: str):
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_iwae_benchmark_quick(tmp_path, capsys):
