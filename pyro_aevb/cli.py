@@ -440,7 +440,7 @@ def cmd_gap(args) -> int:
     run = load_run(args.run_dir)
     if run.algorithm == "mcem":
         raise ValueError(f"run {run.directory} trained Monte Carlo EM: it has no encoder to refine")
-    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=args.data_dir)
+    dataset = _run_dataset(run, args.data_dir)
     data = dataset.train if args.split == "train" else dataset.test
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -450,7 +450,7 @@ def cmd_gap(args) -> int:
     options = _method_options(args.method, args.option)
     report = gap_report(
         module.model,
-        module.guide,
+        run.guide or module.guide,  # the guide the run trained (an autoguide, if any)
         x,
         refine_options={"steps": args.refine_steps, "lr": args.refine_lr},
         log_marginal_method=args.method,

@@ -131,6 +131,29 @@ def test_train_with_autoguides_then_evaluate_and_resume(tmp_path, capsys):
     assert report["elbo_estimator"] == "A"
 
 
+def test_gap_refines_the_guide_the_run_trained(tmp_path, monkeypatch, capsys):
+    import pyro_aevb.cli as cli
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "embedded-mnist", "--latent-dim", "2", "--hidden", "16",
+                 "--guide", "full", "--num-samples", "300", "--eval-size", "20",
+                 "--no-progress", "--no-figures", "--out", str(out)]) == 0  # fmt: skip
+    seen = []
+    real = cli.gap_report
+
+    def spy(model, guide, x, **kwargs):
+        seen.append(guide)
+        return real(model, guide, x, **kwargs)
+
+    monkeypatch.setattr(cli, "gap_report", spy)
+    code = main(["gap", str(out), "--n", "4", "--method", "iwae", "--option",
+                 "num_particles=30", "--refine-steps", "5", "--particles", "10"])  # fmt: skip
+    assert code == 0
+    assert type(seen[0]).__name__ == "AmortizedMultivariateNormal"  # not the VAE's own encoder
+    saved = json.loads((out / "gaps-test.json").read_text())
+    assert saved["split"] == "test" and (out / "gaps-test.png").is_file()
+
+
 def test_train_the_convolutional_vae_on_images(tmp_path):
     out = tmp_path / "conv"
     args = ["train", "--dataset", "embedded-mnist", "--arch", "conv", "--guide", "diag",
