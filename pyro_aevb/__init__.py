@@ -11,7 +11,13 @@ The flat API below is what most users need; the subpackages hold the rest.
 
 from .autoguide import AmortizedIAF, AmortizedMultivariateNormal, AmortizedNormal
 from .data import Dataset, load_dataset
-from .evaluate import LogMarginalResult, evaluate_bound, log_marginal
+from .evaluate import (
+    LogMarginalResult,
+    compare_with_mcmc,
+    evaluate_bound,
+    gap_report,
+    log_marginal,
+)
 from .infer import (
     ELBO,
     IWAE,
@@ -23,11 +29,14 @@ from .infer import (
     WakeSleep,
     elbo_per_datapoint,
     make_elbo,
+    refine,
 )
 from .models import (
     VAE,
     LinearGaussian,
     build_model,
+    conv_vae,
+    fashion_mnist_conv_vae,
     mlp_vae,
     paper_frey_face_vae,
     paper_mnist_vae,
@@ -59,6 +68,9 @@ __all__ = [
     "evaluate_bound",
     "log_marginal",
     "LogMarginalResult",
+    "refine",
+    "gap_report",
+    "compare_with_mcmc",
     "PerDatapointProgram",
     "AmortizedNormal",
     "AmortizedMultivariateNormal",
@@ -68,6 +80,8 @@ __all__ = [
     "paper_mnist_vae",
     "paper_frey_face_vae",
     "paper_vae",
+    "conv_vae",
+    "fashion_mnist_conv_vae",
     "build_model",
     "LinearGaussian",
     "Dataset",
