@@ -529,9 +529,17 @@ class AmortizedGuide(PyroModule):
         networks exist (and can be compared with the saved ones) before loading: the model is
         traced once on a zero batch of that shape. A built guide is left as it is."""
         extra = state_dict.get(prefix + "_extra_state")
-        if not self.built and isinstance(extra, dict) and extra.get("row_shape") is not None:
-            dtype = getattr(torch, extra.get("dtype") or "float32")
-            self._setup(torch.zeros(2, *extra["row_shape"], dtype=dtype))
+        if self.built or not isinstance(extra, dict) or extra.get("row_shape") is None:
+            return
+        row, dtype = extra["row_shape"], extra.get("dtype") or "float32"
+        if not (
+            isinstance(row, list | tuple)
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 2**31 for n in row)
+        ):
+            raise ValueError(f"the saved {type(self).__name__}'s row shape {row!r} is not a shape")
+        if dtype not in ("float16", "bfloat16", "float32", "float64"):
+            raise ValueError(f"the saved {type(self).__name__}'s dtype {dtype!r} is not a float")
+        self._setup(torch.zeros(2, *row, dtype=getattr(torch, dtype)))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.build_for_state(state_dict, prefix)

@@ -175,7 +175,10 @@ def check_module_states(state: dict, modules, path) -> None:
         )
     for module, sd in zip(modules, saved, strict=True):
         if isinstance(module, AmortizedGuide):
-            module.build_for_state(sd)
+            try:
+                module.build_for_state(sd)
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise _fail(path, f"its {type(module).__name__} cannot be rebuilt: {err}") from err
         own = module.state_dict()
         name = type(module).__name__
         missing = sorted(set(own) - set(sd))

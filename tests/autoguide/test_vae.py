@@ -27,6 +27,8 @@ from pyro_aevb.autoguide import (
     AmortizedNormal,
     build_guide,
 )
+from pyro_aevb.train.checkpoint import load_checkpoint, save_checkpoint
+from pyro_aevb.train.payload import MalformedCheckpointError
 
 
 def _copied(vae, x):
@@ -129,6 +131,13 @@ def test_a_run_with_an_autoguide_is_rebuilt_from_its_config_and_resumes_exactly(
     fresh = build_guide(guide.config, loaded.module.model)
     fresh.load_state_dict(guide.state_dict())
     assert fresh.built and torch.equal(fresh.encode(x[:3])[1], guide.encode(x[:3])[1])
+    # a (sealed) checkpoint whose guide records no usable row shape is refused by name
+    path = tmp_path / "straight" / "checkpoint.pt"
+    payload = load_checkpoint(path)
+    payload["program_state"]["modules"][1]["_extra_state"]["row_shape"] = ["20"]
+    save_checkpoint(path, payload)
+    with pytest.raises(MalformedCheckpointError, match="row shape"):
+        load_run(tmp_path / "straight")
 
 
 def test_a_convolutional_trunk_and_a_user_trunk():
