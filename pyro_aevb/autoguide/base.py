@@ -588,21 +588,23 @@ class AmortizedGuide(PyroModule):
         if self.global_guide is not None:
             out.update(self.global_guide(*args, **kwargs))
         self._register()
-        h = trunk_features(self.nets["trunk"], x)
+        # Everything that touches the networks runs outside the data plate: a PyroModule
+        # re-registers a plain submodule's weights (pyro.param) on each attribute access,
+        # and inside the plate they would be recorded as per-datapoint parameters.
+        nets = self.nets
+        params = self._params_from_features(trunk_features(nets["trunk"], x), nets)
         with self._plate(x.shape[0], self._num_data(args, kwargs)):
-            out.update(self._sample_local(h))
+            out.update(self._sample_from_params(params, nets))
         return out
 
-    def _sample_local(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Sample every local site given the features ``h`` ``(n, F)``."""
-        return self._sample_from_params(self._params_from_features(h))
-
-    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor, nets: nn.ModuleDict):
         """The per-datapoint parameters of ``q`` ``{name: (n, ...)}`` from the features
         ``h`` ``(n, F)``; subclasses."""
         raise NotImplementedError
 
-    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_from_params(
+        self, params: dict[str, torch.Tensor], nets: nn.ModuleDict
+    ) -> dict[str, torch.Tensor]:
         """Sample every local site from per-datapoint parameters; subclasses."""
         raise NotImplementedError
 
@@ -612,7 +614,7 @@ class AmortizedGuide(PyroModule):
         of ``x``, ``{name: (B, ...)}`` (unconstrained; with gradients to the encoder), for
         :func:`pyro_aevb.infer.refine.refine`: what refinement optimises per datapoint."""
         self._require_built()
-        return self._params_from_features(self.features(x))
+        return self._params_from_features(self.features(x), self.nets)
 
     def local_guide(self, params: dict[str, torch.Tensor]) -> Callable:
         """A guide called with the model's arguments, like this one, whose local latents are
@@ -630,8 +632,10 @@ class AmortizedGuide(PyroModule):
             out = {}
             if self.global_guide is not None:
                 out.update(self.global_guide(*args, **kwargs))
+            self._register()
+            nets = self.nets  # outside the plate (see forward)
             with self._plate(x.shape[0], self._num_data(args, kwargs)):
-                out.update(self._sample_from_params(params))
+                out.update(self._sample_from_params(params, nets))
             return out
 
         return guide

@@ -106,17 +106,17 @@ class AmortizedIAF(AmortizedGuide):
         loc, scale = self._base(h)
         return loc, scale, [f.condition(h) for f in self.nets["flows"]]
 
-    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor, nets: nn.ModuleDict):
         # per datapoint: the base Gaussian and the flows' context (the flows' weights are
         # shared, so refining a datapoint moves its base and the context its flows see)
-        loc, log_var = self.nets["head"](h).split(self.layout.dim, dim=-1)
+        loc, log_var = nets["head"](h).split(self.layout.dim, dim=-1)
         return {"loc": loc, "log_var": log_var, "context": h}
 
-    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_from_params(self, params: dict[str, torch.Tensor], nets: nn.ModuleDict):
         loc, scale, h = params["loc"], torch.exp(0.5 * params["log_var"]), params["context"]
         if self.samples_site_directly:
             (site,) = self.local_sites
-            transforms = [f.condition(h) for f in self.nets["flows"]]
+            transforms = [f.condition(h) for f in nets["flows"]]
             if not site.identity:
                 transforms.append(site.transform.with_cache())
             fn = dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), transforms)
@@ -125,7 +125,7 @@ class AmortizedIAF(AmortizedGuide):
         batch = self._row_batch(n)
         context = h.reshape(*batch, h.shape[-1])
         base = dist.Normal(loc.reshape(*batch, d), scale.reshape(*batch, d)).to_event(1)
-        aux = dist.TransformedDistribution(base, [f.condition(context) for f in self.nets["flows"]])
+        aux = dist.TransformedDistribution(base, [f.condition(context) for f in nets["flows"]])
         return self._sample_auxiliary(aux, n)
 
     def _local_center(self, h: torch.Tensor) -> torch.Tensor:

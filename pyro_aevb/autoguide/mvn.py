@@ -53,9 +53,9 @@ class AmortizedMultivariateNormal(AmortizedGuide):
             nets["head"].weight[2 * d :].zero_()
             nets["head"].bias[2 * d :].zero_()
 
-    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor, nets: nn.ModuleDict):
         d = self.layout.dim
-        loc, log_var, lower = self.nets["head"](h).split([d, d, d * (d - 1) // 2], dim=-1)
+        loc, log_var, lower = nets["head"](h).split([d, d, d * (d - 1) // 2], dim=-1)
         return {"loc": loc, "log_var": log_var, "lower": lower}
 
     def _loc_and_tril_of(self, params: dict[str, torch.Tensor]):
@@ -65,14 +65,14 @@ class AmortizedMultivariateNormal(AmortizedGuide):
         return params["loc"], tril
 
     def _loc_and_tril(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._loc_and_tril_of(self._params_from_features(h))
+        return self._loc_and_tril_of(self._params_from_features(h, self.nets))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, L)``: ``(batch, D)`` and ``(batch, D, D)``, the Gaussian of the flat
         unconstrained row of local latents (covariance ``L L^T``)."""
         return self._loc_and_tril(self.features(x))
 
-    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_from_params(self, params: dict[str, torch.Tensor], nets: nn.ModuleDict):
         loc, tril = self._loc_and_tril_of(params)
         if self.samples_site_directly:
             (site,) = self.local_sites

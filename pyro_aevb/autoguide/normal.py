@@ -60,13 +60,13 @@ class AmortizedNormal(AmortizedGuide):
         params = self._site_params(self.features(x))
         return {site.name: p for site, p in zip(self.local_sites, params)}
 
-    def _params_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _params_from_features(self, h: torch.Tensor, nets: nn.ModuleDict):
         out = {}
-        for site, head in zip(self.local_sites, self.nets["heads"]):
+        for site, head in zip(self.local_sites, nets["heads"]):
             out[f"{site.name}.loc"], out[f"{site.name}.log_var"] = head(h).split(site.size, -1)
         return out
 
-    def _sample_from_params(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _sample_from_params(self, params: dict[str, torch.Tensor], nets: nn.ModuleDict):
         out = {}
         for site in self.local_sites:
             loc = params[f"{site.name}.loc"]

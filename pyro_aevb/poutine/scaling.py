@@ -89,7 +89,14 @@ def bind_num_data(fn: Callable, num_data: int, plate_name: str = "data") -> Call
 
 
 def _per_datapoint_param(site, plate_name: str) -> bool:
-    """A ``pyro.param`` inside the data plate with a dimension for the plate's rows."""
+    """A ``pyro.param`` inside the data plate with a dimension for the plate's rows.
+
+    A network's weight registered by ``pyro.module`` (named ``module$$$weight``) is never
+    one, wherever it is used: a ``PyroModule`` re-registers its plain submodules' weights on
+    every attribute access, inside the plate too, and a weight's size may equal the
+    minibatch's by chance."""
+    if "$$$" in site["name"]:  # Pyro's module/parameter name divider
+        return False
     frame = plate_frame(site, plate_name)
     if frame is None or frame.dim is None:
         return False

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
-from user_models import GammaScaleGlobalNoise, GlobalNoiseModel, TwoLatentModel
+from user_models import GammaScaleGlobalNoise, GlobalNoiseModel, PyroExampleVAE, TwoLatentModel
 
 from pyro_aevb import AnalyticKLError, elbo_per_datapoint, fit, log_marginal
 from pyro_aevb.autoguide import AmortizedIAF, AmortizedMultivariateNormal, AmortizedNormal
@@ -149,3 +149,23 @@ def test_a_positive_local_latent_and_a_global_need_nothing_but_the_autoguide_lin
     assert "sigma" in res.settings["globals_conditioned_on"]
     with pytest.raises(AnalyticKLError):  # a Gamma latent has no closed-form KL to a Normal
         elbo_per_datapoint(model.model, guide, x[:5], estimator="B")
+
+
+@pytest.mark.parametrize("cls", [AmortizedNormal, AmortizedMultivariateNormal, AmortizedIAF])
+def test_the_networks_are_registered_outside_the_data_plate(cls):
+    """The guide's weights are global parameters: none is recorded inside the data plate
+    (where a weight whose size equals the minibatch's would look per-datapoint), and Pyro's
+    example VAE (z_dim 5: a head of 2 x 5 = 10 outputs) trains with minibatches of 10 rows."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = PyroExampleVAE(z_dim=5, hidden_dim=16)
+    guide = cls(vae.model, hidden_dims=16)
+    x = (torch.rand(40, 784) < 0.3).float()
+    trace = poutine.trace(guide).get_trace(x[:10])
+    params = [s for s in trace.nodes.values() if s["type"] == "param"]
+    assert params and all(not s["cond_indep_stack"] for s in params)
+    trace = poutine.trace(guide.local_guide(guide.local_params(x[:10]))).get_trace(x[:10])
+    assert all(not s["cond_indep_stack"] for s in trace.nodes.values() if s["type"] == "param")
+    result = fit(vae.model, x, guide=guide, estimator="A", batch_size=10, num_samples=40,
+                 optimizer="adam", lr=1e-3, progress=False)  # fmt: skip
+    assert result.samples == 40
