@@ -115,7 +115,8 @@ print(type(guide.global_guide).__name__, "for the global b")
 budget = 20_000 if QUICK else 300_000
 result = fit(model, dataset, guide=guide, estimator="A", optimizer="adam", lr=1e-3,
              num_samples=budget, eval_size=500, progress=False)  # fmt: skip
-print(f"{budget:,} training samples, {result.path} path, {result.history[-1]['train_seconds']:.0f} s")
+seconds = result.history[-1]["train_seconds"]
+print(f"{budget:,} training samples on the {result.path} path in {seconds:.0f} s")
 for h in result.history:
     print(f"{h['samples']:>8,} samples  train {h['train_bound']:8.2f}  test {h['test_bound']:8.2f}")
 assert result.history[-1]["test_bound"] > result.history[0]["test_bound"]
