@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt
 import pyro
 import pyro.distributions as dist
 import torch
+from IPython.display import Image, display
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.nn import PyroModule
 from torch import nn
@@ -41,6 +42,16 @@ torch.set_num_threads(1)
 pyro.clear_param_store()
 dataset = load_dataset("mnist" if os.environ.get("PYRO_AEVB_DATA") else "embedded-mnist")
 print(dataset.name, dataset.train.shape, dataset.test.shape)
+
+
+def show(fig, name):
+    """Save ``fig`` as figures/NAME.png and display it (the picture stored in the notebook)."""
+    os.makedirs("figures", exist_ok=True)
+    path = f"figures/{name}.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    display(Image(filename=path))
+
 
 # %% [markdown]
 # ## The model: an ordinary Pyro program
@@ -175,7 +186,7 @@ axes[2].set_title(f"contrast s, correlation {corr:.2f}")
 for ax in axes[:2]:
     ax.axis("off")
 fig.tight_layout()
-plt.show()
+show(fig, "latents")
 
 # %% [markdown]
 # Reconstructions: the decoder's pixel probabilities at the guide's medians of z, s and b
@@ -191,7 +202,7 @@ for i in range(12):
     axes[1, i].imshow(recon[i].reshape(28, 28), cmap="gray")
 for ax in axes.flat:
     ax.axis("off")
-plt.show()
+show(fig, "reconstructions")
 
 # %% [markdown]
 # ## Stock Pyro SVI with the same guide
