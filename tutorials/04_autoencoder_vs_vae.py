@@ -139,8 +139,8 @@ print(f"VAE  ELBO                     {mean_se(elbo)}")
 print(f"VAE  KL(q(z|x) || p(z))       {mean_se(-elbo - vae_rec_draw)}  (ELBO + the line above)")
 
 with torch.no_grad():
-    show = x_test[:12]
-    rows = torch.cat([show, torch.sigmoid(ae(show)), vae.reconstruct(show)])
+    first = x_test[:12]
+    rows = torch.cat([first, torch.sigmoid(ae(first)), vae.reconstruct(first)])
 fig = plt.figure(figsize=(10, 2.8))
 plt.imshow(image_grid(rows.reshape(36, -1), (28, 28), ncols=12), cmap="gray")
 plt.yticks([14, 43, 72], ["data", "AE", "VAE"])
@@ -170,13 +170,23 @@ show(fig, "code_spaces")
 # %% [markdown]
 # ## Holes: random codes, measured
 #
-# To *generate* from the AE one must pick codes from some density; it has none of its own. The
-# kindest choice is a Gaussian fitted to its training codes (their mean and covariance). The
-# VAE's is its prior N(0, I). For 2000 draws from each we ask: does the draw land near codes of
-# real images? A draw is **off the data** when its distance to the nearest training code is
-# larger than the 99th percentile of the same distance for held-out test codes (so about 1 %
-# of real images count as off the data too). The threshold is measured in each model's own
-# code space, so the scale of the codes does not matter.
+# To *generate* from the AE one must pick codes from some density; it has none of its own.
+# Three ways of drawing 2000 random codes:
+#
+# * **AE, N(0, I)**: the naive choice, the VAE's prior used for the AE;
+# * **AE, fitted Gaussian**: the kindest simple choice, a Gaussian fitted afterwards to the AE's
+#   training codes (their mean and covariance);
+# * **VAE, prior**: N(0, I), the density the VAE was trained with.
+#
+# Two measures of whether a draw lands where the data are:
+#
+# 1. in code space: a draw is **off the data** when its distance to the nearest training code is
+#    larger than the 99th percentile of that distance for held-out test codes (so about 1 % of
+#    real images count as off the data too); measured in each model's own code space, so the
+#    codes' scale does not matter;
+# 2. in pixel space, the same for the decoded images: the distance from a decoded draw to the
+#    nearest training image, against the 99th percentile of that distance for the model's own
+#    reconstructions of test images (which are as blurry as its decoded draws).
 
 # %%
 n_ref = 5000 if QUICK else 20_000
@@ -186,35 +196,46 @@ with torch.no_grad():
 
 
 def nearest_distance(points, reference):
-    return torch.cdist(points, reference).min(dim=1).values
+    return torch.cdist(points.flatten(1), reference.flatten(1)).min(dim=1).values
+
+
+def decode(name, z):
+    with torch.no_grad():
+        return torch.sigmoid(ae.decoder(z)) if name == "AE" else vae.decode(z)
 
 
 gen = torch.Generator().manual_seed(1)
-draws, off = {}, {}
-for name, ref in train_codes.items():
-    if name == "AE":
-        fitted = torch.distributions.MultivariateNormal(ref.mean(0), torch.cov(ref.T))
-        draws[name] = fitted.sample((2000,))
-    else:
-        draws[name] = torch.randn(2000, LATENT, generator=gen)
+ae_codes = train_codes["AE"]
+fitted = torch.distributions.MultivariateNormal(ae_codes.mean(0), torch.cov(ae_codes.T))
+samplers = {  # name: (model, draws)
+    "AE, N(0, I)": ("AE", torch.randn(2000, LATENT, generator=gen)),
+    "AE, fitted Gaussian": ("AE", fitted.sample((2000,))),
+    "VAE, prior N(0, I)": ("VAE", torch.randn(2000, LATENT, generator=gen)),
+}
+off = {}
+for label, (name, z) in samplers.items():
+    ref = train_codes[name]
     threshold = nearest_distance(codes[name], ref).quantile(0.99)
-    off[name] = nearest_distance(draws[name], ref) > threshold
-    print(f"{name}: {100 * off[name].float().mean():5.1f} % of 2000 random codes off the data "
-          f"(threshold {threshold:.3f}, the 99th percentile of test codes)")  # fmt: skip
+    off[label] = nearest_distance(z, ref) > threshold
+    # pixel space: 1000 decoded draws and 1000 reconstructions against the training images
+    recon = decode(name, codes[name][:1000])
+    pixel_threshold = nearest_distance(recon, x_ref).quantile(0.99)
+    pixel_off = nearest_distance(decode(name, z[:1000]), x_ref) > pixel_threshold
+    print(f"{label:>20}: off the data: {100 * off[label].float().mean():5.1f} % of codes, "
+          f"{100 * pixel_off.float().mean():5.1f} % of decoded images")  # fmt: skip
 
 # %% [markdown]
 # The same, drawn: the training codes in grey, the random draws in blue when they land near
 # data and red when they land off it.
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 5.2))
-for ax, name in zip(axes, train_codes):
-    ref, d, far = train_codes[name], draws[name], off[name]
+fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+for ax, (label, (name, z)) in zip(axes, samplers.items()):
+    ref, far = train_codes[name], off[label]
     ax.scatter(ref[:, 0], ref[:, 1], s=1, c="0.75")
-    ax.scatter(d[~far, 0], d[~far, 1], s=4, c="tab:blue", label="near data")
-    ax.scatter(d[far, 0], d[far, 1], s=4, c="tab:red", label="off the data")
-    source = "a Gaussian fitted to its codes" if name == "AE" else "the prior N(0, I)"
-    ax.set_title(f"{name}: draws from {source}")
+    ax.scatter(z[~far, 0], z[~far, 1], s=4, c="tab:blue", label="near data")
+    ax.scatter(z[far, 0], z[far, 1], s=4, c="tab:red", label="off the data")
+    ax.set_title(f"{label}: {100 * far.float().mean():.0f} % off the data")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", markerscale=3)
 show(fig, "random_codes")
@@ -224,21 +245,20 @@ show(fig, "random_codes")
 #
 # Left: a 15x15 grid over each code space (for the AE, from the 1st to the 99th percentile of
 # its training codes in each coordinate; for the VAE, Figure 4's grid: the prior's quantiles).
-# Right: 64 decoded random draws of the previous cell.
+# Right: 64 decoded random draws (the AE's from the fitted Gaussian, the VAE's from its prior).
 
 # %%
 n = 15
-lo, hi = train_codes["AE"].quantile(0.01, dim=0), train_codes["AE"].quantile(0.99, dim=0)
+lo, hi = ae_codes.quantile(0.01, dim=0), ae_codes.quantile(0.99, dim=0)
 t = torch.linspace(0, 1, n)
 grid_ae = torch.stack([(lo[0] + t * (hi[0] - lo[0])).repeat(n),
                        (lo[1] + t * (hi[1] - lo[1])).flip(0).repeat_interleave(n)], -1)  # fmt: skip
-with torch.no_grad():
-    pictures = {
-        "AE grid": torch.sigmoid(ae.decoder(grid_ae)),
-        "AE random codes": torch.sigmoid(ae.decoder(draws["AE"][:64])),
-        "VAE grid": vae.decode(manifold_grid(n)),
-        "VAE random codes (prior)": vae.decode(draws["VAE"][:64]),
-    }
+pictures = {
+    "AE grid": decode("AE", grid_ae),
+    "AE, fitted Gaussian": decode("AE", samplers["AE, fitted Gaussian"][1][:64]),
+    "VAE grid": decode("VAE", manifold_grid(n)),
+    "VAE, prior N(0, I)": decode("VAE", samplers["VAE, prior N(0, I)"][1][:64]),
+}
 fig, axes = plt.subplots(2, 2, figsize=(11, 11), gridspec_kw={"width_ratios": [15, 8]})
 for ax, (title, images) in zip(axes.flat, pictures.items()):
     k = len(images)
