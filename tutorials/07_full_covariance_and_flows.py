@@ -71,7 +71,7 @@ def show(fig, name):
 
 # %%
 vae = paper_mnist_vae(latent_dim=2)
-pretrain = fit(vae, dataset, optimizer="adam", lr=1e-3, num_samples=20_000 if QUICK else 500_000,
+pretrain = fit(vae, dataset, optimizer="adam", lr=1e-3, num_samples=20_000 if QUICK else 300_000,
                eval_size=500, progress=False)  # fmt: skip
 print(f"VAE test bound after {pretrain.history[-1]['samples']:,} samples: "
       f"{pretrain.history[-1]['test_bound']:.2f} nats")  # fmt: skip
