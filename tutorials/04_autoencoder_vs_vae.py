@@ -19,7 +19,7 @@
 # term cost? Reconstructions, the code space of each coloured by class, and decoding a grid and
 # random points: an AE has no density over its codes to sample from, and its codes leave
 # holes; the VAE's prior is the density, and the KL term pulls the codes onto it. We measure
-# this instead of only saying it.
+# how far this holds instead of only saying it (the last section sums up).
 
 # %%
 import os
@@ -271,7 +271,27 @@ show(fig, "decoded_grids")
 # %% [markdown]
 # ## What the numbers say
 #
-# (From the full run stored with this notebook; the budget was 2 epochs per model, longer runs
-# do better for both.)
+# From the full run stored with this notebook: 120,000 training samples (2 epochs) per model
+# and convolutions of 16/32/64 channels; longer runs and the wider nets do better for both.
 #
-# RESULTS_PLACEHOLDER
+# * **Reconstruction.** The VAE reconstructs as well as the AE: 264.5 +- 1.2 nats per test
+#   image at z = mu(x) against the AE's 266.2 +- 1.2. In a 2-D code the KL term costs the VAE
+#   only 6.3 nats per image. The AE gives no bound on log p(x) at all; the VAE's test ELBO is
+#   -271.6 +- 1.2 nats, a number to compare models with.
+# * **Codes.** Both group the classes. The AE's codes spread over an arbitrary scale (tens of
+#   units) in a shape with a large empty region between its arms, which the AE grid decodes to
+#   faint, nearly empty images (its upper right). The VAE's codes sit around the origin at the
+#   prior's scale, but they do not fill N(0, I): its right-hand side is thin.
+# * **Random codes.** N(0, I) used for the AE samples only a corner of its code space: few of
+#   those draws are far from a code (11 %), yet 30 % of their decoded images are unlike any
+#   training image. A Gaussian fitted afterwards to the AE's codes covers them, but puts 25 %
+#   of its draws in holes or outside; the VAE's prior puts 20 % off its codes (mostly on that
+#   thin right-hand side: the gap between a VAE's prior and the distribution of its codes,
+#   which training longer narrows). In pixel space the fitted Gaussian's decoded draws were
+#   the closest to training images (5 % off, against 18 % for the VAE's).
+#
+# **Said plainly: at this budget the textbook picture ("the autoencoder has holes, the VAE does
+# not") held only in part.** The AE without a density of its own (N(0, I)) samples badly; with
+# a Gaussian fitted to its codes afterwards, this 2-D autoencoder was as good a sampler as the
+# VAE by both measures. What the VAE buys is a density over codes trained together with the
+# model (no after-the-fact fit, and a bound on log p(x)), not a code space free of holes.
