@@ -118,8 +118,8 @@ print("the decoder did not change")
 # With two latents, p(x) = integral of p(x|z) p(z) dz is a sum over a grid: spacing h = 0.0125
 # on [-5, 5]^2 (641,601 points; the prior mass outside is below 1e-5). The Bernoulli
 # log-likelihood of every test digit at every grid point is one matrix product with the
-# decoder's logits. Halving the resolution (2 h) checks the quadrature: the two sums agree when
-# the grid resolves the posterior.
+# decoder's logits. The sum on every other point (spacing 2 h) checks the quadrature: the two
+# agree when the grid resolves the posterior.
 
 # %%
 H, LIM = 0.025 if QUICK else 0.0125, 5.0
@@ -263,4 +263,33 @@ show(fig, "posteriors")
 # %% [markdown]
 # ## What the numbers say
 #
-# RESULTS_PLACEHOLDER
+# From the full run stored with this notebook: MNIST, the decoder trained for 300,000 samples,
+# each encoder for 200,000 against it, 200 test digits; longer runs do better.
+#
+# * **The grid is exact enough.** The sums at spacing 0.0125 and 0.025 differ by at most
+#   0.012 nats per digit, and the finer one is more accurate still; every IWAE estimate lies
+#   below it, as a lower bound must (IWAE with K = 1000 is 0.1 to 0.25 nats short of it on
+#   average).
+# * **On average the richer families buy little here, and it is measurable.** The mean
+#   KL(q || p) is 1.16 nats per digit for the diagonal encoder, 1.11 for the full covariance and
+#   0.88 for the IAF. Paired over the same digits, full covariance gains 0.042 +- 0.017 nats of
+#   ELBO over the diagonal (2.5 standard errors) and the IAF 0.28 +- 0.14 (2 standard errors);
+#   the IAF's gain over the full covariance, 0.23 +- 0.13, is within 2 standard errors of zero.
+#   The posteriors of this 2-D model are close to Gaussian, so there is little shape for a richer
+#   family to capture.
+# * **Where the KL is large, the encoder put q in the wrong place.** For the two worst digits
+#   (left in the picture) q misses the posterior altogether (KL 20 and 13 nats for the diagonal
+#   encoder; these two digits alone add 0.16 nats to its mean of 1.16). That is an
+#   *amortization* error, not a shape error: the full covariance misses just as badly. The IAF's
+#   flows, which see the encoder's features too, moved q most of the way there (KL 1.2 and 3.5),
+#   which is where most of its average gain comes from.
+# * **On typical digits** (right) the posterior is a tilted ellipse: the full covariance fits
+#   the tilt and halves the diagonal's small KL (0.34 -> 0.21, 0.27 -> 0.13 nats), while the IAF
+#   with two flows did *worse* than the diagonal on these two digits (0.44, 0.53).
+#
+# So: full covariance buys the correlation between latents (a small, reliable gain); a flow
+# buys flexibility that, in this run, mostly went into repairing badly placed q's; neither
+# fixes an amortization gap by itself (tutorial 09 measures that gap and refines q per
+# datapoint). Each fresh encoder, trained against the frozen decoder, also ended with a
+# slightly better test bound (-160.5 to -160.6 nats) than the VAE's own encoder had (-161.5):
+# the jointly trained encoder had not caught up with its decoder.
