@@ -71,7 +71,7 @@ def show(fig, name):
 
 # %%
 vae = paper_mnist_vae(latent_dim=2)
-pretrain = fit(vae, dataset, optimizer="adam", lr=1e-3, num_samples=20_000 if QUICK else 300_000,
+pretrain = fit(vae, dataset, optimizer="adam", lr=1e-3, num_samples=10_000 if QUICK else 300_000,
                eval_size=500, progress=False)  # fmt: skip
 print(f"VAE test bound after {pretrain.history[-1]['samples']:,} samples: "
       f"{pretrain.history[-1]['test_bound']:.2f} nats")  # fmt: skip
@@ -96,7 +96,7 @@ def model(x):
 # estimators alike). The IAF has two flows. The budget is printed; longer runs do better.
 
 # %%
-budget = 10_000 if QUICK else 200_000
+budget = 5_000 if QUICK else 200_000
 guides = {
     "diagonal": AmortizedNormal(model, hidden_dims=200, name="diag"),
     "full covariance": AmortizedMultivariateNormal(model, hidden_dims=200, name="full"),
@@ -122,7 +122,7 @@ print("the decoder did not change")
 # agree when the grid resolves the posterior.
 
 # %%
-H, LIM = 0.025 if QUICK else 0.0125, 5.0
+H, LIM = 0.05 if QUICK else 0.0125, 5.0
 
 
 @torch.no_grad()
@@ -156,7 +156,7 @@ def exact_log_marginal(x):
     return fine + 2 * math.log(H), coarse + 2 * math.log(2 * H)
 
 
-x = dataset.test[: 50 if QUICK else 200]
+x = dataset.test[: 30 if QUICK else 200]
 log_p, log_p_coarse = exact_log_marginal(x)
 check = (log_p - log_p_coarse).abs().max()
 print(f"exact log p(x): mean {log_p.mean():.2f} over {len(x)} test digits")
