@@ -15,8 +15,8 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from user_models import GlobalNoiseModel, PyroExampleVAE, TinyConvVAE, TwoLatentModel
 
-from pyro_aevb import fit
-from pyro_aevb.infer import ELBO
+from pyro_aevb import AmortizedNormal, fit
+from pyro_aevb.infer import ELBO, AnalyticKLError
 from pyro_aevb.infer.elbo import make_elbo
 from pyro_aevb.infer.objectives import CompiledELBOObjective, PyroELBOObjective
 from pyro_aevb.infer.objectives.compiled import INDUCTOR_MIN_STEPS, elbo_loss_particle
@@ -298,6 +298,22 @@ def test_a_score_function_guide_site_runs_on_stock_pyro():
     with pytest.warns(UserWarning, match="not reparameterised"):
         objective.setup(torch.randn(10))
     assert objective.path == "pyro"
+
+
+def test_an_estimator_b_refusal_is_raised_at_setup_not_reported_as_a_fallback():
+    """A guide with no closed-form KL (the global sigma is set from an auxiliary site by Pyro's
+    AutoNormal inside the autoguide) under estimator B: the user's choice is wrong on every
+    path, so setup raises AnalyticKLError naming the site, without first warning that it falls
+    back to stock Pyro."""
+    m = GlobalNoiseModel()
+    guide = AmortizedNormal(m.model, hidden_dims=(4,))
+    pyro.clear_param_store()
+    objective = ELBO("B").bind(TrainingProgram(m.model, guide, num_data=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(AnalyticKLError, match="sigma_unconstrained"):
+            objective.setup(torch.randn(8, 6))
+    assert not objective.fell_back
 
 
 def test_checkpoint_state_round_trip_and_stock_resume():

@@ -203,6 +203,10 @@ class CompiledELBOObjective(BoundObjective):
             try:
                 self._recording(x)
             except CaptureError as err:
+                if isinstance(err.__cause__, AnalyticKLError):
+                    # the estimator does not fit the guide: stock Pyro would refuse it too, so
+                    # say that, not that the recording failed and training falls back
+                    raise err.__cause__ from None
                 self._fall_back(str(err), at_setup=True)
 
     def describe(self, why_not_fused: str) -> None:
