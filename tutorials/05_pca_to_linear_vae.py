@@ -149,8 +149,13 @@ print(f"  largest principal angle to the PCA subspace: {float(angles.max()):.2f}
 
 # %% [markdown]
 # The ELBO (a lower bound of the exact log p(x) of the *same* model) climbs to the exact
-# value, and the exact log-likelihood climbs to PPCA's maximum: the linear VAE finds the
-# maximum-likelihood solution, and its diagonal guide becomes exact there.
+# value, and the exact log-likelihood climbs to PPCA's maximum: in the full run above the
+# linear VAE ends about 1.3 nats per face (of about 757, i.e. 0.2 %) below PPCA's maximum
+# likelihood on the training faces, with the same noise level to three digits and its
+# subspace within a few degrees of PCA's, and its test ELBO about half a nat below its exact
+# log p(x): the diagonal guide is nearly exact at the maximum-likelihood solution (where
+# the posterior's covariance is diagonal in the principal directions). The small remaining
+# distance is the optimiser's (a finite run of a stochastic method), not the model's.
 
 # %%
 s, bound, exact = zip(*curve, strict=True)

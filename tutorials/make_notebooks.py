@@ -146,7 +146,22 @@ def check_notebook(tutorial: Tutorial) -> list[str]:
         problems.append("it stores an error output")
     if not any(c.get("outputs") for c in code):
         problems.append("it stores no outputs")
+    missing = missing_figures(stored)
+    if missing:
+        problems.append(f"code cell(s) {missing} call plt.show() but store no figure")
     return problems
+
+
+def missing_figures(nb) -> list[int]:
+    """The (1-based) code cells that call ``plt.show()`` but hold no image output: a figure
+    a reader would not see (e.g. drawn by a non-interactive matplotlib backend)."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    return [
+        i
+        for i, c in enumerate(code, 1)
+        if "plt.show()" in c.source
+        and not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+    ]
 
 
 def orphan_notebooks(directory: Path = HERE) -> list[Path]:

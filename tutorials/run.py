@@ -14,7 +14,8 @@ a source stem, its number (``01``) or a path. ``make tutorials`` runs this in fu
 
 Every notebook runs in a fresh kernel whose working directory is a new temporary directory
 (files the notebook writes are discarded), which imports ``pyro_aevb`` from this checkout,
-with ``MPLBACKEND=Agg`` and ``PYRO_AEVB_DATA`` (made absolute) passed through: set it to run
+with matplotlib's inline backend (``plt.show()`` stores the figure in the notebook) and
+``PYRO_AEVB_DATA`` (made absolute) passed through: set it to run
 the tutorials on the full data sets rather than the embedded MNIST slice.
 """
 
@@ -59,7 +60,9 @@ def kernel_env(quick: bool) -> dict[str, str]:
     env.pop("PYRO_AEVB_QUICK", None)
     if quick:
         env["PYRO_AEVB_QUICK"] = "1"
-    env["MPLBACKEND"] = "Agg"
+    # the inline backend (ipykernel's own): plt.show() puts the figure into the cell's outputs
+    # (with "Agg" it would silently draw nothing, and the stored notebook would lack it)
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     # tqdm.auto falls back to a text bar without ipywidgets; its warning says so in every notebook
     env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), _NO_IPYW]))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))

@@ -42,6 +42,7 @@ def test_notebook_executes_in_quick_mode(tutorial, tmp_path):
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
     assert nb.metadata["pyro_aevb"]["mode"] == "quick"
+    assert make_notebooks.missing_figures(nb) == []  # every plt.show() left its figure
 
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=IDS)
