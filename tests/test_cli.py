@@ -109,7 +109,7 @@ def test_train_with_autoguides_then_evaluate_and_resume(tmp_path, capsys):
     assert config["guide"]["guide"] == "multivariate_normal"
     assert config["guide"]["hidden_dims"] == [16] and config["model"]["preset"] == "mlp_vae"
     summary = json.loads((full / "summary.json").read_text())
-    assert summary["guide"] == config["guide"] and summary["path"] == "pyro"
+    assert summary["guide"] == config["guide"] and summary["path"] == "compiled"
     assert (full / "reconstructions.png").is_file()  # decoded from the autoguide's z
     code = main(["evaluate", str(full), "--n", "10", "--option", "num_particles=50"])
     assert code == 0

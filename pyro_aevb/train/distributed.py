@@ -71,7 +71,12 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ..device import fork_rng, resolve_device
-from ..infer.objectives import BoundObjective, FastVAEObjective, PyroELBOObjective
+from ..infer.objectives import (
+    BoundObjective,
+    CompiledELBOObjective,
+    FastVAEObjective,
+    PyroELBOObjective,
+)
 from ..poutine import plate_frame
 from ..validation import check_positive_int
 
@@ -496,6 +501,12 @@ def data_parallel(
         shards = world_size  # the fast path draws the global batch's noise: no streams needed
     if world_size == 1 and shards == 1:
         return None, {}
+    if isinstance(objective, CompiledELBOObjective) and not objective.strict:
+        # the recording replays one process's draws; the ranks need Pyro's own step
+        objective = objective.stock_objective(
+            "data-parallel training runs Pyro's own step on each rank's shard (the compiled "
+            "path runs in one process)"
+        )
     pyro_step = type(objective).loss_and_grads is PyroELBOObjective.loss_and_grads
     if not fast and not (isinstance(objective, PyroELBOObjective) and pyro_step):
         raise ValueError(

@@ -126,9 +126,13 @@ def _step(objective, x, seed):
     return loss.clone(), [None if p.grad is None else p.grad.clone() for p in objective.params]
 
 
-# estimator B has no closed-form KL for a flow guide (refused, tested with the autoguides)
+# estimator B has no closed-form KL for a flow guide, nor for a full-covariance guide over
+# two sites (a joint auxiliary draw): refused, tested with the autoguides
 CASES = [
-    (name, est, 1) for name in PANEL for est in ("A", "B") if not (est == "B" and "IAF" in name)
+    (name, est, 1)
+    for name in PANEL
+    for est in ("A", "B")
+    if not (est == "B" and ("IAF" in name or "MultivariateNormal" in name))
 ] + [
     ("pyro-example", "A", 2),
     ("two-latents", "B", 3),

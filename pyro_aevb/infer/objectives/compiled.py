@@ -209,6 +209,14 @@ class CompiledELBOObjective(BoundObjective):
                     raise err.__cause__ from None
                 self._fall_back(str(err), at_setup=True)
 
+    def stock_objective(self, reason: str) -> PyroELBOObjective:
+        """The stock-Pyro objective on the same programs and (set-up) parameters, for a
+        caller that needs Pyro's own step, e.g. data-parallel training; ``reason`` becomes
+        its :attr:`path_reason`."""
+        self.stock.params = self.params
+        self.stock.path_reason = f"stock Pyro: {reason}"
+        return self.stock
+
     def describe(self, why_not_fused: str) -> None:
         """Set :attr:`path_reason` (with why the fused VAE path does not apply)."""
         self._why_not_fused = why_not_fused
