@@ -1,8 +1,9 @@
 """Pictures of a trained model, as PNG files: the paper's Figures 2, 4 and 5 and reconstructions.
 
 Every function takes an output ``path``, writes one PNG there (creating parent directories)
-and returns the path. Matplotlib runs on the non-interactive ``Agg`` backend, so this works
-on machines without a display.
+and returns the path. The figures are ``matplotlib.figure.Figure`` objects drawn straight to
+the file, outside pyplot: nothing here selects a backend or touches pyplot's figures, so this
+works on machines without a display and leaves a notebook's ``plt.show()`` as it was.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from scipy.stats import norm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy.stats import norm  # noqa: E402
-
-from .validation import check_positive_int  # noqa: E402
+from .validation import check_positive_int
 
 __all__ = [
     "image_grid",
@@ -49,12 +47,12 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
 def _show_grid(grid: np.ndarray, title: str | None, path) -> Path:
-    fig, ax = plt.subplots(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1))
+    fig = Figure(figsize=(grid.shape[1] / 40 + 1, grid.shape[0] / 40 + 1))
+    ax = fig.subplots()
     ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.axis("off")
     if title:
@@ -121,7 +119,8 @@ def plot_learning_curves(
     """
     own = ax is None
     if own:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
     for k, (label, history) in enumerate(histories.items()):
         color = f"C{k}"
         for key, style in zip(keys, ("--", "-")):
@@ -160,7 +159,8 @@ def plot_posterior_contours(result, path, datapoints=None, ncols: int = 4, title
     idx = list(range(min(b, 2 * ncols))) if datapoints is None else list(datapoints)
     ncols = min(ncols, len(idx))
     nrows = -(-len(idx) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3 * nrows), squeeze=False)
+    fig = Figure(figsize=(3 * ncols, 3 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     post = result.post_draws.reshape(-1, *result.post_draws.shape[2:]).detach().cpu().numpy()
     q = result.q_draws.detach().cpu().numpy()
     for ax, i in zip(axes.flat, idx, strict=False):
@@ -189,7 +189,8 @@ def plot_gaps(report, path, title=None):
     approx = report.approximation_gap.detach().double().cpu().numpy()
     amort = report.amortization_gap.detach().double().cpu().numpy()
     order = np.argsort(approx + amort)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    fig = Figure(figsize=(10, 3.6))
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     idx = np.arange(len(order))
     ax.bar(idx, approx[order], color="C0", label="approximation gap  log p(x) - L[q*]")
     ax.bar(idx, amort[order], bottom=approx[order], color="C1",

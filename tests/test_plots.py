@@ -51,3 +51,17 @@ def test_figures_are_written_as_png(tmp_path, likelihood):
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_plots_leave_the_users_matplotlib_backend_alone():
+    """Importing the plots (and the CLI) selects no backend: a notebook's plt.show() keeps
+    working after ``import pyro_aevb.plots`` (it did not when the module forced Agg)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import pyro_aevb.plots, pyro_aevb.cli; "
+        "print(matplotlib.get_backend())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "svg"
