@@ -60,6 +60,15 @@ shape = compare_with_mcmc(
 print(shape.summary())
 print("R-hat of the HMC draws, max over datapoints:", float(shape.diagnostics["r_hat"].max()))
 
+# %% [markdown]
+# In the full run, q's variance is below the posterior's for most coordinates (the median
+# ratio is about 0.74): the mode-seeking of KL(q || p). Check the sampler before trusting a
+# comparison: the largest R-hat over the datapoints was about 1.7, so for a few datapoints
+# the four chains disagree (a posterior with separate modes, which chains started apart find
+# one each); those datapoints' posterior moments, and their ratios, are not reliable, while
+# the ArviZ summary below shows well-mixed chains for typical ones. The contours show the
+# shapes for the first eight test digits: q (lines) against the HMC draws (dots).
+
 # %%
 os.makedirs("figures", exist_ok=True)
 path = plot_posterior_contours(shape, "figures/contours.png", ncols=4)
@@ -116,8 +125,11 @@ path = plot_gaps(report, "figures/gaps.png")
 display(Image(filename=str(path), width=720))
 
 # %% [markdown]
-# With a diagonal Gaussian encoder on a 2-D latent space, most of the loss is the
-# approximation gap where the posterior is far from a diagonal Gaussian (curved or
-# multi-modal, visible in the contour plots), and the amortization gap is what the shared
-# encoder leaves on the table. Full-covariance and flow encoders (tutorial 07) attack the
-# first; more training or a bigger encoder the second.
+# In the full run the **amortization gap dominates**: of the roughly 5.8 nats between the
+# encoder's bound L[q] and log p(x), about 5.4 are the encoder's (refining each datapoint's
+# Gaussian closes them) and only about 0.3 the family's (the best diagonal Gaussian per
+# datapoint is that close to the posterior in this 2-D latent space). This is what Cremer et
+# al. (2018) report for MNIST VAEs too: the shared encoder, not the Gaussian family, is the
+# main source of the inference gap. More training, a bigger encoder, semi-amortized training
+# (`SemiAmortized`, the SA-VAE objective) or refinement at test time attack it;
+# full-covariance and flow encoders (tutorial 07) attack the smaller approximation gap.
