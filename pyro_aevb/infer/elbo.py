@@ -27,7 +27,14 @@ from torch.distributions import kl_divergence
 
 from ..poutine import UNCONSTRAINED_OF
 
-__all__ = ["AnalyticKL_ELBO", "AnalyticKLError", "make_elbo", "ESTIMATORS", "site_kl"]
+__all__ = [
+    "AnalyticKL_ELBO",
+    "AnalyticKLError",
+    "analytic_kl_elbo_particle",
+    "make_elbo",
+    "ESTIMATORS",
+    "site_kl",
+]
 
 ESTIMATORS = ("A", "B")
 
@@ -57,6 +64,43 @@ def site_kl(name: str, guide_site: dict, model_site: dict) -> torch.Tensor:
     return kl
 
 
+def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
+    """Estimator B for one particle of Pyro's traces (log-densities computed): ``sum_observed
+    log_prob_sum - sum_latent scaled KL(q || p)``, a differentiable tensor.
+
+    Raises :class:`AnalyticKLError` for a guide-only (auxiliary) site, a latent site missing
+    from the guide, or a pair of distributions without a registered closed-form KL.
+    """
+    # Guide-only sites first: a joint guide sets the model's latents through Delta sites
+    # from an auxiliary draw, and a KL of those Deltas would be silently wrong.
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:
+            covers = (guide_site.get("infer") or {}).get(UNCONSTRAINED_OF)
+            what = f", which parametrises the latents {list(covers)}" if covers else ""
+            raise AnalyticKLError(
+                f"guide site '{name}' is not in the model (an auxiliary variable{what}); "
+                f"the guide sets the model's latents from it through Delta sites, so no "
+                f"closed-form KL exists (a joint or flow guide, or Pyro's AutoNormal for "
+                f"global latents). Use estimator 'A' (or AutoDelta / a guide sampling the "
+                f"model's sites directly)"
+            )
+    elbo_particle = 0.0
+    for name, model_site in model_trace.nodes.items():
+        if model_site["type"] != "sample":
+            continue
+        if model_site["is_observed"]:
+            elbo_particle = elbo_particle + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes.get(name)
+        if guide_site is None:
+            raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
+        check_fully_reparametrized(guide_site)
+        kl = site_kl(name, guide_site, model_site)
+        kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+        elbo_particle = elbo_particle - kl.sum()
+    return elbo_particle
+
+
 class AnalyticKL_ELBO(TraceMeanField_ELBO):
     """Estimator B: strict analytic-KL ELBO (eq. 7).
 
@@ -67,33 +111,7 @@ class AnalyticKL_ELBO(TraceMeanField_ELBO):
     """
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        # Guide-only sites first: a joint guide sets the model's latents through Delta sites
-        # from an auxiliary draw, and a KL of those Deltas would be silently wrong.
-        for name, guide_site in guide_trace.nodes.items():
-            if guide_site["type"] == "sample" and name not in model_trace.nodes:
-                covers = (guide_site.get("infer") or {}).get(UNCONSTRAINED_OF)
-                what = f", which parametrises the latents {list(covers)}" if covers else ""
-                raise AnalyticKLError(
-                    f"guide site '{name}' is not in the model (an auxiliary variable{what}); "
-                    f"the guide sets the model's latents from it through Delta sites, so no "
-                    f"closed-form KL exists (a joint or flow guide, or Pyro's AutoNormal for "
-                    f"global latents). Use estimator 'A' (or AutoDelta / a guide sampling the "
-                    f"model's sites directly)"
-                )
-        elbo_particle = 0.0
-        for name, model_site in model_trace.nodes.items():
-            if model_site["type"] != "sample":
-                continue
-            if model_site["is_observed"]:
-                elbo_particle = elbo_particle + model_site["log_prob_sum"]
-                continue
-            guide_site = guide_trace.nodes.get(name)
-            if guide_site is None:
-                raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
-            check_fully_reparametrized(guide_site)
-            kl = site_kl(name, guide_site, model_site)
-            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-            elbo_particle = elbo_particle - kl.sum()
+        elbo_particle = analytic_kl_elbo_particle(model_trace, guide_trace)
         loss = -elbo_particle.detach()
         return (loss if torch._C._get_tracing_state() else loss.item()), -elbo_particle
 

@@ -41,13 +41,12 @@ import warnings
 from collections import OrderedDict
 
 import torch
-from pyro.distributions.util import is_identically_zero, scale_and_mask
-from pyro.infer.util import check_fully_reparametrized
+from pyro.distributions.util import is_identically_zero
 
 from ...poutine import TrainingProgram
 from ...poutine.compile import CaptureError, RecordedFunction, capture, structure_of
 from ...validation import check_choice, check_positive_int
-from ..elbo import AnalyticKLError, make_elbo, site_kl
+from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
 from .base import BoundObjective, PyroELBOObjective
 
 __all__ = [
@@ -99,27 +98,7 @@ def elbo_loss_particle(model_trace, guide_trace, estimator: str) -> torch.Tensor
                     f"score-function terms)"
                 )
         return -surrogate
-    surrogate = 0.0
-    for name, model_site in model_trace.nodes.items():
-        if model_site["type"] != "sample":
-            continue
-        if model_site["is_observed"]:
-            surrogate = surrogate + model_site["log_prob_sum"]
-            continue
-        guide_site = guide_trace.nodes.get(name)
-        if guide_site is None:
-            raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
-        check_fully_reparametrized(guide_site)
-        kl = site_kl(name, guide_site, model_site)
-        kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-        surrogate = surrogate - kl.sum()
-    for name, guide_site in guide_trace.nodes.items():
-        if guide_site["type"] == "sample" and name not in model_trace.nodes:
-            raise AnalyticKLError(
-                f"guide site '{name}' is not in the model (an auxiliary variable); "
-                f"estimator B has no closed form for it, use estimator 'A'"
-            )
-    return -surrogate
+    return -analytic_kl_elbo_particle(model_trace, guide_trace)
 
 
 def _first_difference(recorded: tuple, traced: tuple) -> str:
