@@ -176,10 +176,9 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of the trained runs (shared with ``benchmarks/gaps.py``, which trains, or
+    reuses, the same runs)."""
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     p.add_argument("--guides", nargs="+", choices=list(GUIDE_FAMILIES), default=list(NAMES))
     p.add_argument("--latent-dim", type=int, default=20)
@@ -192,18 +191,21 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--eval-size", type=int, default=1000, help="points of the history's bound")
-    p.add_argument("--eval-n", type=int, default=1000, help="test points for ELBO and IWAE")
-    p.add_argument("--iwae-k", type=int, default=5000, help="K, importance samples per point")
-    p.add_argument("--eval-batch", type=int, default=100, help="test points per IWAE batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
     p.add_argument("--data-dir", default=None)
-    p.add_argument(
-        "--run-dir",
-        default=None,
-        help="save the trained runs here (benchmarks/gaps.py reuses them)",
+    p.add_argument("--run-dir", default=None, help="where the trained runs are saved and reused")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_training_arguments(p)
+    p.add_argument("--eval-n", type=int, default=1000, help="test points for ELBO and IWAE")
+    p.add_argument("--iwae-k", type=int, default=5000, help="K, importance samples per point")
+    p.add_argument("--eval-batch", type=int, default=100, help="test points per IWAE batch")
     p.add_argument("--out", default=None, help="JSON file (default: results/encoders.json)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run in seconds: {QUICK}")
     args = p.parse_args(argv)

@@ -36,10 +36,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from encoders import NAMES, train_family  # noqa: E402
+from encoders import NAMES, add_training_arguments, train_family  # noqa: E402
 from paper_runs import run_parallel, save_results  # noqa: E402
 
-from pyro_aevb.autoguide import GUIDE_FAMILIES  # noqa: E402
 from pyro_aevb.evaluate import gap_report  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -170,18 +169,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    p.add_argument("--guides", nargs="+", choices=list(GUIDE_FAMILIES), default=list(NAMES))
-    p.add_argument("--latent-dim", type=int, default=20)
-    p.add_argument("--hidden", type=int, default=500, help="trunk and decoder hidden units")
-    p.add_argument("--num-flows", type=int, default=2, help="IAF transforms")
-    p.add_argument("--num-samples", type=lambda s: int(float(s)), default=1_000_000)
-    p.add_argument("--num-train", type=int, default=None, help="first N training images")
-    p.add_argument("--estimator", choices=["A", "B"], default="A")
-    p.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--eval-size", type=int, default=1000, help="points of the history's bound")
+    add_training_arguments(p)
     p.add_argument("--eval-n", type=int, default=1000, help="test points in the table")
     p.add_argument("--eval-batch", type=int, default=100, help="test points refined at once")
     p.add_argument("--log-marginal", choices=["iwae", "ais"], default="iwae")
@@ -192,11 +180,6 @@ def parse_args(argv=None):
     p.add_argument("--refine-steps", type=int, default=300)
     p.add_argument("--refine-particles", type=int, default=8)
     p.add_argument("--refine-lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel processes")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--run-dir", default=None, help="trained runs (shared with encoders.py)")
     p.add_argument("--out", default=None, help="JSON file (default: results/gaps.json)")
     p.add_argument("--figure", action="store_true", help="also draw the gaps (.png)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run in seconds: {QUICK}")
