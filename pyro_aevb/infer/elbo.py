@@ -76,9 +76,9 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
     for name, guide_site in guide_trace.nodes.items():
         if guide_site["type"] == "sample" and name not in model_trace.nodes:
             covers = (guide_site.get("infer") or {}).get(UNCONSTRAINED_OF)
-            what = f", which parametrises the latents {list(covers)}" if covers else ""
+            what = f" (it parametrises the latents {list(covers)})" if covers else ""
             raise AnalyticKLError(
-                f"guide site '{name}' is not in the model (an auxiliary variable{what}); "
+                f"estimator B: the guide's auxiliary site '{name}' is not in the model{what}; "
                 f"the guide sets the model's latents from it through Delta sites, so no "
                 f"closed-form KL exists (a joint or flow guide, or Pyro's AutoNormal for "
                 f"global latents). Use estimator 'A' (or AutoDelta / a guide sampling the "
