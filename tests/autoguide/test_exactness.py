@@ -17,6 +17,7 @@ from user_models import LogLinearGaussian
 
 from pyro_aevb import AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, fit, log_marginal
 from pyro_aevb.autoguide import AmortizedIAF, AmortizedMultivariateNormal, AmortizedNormal
+from pyro_aevb.autoguide.mvn import head_outputs, scale_tril
 from pyro_aevb.evaluate import elbo_with_stderr, iwae_log_weights
 from pyro_aevb.mcmc import PerDatapointPotential
 
@@ -39,9 +40,7 @@ def _set_head(head, a, c, tril=None, log_var=None):
         head.weight[:d] = a
         head.bias[:d] = c
         if tril is not None:
-            head.bias[d : 2 * d] = 2 * tril.diagonal().log()
-            rows, cols = torch.tril_indices(d, d, -1)
-            head.bias[2 * d :] = tril[rows, cols]
+            head.bias[d : 2 * d], head.bias[2 * d :] = head_outputs(tril)
         else:
             head.bias[d : 2 * d] = log_var
 
@@ -217,3 +216,23 @@ def test_a_local_site_in_a_nested_plate_with_the_data_plate_at_dim_minus_2(cls):
     u = torch.randn(7, 3, dtype=torch.float64)
     post = dist.Normal(x / 1.25, 0.2**0.5).to_event(1).log_prob(u)
     assert torch.allclose(pot.log_guide(u), post, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+def test_the_cholesky_factor_is_unit_lower_times_sigma_and_inverts(d):
+    g = torch.Generator().manual_seed(d)
+    log_var = torch.randn(4, d, generator=g, dtype=torch.float64)
+    lower = torch.randn(4, d * (d - 1) // 2, generator=g, dtype=torch.float64)
+    tril = scale_tril(log_var, lower)
+    assert torch.equal(tril, tril.tril())
+    # L = U diag(sigma): the diagonal is sigma, so log |det L| = sum_j log sigma_j
+    assert torch.allclose(tril.diagonal(dim1=-2, dim2=-1), torch.exp(0.5 * log_var))
+    cov = tril @ tril.mT
+    assert torch.allclose(torch.logdet(cov), log_var.sum(-1))
+    back_log_var, back_lower = head_outputs(tril)
+    assert torch.allclose(back_log_var, log_var) and torch.allclose(back_lower, lower)
+    # zero off-diagonal outputs are the diagonal Gaussian
+    assert torch.equal(
+        scale_tril(log_var, torch.zeros_like(lower)),
+        torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1)),
+    )
