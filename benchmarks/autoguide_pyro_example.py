@@ -22,56 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from paper_runs import save_results  # noqa: E402
-from torch import nn  # noqa: E402
 
 from pyro_aevb import AmortizedNormal, evaluate_bound, fit, load_dataset  # noqa: E402
+from pyro_aevb.models import PyroExampleVAE  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 QUICK = {"num_samples": 1000, "z_dim": 4, "hidden": 32, "num_train": 500, "num_test": 50}
-
-
-class PyroExampleVAE(nn.Module):
-    """Pyro's ``examples/vae/vae.py`` model and guide, as written there."""
-
-    def __init__(self, z_dim=50, hidden_dim=400):
-        super().__init__()
-        self.fc1_e = nn.Linear(784, hidden_dim)
-        self.fc21_e = nn.Linear(hidden_dim, z_dim)
-        self.fc22_e = nn.Linear(hidden_dim, z_dim)
-        self.fc1_d = nn.Linear(z_dim, hidden_dim)
-        self.fc21_d = nn.Linear(hidden_dim, 784)
-        self.z_dim = z_dim
-
-    def encoder(self, x):
-        hidden = F.softplus(self.fc1_e(x.reshape(-1, 784)))
-        return self.fc21_e(hidden), torch.exp(self.fc22_e(hidden))
-
-    def decoder(self, z):
-        return torch.sigmoid(self.fc21_d(F.softplus(self.fc1_d(z))))
-
-    def model(self, x):
-        pyro.module("decoder", self)
-        with pyro.plate("data", x.shape[0]):
-            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
-            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
-            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-            loc_img = self.decoder(z)
-            pyro.sample(
-                "obs",
-                dist.Bernoulli(loc_img, validate_args=False).to_event(1),
-                obs=x.reshape(-1, 784),
-            )
-            return loc_img
-
-    def guide(self, x):
-        pyro.module("encoder", self)
-        with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
-            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
 
 
 def run(args, dataset, autoguide: bool) -> dict:

@@ -373,76 +373,15 @@ def make_numpyro(arch, X, args):
     return step
 
 
-class _UserNets:
-    """The networks of Pyro's example VAE (``examples/vae/vae.py``), sizes from ``arch``."""
-
-    @staticmethod
-    def build(arch):
-        from torch import nn
-
-        D, H, J = arch
-
-        class Encoder(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc1 = nn.Linear(D, H)
-                self.fc21 = nn.Linear(H, J)
-                self.fc22 = nn.Linear(H, J)
-
-            def forward(self, x):
-                import torch.nn.functional as F
-
-                x = x.reshape(-1, D)
-                hidden = F.softplus(self.fc1(x))
-                return self.fc21(hidden), self.fc22(hidden).exp()
-
-        class Decoder(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc1 = nn.Linear(J, H)
-                self.fc21 = nn.Linear(H, D)
-
-            def forward(self, z):
-                import torch
-                import torch.nn.functional as F
-
-                return torch.sigmoid(self.fc21(F.softplus(self.fc1(z))))
-
-        return Encoder(), Decoder()
-
-
 def _pyro_example_vae(arch, seed, name):
     """Pyro's example VAE, written the ordinary Pyro way (model(x) / guide(x))."""
-    import pyro
-    import pyro.distributions as dist
     import torch
-    from torch import nn
+
+    from pyro_aevb.models import PyroExampleVAE
 
     D, H, J = arch
     torch.manual_seed(seed)
-    encoder, decoder = _UserNets.build(arch)
-
-    class PyroExampleVAE(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder, self.decoder = encoder, decoder
-
-        def model(self, x):
-            pyro.module(name + "_decoder", self.decoder)
-            with pyro.plate("data", x.shape[0]):
-                z_loc = x.new_zeros(torch.Size((x.shape[0], J)))
-                z_scale = x.new_ones(torch.Size((x.shape[0], J)))
-                z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-                loc_img = self.decoder(z)
-                pyro.sample("obs", dist.Bernoulli(loc_img, validate_args=False).to_event(1), obs=x)
-
-        def guide(self, x):
-            pyro.module(name + "_encoder", self.encoder)
-            with pyro.plate("data", x.shape[0]):
-                z_loc, z_scale = self.encoder(x)
-                pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-
-    return PyroExampleVAE()
+    return PyroExampleVAE(z_dim=J, hidden_dim=H, data_dim=D, prefix=name + "_")
 
 
 def make_user_compiled(arch, X, args, engine="inductor", autoguide=False):
@@ -507,8 +446,8 @@ def make_user_pytorch(arch, X, args):
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(args.seed)
-    encoder, decoder = _UserNets.build(arch)
+    vae = _pyro_example_vae(arch, args.seed, "user_pytorch")  # the same networks, no Pyro
+    encoder, decoder = vae.encoder, vae.decoder
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adagrad(params, lr=args.lr)
     batches = Batches(X, args.batch_size, args.seed)

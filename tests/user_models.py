@@ -9,57 +9,25 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pyro_aevb.models import examples
 
-class PyroExampleVAE(nn.Module):
-    """Pyro's ``examples/vae/vae.py`` model as written there (softplus MLPs, Bernoulli
-    decoder with ``validate_args=False``, ``pyro.module`` per network), with the plate name
-    and an optional ``pyro.param`` temperature on the encoder scale as options."""
+
+class PyroExampleVAE(examples.PyroExampleVAE):
+    """Pyro's example VAE (:class:`pyro_aevb.models.PyroExampleVAE`), optionally with a
+    ``pyro.param`` temperature on the guide's scale (a parameter outside any network)."""
 
     def __init__(self, z_dim=50, hidden_dim=400, plate="data", temperature=False):
-        super().__init__()
-        self.fc1_e, self.fc21_e, self.fc22_e = (
-            nn.Linear(784, hidden_dim),
-            nn.Linear(hidden_dim, z_dim),
-            nn.Linear(hidden_dim, z_dim),
-        )
-        self.fc1_d, self.fc21_d = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, 784)
-        self.z_dim, self.plate, self.temperature = z_dim, plate, temperature
+        super().__init__(z_dim, hidden_dim, plate=plate)
+        self.temperature = temperature
 
-    def encoder(self, x):
-        x = x.reshape(-1, 784)
-        hidden = F.softplus(self.fc1_e(x))
-        return self.fc21_e(hidden), torch.exp(self.fc22_e(hidden))
-
-    def decoder(self, z):
-        return torch.sigmoid(self.fc21_d(F.softplus(self.fc1_d(z))))
-
-    def model(self, x):
-        pyro.module("decoder", self)
-        with pyro.plate(self.plate, x.shape[0]):
-            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
-            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
-            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
-            loc_img = self.decoder(z)
-            pyro.sample(
-                "obs",
-                dist.Bernoulli(loc_img, validate_args=False).to_event(1),
-                obs=x.reshape(-1, 784),
-            )
-            return loc_img
-
-    def guide(self, x):
-        pyro.module("encoder", self)
-        with pyro.plate(self.plate, x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
-            if self.temperature:
-                t = pyro.param(
-                    "temperature", torch.tensor(1.0), constraint=dist.constraints.positive
-                )
-                z_scale = z_scale * t
-            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+    def encode(self, x):
+        z_loc, z_scale = super().encode(x)
+        if self.temperature:
+            t = pyro.param("temperature", torch.tensor(1.0), constraint=dist.constraints.positive)
+            z_scale = z_scale * t
+        return z_loc, z_scale
 
 
 class GlobalNoiseModel(nn.Module):

@@ -1,6 +1,7 @@
 """Model/guide pairs as Pyro programs, composed from the building blocks of :mod:`pyro_aevb.nn`,
 and the named presets (the paper's models) in one place."""
 
+from .examples import PyroExampleVAE
 from .linear_gaussian import LinearGaussian
 from .presets import (
     PAPER_HIDDEN,
@@ -19,6 +20,7 @@ from .vae import VAE
 __all__ = [
     "VAE",
     "LinearGaussian",
+    "PyroExampleVAE",
     "mlp_vae",
     "paper_mnist_vae",
     "paper_frey_face_vae",
