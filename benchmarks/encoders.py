@@ -54,7 +54,8 @@ QUICK = {
 }
 
 
-def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+def mean_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-datapoint values and its standard error."""
     n = values.numel()
     return float(values.mean()), float(values.std()) / math.sqrt(n) if n > 1 else math.nan
 
@@ -123,7 +124,7 @@ def run_config(cfg: dict) -> dict:
         torch.manual_seed(cfg["seed"] + 1)
         elbo, iwae = per_datapoint_estimates(vae.model, guide, x, cfg["iwae_k"], cfg["eval_batch"])
     eval_wall = time.perf_counter() - t0
-    (elbo_mean, elbo_se), (iwae_mean, iwae_se) = _mean_stderr(elbo), _mean_stderr(iwae)
+    (elbo_mean, elbo_se), (iwae_mean, iwae_se) = mean_stderr(elbo), mean_stderr(iwae)
     return {
         **{k: cfg[k] for k in ("dataset", "guide", "latent_dim", "hidden", "num_samples")},
         "guide_config": guide.config,
@@ -148,7 +149,7 @@ def paired_to_diagonal(results: list[dict]) -> None:
             continue
         for key in ("elbo", "iwae"):
             d = torch.tensor(r["per_datapoint"][key]) - torch.tensor(base["per_datapoint"][key])
-            mean, se = _mean_stderr(d)
+            mean, se = mean_stderr(d)
             r[f"{key}_minus_diag"] = mean
             r[f"{key}_minus_diag_stderr"] = se
 
@@ -208,29 +209,39 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch", type=int, default=100, help="test points per IWAE batch")
     p.add_argument("--out", default=None, help="JSON file (default: results/encoders.json)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run in seconds: {QUICK}")
-    args = p.parse_args(argv)
+    return finish_args(p.parse_args(argv), QUICK, "encoders")
+
+
+def finish_args(args: argparse.Namespace, quick: dict, name: str) -> argparse.Namespace:
+    """``--quick`` applies ``quick``'s settings; ``--out`` defaults to results/NAME.json."""
     if args.quick:
-        for key, value in QUICK.items():
+        for key, value in quick.items():
             setattr(args, key, value)
     if args.out is None:
-        args.out = RESULTS / ("encoders-quick.json" if args.quick else "encoders.json")
+        args.out = RESULTS / (f"{name}-quick.json" if args.quick else f"{name}.json")
     return args
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
-    configs = [
+def family_configs(args: argparse.Namespace) -> list[dict]:
+    """One plain-dict config (it crosses processes) per (data set, family)."""
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    return [
         {**settings, "dataset": d, "guide": g, "data_dir": args.data_dir}
         for d in args.datasets
         for g in args.guides
     ]
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    configs = family_configs(args)
     t0 = time.perf_counter()
     results = run_parallel(run_config, configs, args.jobs)
     for r in results:
         r["iwae_k"] = args.iwae_k
     paired_to_diagonal(results)
     out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
     save_results(out, settings, results, time.perf_counter() - t0)
     table = markdown_table(results)
     out.with_suffix(".md").write_text(table)

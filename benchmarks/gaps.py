@@ -28,7 +28,6 @@ Markdown next to it (``.md``); ``--figure`` draws the per-datapoint gaps of ever
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
-from encoders import NAMES, add_training_arguments, train_family  # noqa: E402
+from encoders import (  # noqa: E402
+    NAMES,
+    add_training_arguments,
+    family_configs,
+    finish_args,
+    mean_stderr,
+    train_family,
+)
 from paper_runs import run_parallel, save_results  # noqa: E402
 
 from pyro_aevb.evaluate import gap_report  # noqa: E402
@@ -54,11 +60,6 @@ QUICK = {
     "particles": 20,
     "refine_steps": 20,
 }
-
-
-def _mean_stderr(values: torch.Tensor) -> tuple[float, float]:
-    n = values.numel()
-    return float(values.mean()), float(values.std()) / math.sqrt(n) if n > 1 else math.nan
 
 
 def run_config(cfg: dict) -> dict:
@@ -111,7 +112,7 @@ def run_config(cfg: dict) -> dict:
     return {
         **{k: cfg[k] for k in ("dataset", "guide", "latent_dim", "hidden", "num_samples")},
         "guide_config": guide.config,
-        "table": {name: _mean_stderr(v) for name, v in columns.items()},
+        "table": {name: mean_stderr(v) for name, v in columns.items()},
         "monte_carlo_stderr": {
             "log p(x)": float(values["log_p_x_stderr"].pow(2).mean().sqrt()),
             "L[q*]": float(values["refined_stderr"].pow(2).mean().sqrt()),
@@ -183,23 +184,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="JSON file (default: results/gaps.json)")
     p.add_argument("--figure", action="store_true", help="also draw the gaps (.png)")
     p.add_argument("--quick", action="store_true", help=f"a smoke run in seconds: {QUICK}")
-    args = p.parse_args(argv)
-    if args.quick:
-        for key, value in QUICK.items():
-            setattr(args, key, value)
-    if args.out is None:
-        args.out = RESULTS / ("gaps-quick.json" if args.quick else "gaps.json")
-    return args
+    return finish_args(p.parse_args(argv), QUICK, "gaps")
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
-    configs = [
-        {**settings, "dataset": d, "guide": g, "data_dir": args.data_dir}
-        for d in args.datasets
-        for g in args.guides
-    ]
+    configs = family_configs(args)
     t0 = time.perf_counter()
     results = run_parallel(run_config, configs, args.jobs)
     lm = (
@@ -208,6 +198,7 @@ def main(argv=None) -> list[dict]:
         else f"AIS ({args.ais_chains} chains x {args.ais_temps} temperatures)"
     )
     out = Path(args.out)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
     save_results(out, settings, results, time.perf_counter() - t0)
     table = markdown_table(results, lm)
     out.with_suffix(".md").write_text(table)
