@@ -272,8 +272,8 @@ show(fig, "posteriors")
 #   short on average).
 # * **On average the richer families buy little here, and it is measurable.** The mean
 #   KL(q || p) is 1.16 nats per digit for the diagonal encoder, 1.11 for the full covariance and
-#   0.88 for the IAF. Paired over the same digits, full covariance gains 0.042 +- 0.017 nats of
-#   ELBO over the diagonal (2.5 standard errors) and the IAF 0.28 +- 0.14 (2 standard errors);
+#   0.88 for the IAF. Paired over the same digits, full covariance gains 0.044 +- 0.016 nats of
+#   ELBO over the diagonal (2.7 standard errors) and the IAF 0.28 +- 0.14 (2 standard errors);
 #   the IAF's gain over the full covariance, 0.23 +- 0.13, is within 2 standard errors of zero.
 #   The posteriors of this 2-D model are close to Gaussian, so there is little shape for a richer
 #   family to capture.
@@ -285,7 +285,7 @@ show(fig, "posteriors")
 #   these two digits are about half of its total gain over the diagonal (28 of 55 nats summed
 #   over the 200 digits).
 # * **On typical digits** (right) the posterior is a tilted ellipse: the full covariance fits
-#   the tilt and halves the diagonal's small KL (0.34 -> 0.21, 0.27 -> 0.13 nats), while the IAF
+#   the tilt and halves the diagonal's small KL (0.34 -> 0.21, 0.27 -> 0.12 nats), while the IAF
 #   with two flows did *worse* than the diagonal on these two digits (0.44, 0.53).
 #
 # So: full covariance buys the correlation between latents (a small, reliable gain); a flow
