@@ -156,6 +156,8 @@ def plot(results: list[dict], path: Path) -> Path:
             parts = ax.violinplot([approx.numpy(), amort.numpy()], [3 * i, 3 * i + 1])
             for body, colour in zip(parts["bodies"], ("C0", "C1"), strict=True):
                 body.set_facecolor(colour)
+            for key in ("cbars", "cmins", "cmaxes"):  # the range lines: not a family colour
+                parts[key].set_color("0.3")
         ax.set_xticks([3 * i + 0.5 for i in range(len(runs))])
         ax.set_xticklabels([NAMES[r["guide"]] for r in runs])
         ax.set_ylabel("nats per datapoint")
