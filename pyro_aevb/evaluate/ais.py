@@ -379,7 +379,10 @@ def ais(
         The potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`): hand-derived for
         the paper's VAE, recorded once for other models, or traced at every evaluation
         (``"off"``). All datapoints x chains are evaluated together, in row chunks of bounded
-        memory. The estimates equal the traced path's for the same seed (to float rounding).
+        memory. The potentials agree to float rounding; with the same seed the estimates
+        agree to rounding for short runs and, as HMC amplifies a rounding difference along
+        the chains, within their Monte Carlo error for long ones (measured by
+        ``benchmarks/marginal_likelihood.py``).
 
     Returns
     -------

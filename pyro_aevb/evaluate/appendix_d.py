@@ -349,7 +349,9 @@ def appendix_d(
     fast : {"auto", "on", "off"}
         The batched sampler's potential (:func:`~pyro_aevb.mcmc.potentials.make_potential`):
         hand-derived for the paper's VAE or recorded once, or traced at every gradient
-        (``"off"``); the estimates are the same for a seed, to float rounding.
+        (``"off"``). The potentials agree to float rounding; with the same seed the chains
+        agree to rounding while short and, as HMC amplifies a rounding difference along a
+        trajectory, within their Monte Carlo error over long runs.
 
     Returns
     -------
