@@ -8,7 +8,9 @@ scaling), it times, in one process:
 
 * ``ours``            -- what :mod:`pyro_aevb.train.trainer` does each step with the default
   objective (``ELBO("B").bind(...)``, the fast path) and optimizer
-  (``make_optimizer("adagrad", ...)``): take the minibatch ``x[idx]``,
+  (``make_optimizer("adagrad", ...)``): gather the minibatch as the trainer does,
+  ``torch.index_select(x, 0, idx)`` (the loops written by hand and the stock-Pyro rows use
+  ``x[idx]``, as users write it; the gather is 59 us against 15 us for 100 MNIST rows here),
   ``loss = objective.loss_and_grads(xb, N)``, ``loss.item()``, finiteness check,
   ``optimizer.step()``;
 * ``pytorch``         -- the reference: a hand-written PyTorch loop of the same model and loss
@@ -192,7 +194,7 @@ def make_ours(arch, X, args):
 
     def step():
         idx = batches.next_index()
-        xb = X[idx]
+        xb = torch.index_select(X, 0, idx)  # the trainer's gather (4x faster than X[idx])
         # The trainer's step: loss_and_grads(xb).item(), finiteness check, optimizer.step().
         value = objective.train_step(xb, idx, optimizer)
         if not math.isfinite(value):
@@ -410,7 +412,8 @@ def make_user_compiled(arch, X, args, engine="inductor", autoguide=False):
 
     def step():
         idx = batches.next_index()
-        value = objective.train_step(X[idx], idx, optimizer)
+        xb = torch.index_select(X, 0, idx)  # the trainer's gather (4x faster than X[idx])
+        value = objective.train_step(xb, idx, optimizer)
         if not math.isfinite(value):
             raise FloatingPointError(f"non-finite loss {value}")
         return value
