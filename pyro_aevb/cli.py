@@ -8,10 +8,13 @@ learned manifold, random samples, reconstructions, the learning curve and a summ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from .plots import (
 )
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
 from .train.distributed import init_distributed, launched_by_torchrun, world
-from .train.interrupt import exit_status
+from .train.interrupt import exit_status, signal_name
 from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
@@ -706,6 +709,37 @@ def _relaunch(argv: list[str], nproc: int) -> int:
     return 0
 
 
+class CommandInterrupted(KeyboardInterrupt):
+    """SIGTERM outside a training step: stop the command like Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal_name(signum)}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """While a command runs, SIGTERM stops it as SIGINT does (``KeyboardInterrupt``), so that
+    it ends with one line and the signal's exit status wherever it lands; training steps
+    defer both signals themselves (:class:`~pyro_aevb.train.interrupt.DeferredInterrupts`)."""
+
+    def stop(signum, frame):
+        raise CommandInterrupted(signum)
+
+    installed, previous = False, None
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGTERM"):
+        try:
+            previous, installed = signal.signal(signal.SIGTERM, stop), True
+        except (ValueError, OSError):  # not allowed here (embedded interpreter, ...)
+            pass
+    try:
+        yield
+    finally:
+        if installed:
+            # None: a handler installed outside Python, which cannot be put back as such
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -726,7 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         if world()[0] != 0:
             logger.setLevel(logging.WARNING)  # rank 0 speaks for the run
     try:
-        return args.func(args)
+        with _signals_interrupt():
+            return args.func(args)
     except TrainingInterrupted as err:
         # the step was finished and saved: one line, no traceback, the signal's exit status
         print(f"pyro-aevb: {err.summary}", end="", file=sys.stderr)
@@ -739,9 +774,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(file=sys.stderr)
         return exit_status(err.signum)
-    except KeyboardInterrupt:
-        print("pyro-aevb: interrupted", file=sys.stderr)
-        return exit_status(2)  # SIGINT
+    except KeyboardInterrupt as err:
+        # outside a training step (loading, evaluation, figures): nothing half-written to save
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"pyro-aevb: interrupted by {signal_name(signum)}", file=sys.stderr)
+        return exit_status(signum)
     except (ValueError, TypeError, NonFiniteLossError, AnalyticKLError, OSError) as err:
         # OSError: missing, unreadable or unwritable files (a full disk), a locked run
         # directory; the messages name the file

@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from reliability_helpers import binary_data, tiny_vae
 
-from pyro_aevb import elbo_per_datapoint, evaluate_bound, fit, log_marginal, mlp_vae
+from pyro_aevb import (
+    NonFiniteLossError,
+    elbo_per_datapoint,
+    evaluate_bound,
+    fit,
+    log_marginal,
+    mlp_vae,
+)
 from pyro_aevb.evaluate import METHOD_OPTIONS
 
 HOSTILE = st.sampled_from(
@@ -63,6 +70,11 @@ def check_fit_arguments(directory, name: str, value) -> str:
     kwargs = {**FIT_ARGS, name: value}
     try:
         fit(tiny_vae(), binary_data(n=64), out_dir=directory, progress=False, **kwargs)
+    except NonFiniteLossError as err:
+        # a valid but huge step size (lr=1e30): the training diverges, and the error says so
+        # and names the argument to change
+        assert name == "lr" and "lr" in str(err), repr(err)
+        return "accepted, diverged: NonFiniteLossError naming lr"
     except Exception as err:  # noqa: BLE001 - the property is about which exceptions
         assert_clear(err, [name, "budget"])
         return "clear error"

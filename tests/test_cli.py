@@ -167,3 +167,24 @@ def test_train_the_convolutional_vae_on_images(tmp_path):
         assert (out / name).is_file()
     assert main(["evaluate", str(out), "--n", "4", "--option", "num_particles=10"]) == 0
     assert main(["figures", str(out), "--out", str(tmp_path / "figs")]) == 0
+
+
+def test_sigterm_outside_a_training_step_stops_the_command_in_one_line(monkeypatch, capsys):
+    """SIGTERM landing outside a training step (here, while the figures are drawn) ends the
+    command like Ctrl-C: one line, exit status 128 + 15, and the handler is put back."""
+    import os
+    import signal
+    import time
+
+    from pyro_aevb import cli
+
+    def drawing(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler raises before this returns
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_figures", drawing)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["figures", "some-run"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "pyro-aevb: interrupted by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
