@@ -47,6 +47,7 @@ from torch import nn
 from ..models.vae import VAE
 from ..nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from ..nn.mlp import MLP
+from ..nn.sum_log import sum_log_half_to_one
 from .potential import PerDatapointPotential
 
 __all__ = ["VAEPotential", "vae_potential_unsupported_reason"]
@@ -241,7 +242,9 @@ class VAEPotential(PerDatapointPotential):
                 tmp = buf.tmp[:rows]
                 relu = torch.clamp_min(out, 0.0, out=tmp).sum(1)
                 y = out.sigmoid_()
-                log_m = torch.sub(y, 0.5, out=tmp).abs_().add_(0.5).log_().sum(1)
+                log_m = sum_log_half_to_one(
+                    torch.sub(y, 0.5, out=tmp).abs_().add_(0.5), per_row=True
+                )
                 value = xa.sub_(relu).add_(log_m)
             else:
                 y = out.sigmoid_()
