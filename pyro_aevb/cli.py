@@ -44,6 +44,7 @@ from .plots import (
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.interrupt import exit_status, signal_name
+from .validation import MAX_SEED
 from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
@@ -77,6 +78,15 @@ def _non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 and <= 2**63 - 1 (a torch seed), got {text!r}"
+        )
     return value
 
 
@@ -548,7 +558,7 @@ def _add_training_options(
     p.add_argument("--batch-size", type=_positive_int, default=100)
     p.add_argument("--num-samples", type=_positive_number, default=num_samples)
     p.add_argument("--epochs", type=_positive_float, default=None, help="budget in epochs instead")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--eval-size", type=_positive_int, default=1000)
     p.add_argument(
         "--checkpoint-minutes",
@@ -636,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first N points of the split (spell it --num-points after torchrun)",
     )
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--option",
         action="append",
@@ -670,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=200)
     p.add_argument("--refine-lr", type=float, default=0.05)
     p.add_argument("--particles", type=int, default=1000, help="guide draws per bound")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--plate-name", default=None)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/gaps-SPLIT.json)")
     p.add_argument("--data-dir", default=None)

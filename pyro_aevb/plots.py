@@ -16,7 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from .validation import check_positive_int
+from .validation import check_positive_int, check_seed
 
 __all__ = [
     "image_grid",
@@ -86,7 +86,7 @@ def plot_manifold(vae, path, image_shape=(28, 28), n: int = 20, title: str | Non
 @torch.no_grad()
 def plot_samples(vae, path, image_shape=(28, 28), n: int = 100, seed: int = 0, title=None):
     """Means of ``p(x|z)`` for ``z ~ N(0, I)`` (Figure 5)."""
-    images = vae.sample(n, generator=torch.Generator().manual_seed(seed))
+    images = vae.sample(n, generator=torch.Generator().manual_seed(check_seed(seed)))
     grid = image_grid(images, image_shape, int(np.ceil(np.sqrt(n))))
     return _show_grid(grid, title or f"random samples (N_z = {vae.latent_dim})", path)
 

@@ -20,6 +20,7 @@ __all__ = [
     "event_shape_of",
     "check_positive_int",
     "check_positive_float",
+    "check_seed",
     "check_choice",
     "check_num_data",
 ]
@@ -131,6 +132,21 @@ def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None =
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be an int <= {maximum}, got {value}")
     return int(value)
+
+
+#: The largest seed accepted: torch's generators take seeds below 2^64, and the library
+#: derives further seeds by adding small offsets to it.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` must be an int in ``[0, MAX_SEED]`` (``torch.manual_seed``'s range, with room
+    for the offsets derived seeds add)."""
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**63 - 1], got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an int in [0, 2**63 - 1], got {seed}")
+    return int(seed)
 
 
 def check_positive_float(value, name: str, allow_zero: bool = False) -> float:

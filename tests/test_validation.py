@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from pyro_aevb.validation import check_data, check_num_data, check_positive_float
+from pyro_aevb.validation import (
+    MAX_SEED,
+    check_data,
+    check_num_data,
+    check_positive_float,
+    check_seed,
+)
 
 
 def test_check_data_accepts_good_input_and_names_the_argument():
@@ -23,3 +29,14 @@ def test_scalar_checks():
     assert check_num_data(None, 7) == 7
     with pytest.raises(TypeError, match="num_data"):
         check_num_data(2.5, 1)
+
+
+def test_check_seed_accepts_torch_seeds_and_names_the_argument():
+    assert check_seed(0) == 0 and check_seed(MAX_SEED) == MAX_SEED
+    torch.Generator().manual_seed(MAX_SEED + 1000)  # room for the offsets derived seeds add
+    for bad in (-1, MAX_SEED + 1, 10**30):
+        with pytest.raises(ValueError, match=r"init_seed must be an int in \[0, 2\*\*63 - 1\]"):
+            check_seed(bad, "init_seed")
+    for bad in (1.0, True, "3", None):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            check_seed(bad)

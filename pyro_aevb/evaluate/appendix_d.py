@@ -51,7 +51,7 @@ from ..mcmc.potential import PerDatapointPotential
 from ..mcmc.potentials import make_potential
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import PerDatapointProgram, as_program
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .result import logmeanexp_with_stderr, pareto_k
 
 __all__ = [
@@ -365,6 +365,7 @@ def appendix_d(
     check_choice(density, "density", DENSITIES)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
+    seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     guide = program.guide
     if init_particles is None:

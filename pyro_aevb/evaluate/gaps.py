@@ -29,7 +29,7 @@ import torch
 
 from ..infer.refine import RefinedGuide, refine
 from ..poutine import PerDatapointProgram
-from ..validation import check_data, check_positive_int
+from ..validation import check_data, check_positive_int, check_seed
 from .iwae import elbo_with_stderr
 from .log_marginal import log_marginal
 from .result import LogMarginalResult, to_jsonable
@@ -162,6 +162,7 @@ def gap_report(
     """
     x = check_data(x, "x")
     num_particles = check_positive_int(num_particles, "num_particles", minimum=2)
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         program = PerDatapointProgram(

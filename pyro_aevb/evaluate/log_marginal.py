@@ -39,7 +39,7 @@ from ..device import fork_rng, make_generator, place
 from ..infer.per_datapoint import check_per_datapoint
 from ..poutine import PerDatapointProgram, latent_sites, plate_frame
 from ..train.distributed import resolve_distributed
-from ..validation import check_choice, check_data
+from ..validation import check_choice, check_data, check_seed
 from .ais import INITS, SCHEDULES, ais, bdmc
 from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
 from .iwae import elbo_with_stderr, iwae
@@ -89,9 +89,7 @@ def _resolve_seed(seed) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=seed))
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or a torch.Generator, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return seed
+    return check_seed(seed)
 
 
 def _program_for(method, model, guide, x, plate_name, global_values, options):

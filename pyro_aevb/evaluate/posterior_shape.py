@@ -30,7 +30,7 @@ import torch
 from ..mcmc import PerDatapointPotential, sample
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import as_program
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .log_marginal import log_marginal
 from .result import LogMarginalResult, to_jsonable
 
@@ -224,6 +224,7 @@ def compare_with_mcmc(
     num_guide_samples = check_positive_int(num_guide_samples, "num_guide_samples", minimum=2)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
+    seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     if program.guide is None:
         raise ValueError("compare_with_mcmc compares a guide with the posterior; got guide=None")

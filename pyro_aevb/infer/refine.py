@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..poutine import as_program
-from ..validation import check_data, check_positive_float, check_positive_int
+from ..validation import check_data, check_positive_float, check_positive_int, check_seed
 from .per_datapoint import stacked_elbo
 
 __all__ = ["refine", "RefinedGuide", "local_params_owner", "supports_refinement"]
@@ -177,6 +177,7 @@ def refine(
     history = []
     window = max(1, steps // 5)
     averaged = {k: torch.zeros_like(v) for k, v in params.items()}
+    seed = None if seed is None else check_seed(seed)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:

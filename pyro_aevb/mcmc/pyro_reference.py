@@ -30,7 +30,7 @@ import torch
 from pyro.infer import HMC, MCMC, NUTS
 
 from ..poutine import LatentLayout, as_program, plate_frame
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .adaptation import check_target_accept
 from .diagnostics import ess_rhat
 
@@ -180,6 +180,7 @@ def sample_posterior_pyro(
     num_chains = check_positive_int(num_chains, "num_chains")
     num_steps = check_positive_int(num_steps, "num_steps")
     target_accept = check_target_accept(target_accept)
+    seed = check_seed(seed)
     batch = x.shape[0]
 
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)

@@ -44,7 +44,13 @@ from ..device import (
 from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
-from ..validation import check_choice, check_data, check_positive_float, check_positive_int
+from ..validation import (
+    check_choice,
+    check_data,
+    check_positive_float,
+    check_positive_int,
+    check_seed,
+)
 from ..version import __version__
 from .checkpoint import (
     load_checkpoint,
@@ -308,9 +314,7 @@ class Trainer:
             raise TypeError(f"callback must be callable(trainer, record), got {callback!r}")
         self.callback = callback
         self.out_dir = None if out_dir is None else Path(out_dir)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TypeError(f"seed must be an int >= 0, got {seed!r}")
-        self.seed = seed
+        self.seed = check_seed(seed)
 
         # The programs, the objective bound to them, and a first look at a minibatch: the
         # minibatch contract and the parameters are checked before any step, under a seeded

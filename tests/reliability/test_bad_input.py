@@ -150,6 +150,7 @@ CLI_BAD = {
     "--epochs nan": (["train", "--epochs", "nan"], "--epochs: expected a finite number > 0"),
     "--seed 1.7": (["train", "--seed", "1.7"], "--seed: expected an integer >= 0"),
     "--seed -1": (["train", "--seed=-1"], "--seed: expected an integer >= 0"),
+    "--seed 1e30": (["train", "--seed", str(10**30)], "--seed: expected an integer >= 0 and <="),
     "--lr nan": (["train", "--lr", "nan"], "--lr: expected a finite number > 0"),
     "--lr -1": (["train", "--lr=-1"], "--lr: expected a finite number > 0"),
     "--batch-size 0": (["train", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
@@ -169,6 +170,7 @@ CLI_BAD = {
         "--n/--num-points: expected an integer >= 1",
     ),
     "evaluate --seed 1.7": (["evaluate", "run", "--seed", "1.7"], "--seed: expected an integer"),
+    "gap --seed 2**64": (["gap", "run", "--seed", str(2**64)], "--seed: expected an integer"),
 }
 
 
