@@ -158,6 +158,7 @@ def refine(
     steps = check_positive_int(steps, "steps")
     lr = check_positive_float(lr, "lr")
     num_particles = check_positive_int(num_particles, "num_particles")
+    seed = None if seed is None else check_seed(seed)
     owner = local_params_owner(guide)
     if owner is None:
         raise TypeError(
@@ -177,7 +178,6 @@ def refine(
     history = []
     window = max(1, steps // 5)
     averaged = {k: torch.zeros_like(v) for k, v in params.items()}
-    seed = None if seed is None else check_seed(seed)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:

@@ -47,7 +47,7 @@ from torch import nn
 from ..models.vae import VAE
 from ..nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from ..nn.mlp import MLP
-from ..nn.sum_log import sum_log_half_to_one
+from ..nn.sum_log import sum_log_max_complement
 from .potential import PerDatapointPotential
 
 __all__ = ["VAEPotential", "vae_potential_unsupported_reason"]
@@ -242,9 +242,7 @@ class VAEPotential(PerDatapointPotential):
                 tmp = buf.tmp[:rows]
                 relu = torch.clamp_min(out, 0.0, out=tmp).sum(1)
                 y = out.sigmoid_()
-                log_m = sum_log_half_to_one(
-                    torch.sub(y, 0.5, out=tmp).abs_().add_(0.5), per_row=True
-                )
+                log_m = sum_log_max_complement(y, out=tmp, per_row=True)
                 value = xa.sub_(relu).add_(log_m)
             else:
                 y = out.sigmoid_()

@@ -14,6 +14,9 @@ over chunks of ``k`` entries. A product of ``k`` factors in ``[1/2, 1]`` is at l
 ``2^-126``) and ``k <= 1000`` in float64, so nothing underflows and the result equals the
 sum of logs to float rounding (a product of ``k`` factors carries about ``k`` ulps of
 relative error: ~1e-5 nats per chunk at worst in float32). NaN propagates.
+
+:func:`sum_log_max_complement` forms ``m`` from ``y`` and sums its logs: the one call the
+fused paths make.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import functools
 
 import torch
 
-__all__ = ["sum_log_half_to_one"]
+__all__ = ["sum_log_half_to_one", "sum_log_max_complement"]
 
 # Largest chunk per dtype: 2^-k must be a normal number (see the module docstring).
 _MAX_CHUNK = {torch.float32: 120, torch.float64: 1000}
@@ -59,3 +62,11 @@ def sum_log_half_to_one(m: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     if per_row:
         return m.view(*m.shape[:-1], n // k, k).prod(-1).log_().sum(-1)
     return m.view(-1, k).prod(1).log_().sum()
+
+
+def sum_log_max_complement(y: torch.Tensor, out: torch.Tensor, per_row: bool = False):
+    """``sum log max(y, 1 - y)`` for ``y`` in ``[0, 1]`` (a sigmoid), over all entries or,
+    with ``per_row``, over the last dimension; ``out`` (``y``'s shape, contiguous; may be
+    ``y`` itself) receives ``max(y, 1 - y) = |y - 1/2| + 1/2`` as scratch."""
+    m = torch.sub(y, 0.5, out=out).abs_().add_(0.5)
+    return sum_log_half_to_one(m, per_row=per_row)

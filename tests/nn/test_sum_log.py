@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_aevb.nn.sum_log import _chunk_size, sum_log_half_to_one
+from pyro_aevb.nn.sum_log import _chunk_size, sum_log_half_to_one, sum_log_max_complement
 
 
 def _m(shape, dtype, seed=0):
@@ -48,3 +48,16 @@ def test_chunk_sizes_divide_and_respect_the_limits():
     for n in range(1, 600):
         k = _chunk_size(n, 120)
         assert k is None or (n % k == 0 and 16 <= k <= 120)
+
+
+def test_sum_log_max_complement_is_minus_the_softplus_of_minus_abs_logits():
+    # log max(y, 1 - y) = log sigmoid(|a|) = -softplus(-|a|) for y = sigmoid(a)
+    a = torch.randn(8, 784, dtype=torch.float64) * 6
+    expected = -torch.nn.functional.softplus(-a.abs())
+    y = torch.sigmoid(a)
+    total = sum_log_max_complement(y, out=torch.empty_like(y))
+    assert torch.allclose(total, expected.sum(), rtol=1e-12)
+    rows = sum_log_max_complement(y.clone(), out=torch.empty_like(y), per_row=True)
+    assert torch.allclose(rows, expected.sum(-1), rtol=1e-12)
+    in_place = y.clone()  # out may be the input itself
+    assert torch.allclose(sum_log_max_complement(in_place, out=in_place), total, rtol=1e-14)

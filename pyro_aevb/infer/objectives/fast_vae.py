@@ -90,7 +90,7 @@ from torch import nn
 from ...models.vae import VAE
 from ...nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from ...nn.mlp import MLP
-from ...nn.sum_log import sum_log_half_to_one
+from ...nn.sum_log import sum_log_max_complement
 from ...poutine import TrainingProgram
 from ...validation import check_data, check_num_data
 from ..elbo import ESTIMATORS
@@ -577,7 +577,7 @@ def _bernoulli_nll_grad(a, x, g, L) -> float:
     ``max(y, 1 - y) = |y - 1/2| + 1/2``): accurate in both tails, no overflow, and it reuses
     ``y``, which the gradient needs anyway -- cheaper than a separate softplus or
     BCE-with-logits kernel (both are slow on CPU). The sum of logs is taken with one ``log``
-    per chunk of entries (:func:`~pyro_aevb.nn.sum_log.sum_log_half_to_one`). ``a`` is used
+    per chunk of entries (:func:`~pyro_aevb.nn.sum_log.sum_log_max_complement`). ``a`` is used
     as scratch space: the backward pass needs only ``g``, not the logits.
     """
     if L == 1:
@@ -586,7 +586,7 @@ def _bernoulli_nll_grad(a, x, g, L) -> float:
         xa = torch.mv(a.view(L, -1), x.view(-1)).sum()
     torch.sigmoid(a, out=g)
     relu = a.clamp_min_(0.0).sum().item()
-    log_m = sum_log_half_to_one(torch.sub(g, 0.5, out=a).abs_().add_(0.5)).item()
+    log_m = sum_log_max_complement(g, out=a).item()
     if L == 1:
         g.sub_(x)
     else:
@@ -597,7 +597,7 @@ def _bernoulli_nll_grad(a, x, g, L) -> float:
 def _bernoulli_nll_rows(a, x, tmp, L) -> torch.Tensor:
     """Per-row ``sum_d softplus(a) - x a``, shape ``(L M,)``; same formula as above."""
     torch.sigmoid(a, out=tmp)
-    log_m = sum_log_half_to_one(tmp.sub_(0.5).abs_().add_(0.5), per_row=True)
+    log_m = sum_log_max_complement(tmp, out=tmp, per_row=True)
     relu = torch.clamp_min(a, 0.0, out=tmp).sum(1)
     xa = torch.mul(a.view(L, *x.shape), x, out=tmp.view(L, *x.shape)).sum(2).view(-1)
     return relu.sub_(log_m).sub_(xa)
