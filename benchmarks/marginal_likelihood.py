@@ -335,6 +335,7 @@ def main(argv=None) -> dict:
             "datapoints": args.nuts_datapoints,
             "seconds": nuts.seconds,
             "seconds_per_datapoint": per_nuts,
+            "sampler_seconds": float(nuts.diagnostics["sampler_seconds"]),
             "mean": nuts.mean(),
             "mean_stderr": nuts.mean_stderr(),
             "accept_rate": float(nuts.diagnostics["accept_rate"].mean()),
@@ -344,6 +345,7 @@ def main(argv=None) -> dict:
             "datapoints": args.num_datapoints,
             "seconds": batched.seconds,
             "seconds_per_datapoint": per_batched,
+            "sampler_seconds": float(batched.diagnostics["sampler_seconds"]),
             "mean_all": batched.mean(),
             "mean_all_stderr": batched.mean_stderr(),
             "mean_subset": float(est_b.double().mean()),
@@ -406,6 +408,12 @@ def main(argv=None) -> dict:
         f"datapoints = {per_batched:.4f} s per datapoint"
     )
     print(f"  speed-up per datapoint:  {out['speedup_per_datapoint']:.0f}x")
+    for name, res, n in (("NUTS", nuts, args.nuts_datapoints), ("batched", batched, len(x))):
+        sampler = float(res.diagnostics["sampler_seconds"])
+        print(
+            f"  {name}: sampler {sampler:.2f} s, density estimate and diagnostics "
+            f"{res.seconds - sampler:.2f} s ({n} datapoints)"
+        )
     print(
         f"  batched: {gradients:.0f} gradients per datapoint x {flops / 1e6:.3f} MFLOP at "
         f"{rate / 1e9:.0f} GFLOP/s = {limit:.4f} s "

@@ -46,6 +46,7 @@ import torch.distributions as tdist
 
 from ..device import check_generator, place
 from ..mcmc import sample as hmc_sample
+from ..mcmc.diagnostics import ess_mean
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
 from ..mcmc.potentials import make_potential
@@ -165,16 +166,14 @@ def fit_kde(
 
 
 def _ratio_ess(log_r: torch.Tensor) -> torch.Tensor:
-    """ArviZ ESS (for the mean) of the ratios, ``(C, S, B)`` -> ``(B,)``, capped at ``C * S``."""
-    import arviz as az
-
+    """ArviZ's ESS for the mean of the ratios (:func:`~pyro_aevb.mcmc.diagnostics.ess_mean`),
+    ``(C, S, B)`` -> ``(B,)``, capped at ``C * S``; 1 where it is undefined."""
     c, s, b = log_r.shape
     if s < 4:
         return log_r.new_full((b,), float(c * s))
     log_mean = torch.logsumexp(log_r.reshape(c * s, b), 0) - math.log(c * s)
-    ratio = torch.exp(log_r - log_mean).detach().cpu().double().numpy()
-    ess = az.ess(az.convert_to_dataset(ratio), method="mean")["x"].values
-    ess = torch.as_tensor(np.nan_to_num(ess, nan=1.0), dtype=log_r.dtype, device=log_r.device)
+    ess = ess_mean(torch.exp(log_r.double() - log_mean.double()))
+    ess = torch.nan_to_num(ess, nan=1.0).to(dtype=log_r.dtype, device=log_r.device)
     return ess.clamp(min=1.0, max=float(c * s))
 
 

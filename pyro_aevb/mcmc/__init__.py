@@ -10,7 +10,7 @@
   step size and mass as arguments.
 * :mod:`~pyro_aevb.mcmc.adaptation`: per-chain dual-averaging step size, Stan's windows.
 * :mod:`~pyro_aevb.mcmc.sampler`: :func:`sample`, warm-up with adaptation, then draws.
-* :mod:`~pyro_aevb.mcmc.diagnostics`: ArviZ ESS and R-hat per datapoint.
+* :mod:`~pyro_aevb.mcmc.diagnostics`: ArviZ's ESS and R-hat per datapoint, vectorised.
 * :mod:`~pyro_aevb.mcmc.initialization`: importance-resampled starting points for the chains.
 * :mod:`~pyro_aevb.mcmc.pyro_reference`: :class:`pyro.infer.MCMC` (NUTS/HMC) per datapoint,
   with an ArviZ ``InferenceData``.
@@ -25,7 +25,7 @@ from .adaptation import (
     warmup_windows,
 )
 from .compiled_potential import CompiledPotential
-from .diagnostics import ess_rhat
+from .diagnostics import ess_mean, ess_rhat
 from .hmc import HMCInfo, HMCState, find_reasonable_step_size
 from .initialization import importance_resampled_init
 from .potential import PerDatapointPotential, value_and_grad
@@ -42,6 +42,7 @@ __all__ = [
     "sample",
     "BatchedHMCResult",
     "ess_rhat",
+    "ess_mean",
     "StepSizeAdaptState",
     "step_size_adapt_init",
     "step_size_adapt_update",
