@@ -36,6 +36,8 @@ __all__ = ["ess_rhat", "ess_mean"]
 
 _RESOLUTION = 1e-15  # np.finfo(float).resolution, ArviZ's "constant series" threshold
 _BLOM = 3 / 8
+#: Draws per block of series (float64: 32 MB; the FFT and sort work arrays are a few times it).
+_CHUNK_VALUES = 1 << 22
 
 
 def ess_rhat(draws: torch.Tensor, rhat: bool = True) -> dict[str, torch.Tensor]:
@@ -51,18 +53,21 @@ def ess_rhat(draws: torch.Tensor, rhat: bool = True) -> dict[str, torch.Tensor]:
     out = {}
     if s < 4:
         return out
-    x = _series(draws)  # (N, C, S)
-    split = _split_chains(x)
-    invalid = torch.isnan(x).flatten(1).any(-1)
-    split = torch.where(invalid[:, None, None], 0.0, split)
-    sorted_vals, order = split.flatten(1).sort(-1)
-    z = _z_scale(sorted_vals, order).view_as(split)
-    ess = _ess(z).masked_fill(invalid, float("nan"))
+    with_rhat = rhat and c > 1
+    ess, r_hat = [], []
+    for x in _series_chunks(draws):  # (N, C, S) each
+        split = _split_chains(x)
+        invalid = torch.isnan(x).flatten(1).any(-1)
+        split = torch.where(invalid[:, None, None], 0.0, split)
+        sorted_vals, order = split.flatten(1).sort(-1)
+        z = _z_scale(sorted_vals, order).view_as(split)
+        ess.append(_ess(z).masked_fill(invalid, float("nan")))
+        if with_rhat:
+            r_hat.append(_rhat_rank(split, sorted_vals, z).masked_fill(invalid, float("nan")))
     trailing = draws.shape[2:]
-    out["ess_bulk"] = _reduce(ess.reshape(trailing), torch.amin)
-    if rhat and c > 1:
-        r_hat = _rhat_rank(split, sorted_vals, z).masked_fill(invalid, float("nan"))
-        out["r_hat"] = _reduce(r_hat.reshape(trailing), torch.amax)
+    out["ess_bulk"] = _reduce(torch.cat(ess).reshape(trailing), torch.amin)
+    if with_rhat:
+        out["r_hat"] = _reduce(torch.cat(r_hat).reshape(trailing), torch.amax)
     return out
 
 
@@ -77,17 +82,26 @@ def ess_mean(draws: torch.Tensor) -> torch.Tensor:
     c, s = draws.shape[:2]
     if s < 4:
         return torch.full(draws.shape[2:], float("nan"), dtype=torch.float64)
-    x = _series(draws)
-    invalid = torch.isnan(x).flatten(1).any(-1)
-    split = torch.where(invalid[:, None, None], 0.0, _split_chains(x))
-    return _ess(split).masked_fill(invalid, float("nan")).reshape(draws.shape[2:])
+    ess = []
+    for x in _series_chunks(draws):
+        invalid = torch.isnan(x).flatten(1).any(-1)
+        split = torch.where(invalid[:, None, None], 0.0, _split_chains(x))
+        ess.append(_ess(split).masked_fill(invalid, float("nan")))
+    return torch.cat(ess).reshape(draws.shape[2:])
 
 
-def _series(draws: torch.Tensor) -> torch.Tensor:
-    """``(C, S, *T)`` -> float64 CPU ``(N, C, S)`` with ``N = prod(T)``."""
+def _series_chunks(draws: torch.Tensor):
+    """``(C, S, *T)`` -> float64 CPU ``(N_k, C, S)`` blocks of the ``N = prod(T)`` series,
+    in order, each of at most :data:`_CHUNK_VALUES` values (the work arrays are a few times
+    a block, so memory stays bounded however many series there are); one empty block for
+    ``N = 0``."""
     c, s = draws.shape[:2]
-    x = draws.detach().to("cpu", torch.float64).reshape(c, s, math.prod(draws.shape[2:]))
-    return x.permute(2, 0, 1).contiguous()
+    flat = draws.detach().reshape(c, s, math.prod(draws.shape[2:]))
+    n = flat.shape[-1]
+    step = max(1, _CHUNK_VALUES // max(1, c * s))
+    for start in range(0, max(n, 1), step):
+        block = flat[..., start : start + step].to("cpu", torch.float64)
+        yield block.permute(2, 0, 1).contiguous()
 
 
 def _split_chains(x: torch.Tensor) -> torch.Tensor:

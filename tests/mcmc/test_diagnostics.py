@@ -166,3 +166,22 @@ def test_ess_mean_trailing_shape():
     out = ess_mean(torch.from_numpy(arr))
     assert out.shape == (2, 3)
     _check(out, _az(arr, "mean"))
+
+
+def test_blocks_of_series_give_the_same_numbers(monkeypatch):
+    """Series are processed in blocks of bounded size: any block size gives the same result."""
+    from pyro_aevb.mcmc import diagnostics
+
+    rng = np.random.default_rng(7)
+    arr = _ar1(rng, 2, 20, reps=4).reshape(2, 20, 8, 3)
+    arr[1, 5, 2, 1] = np.nan
+    draws = torch.from_numpy(arr)
+    whole = ess_rhat(draws)
+    whole_mean = ess_mean(draws)
+    monkeypatch.setattr(diagnostics, "_CHUNK_VALUES", 2 * 20 * 5)  # blocks of 5 series
+    blocks = ess_rhat(draws)
+    for key in ("ess_bulk", "r_hat"):
+        torch.testing.assert_close(blocks[key], whole[key], equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(ess_mean(draws), whole_mean, equal_nan=True, rtol=0, atol=0)
+    empty = ess_rhat(torch.zeros(2, 20, 0, 3))
+    assert empty["ess_bulk"].shape == (0,)
