@@ -33,6 +33,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..poutine.compile import CaptureError, RecordedFunction, capture
+from ..poutine.log_prob_rewrites import cheaper_log_probs
 from .potential import PerDatapointPotential, log_density_per_datapoint
 
 __all__ = ["CompiledPotential", "DEFAULT_MEMORY_LIMIT", "row_chunks"]
@@ -88,7 +89,9 @@ class CompiledPotential(PerDatapointPotential):
         Working-memory budget in bytes that sets the default ``max_rows``.
     engine : {"replay", "inductor"}
         How the recordings run (see :mod:`pyro_aevb.poutine.compile`); ``"replay"`` gives
-        the traced numbers bit for bit.
+        the traced numbers bit for bit, ``"inductor"`` equal ones to float rounding (and
+        records the cheaper log-density formulas of
+        :mod:`pyro_aevb.poutine.log_prob_rewrites`).
     """
 
     provides_grad = True
@@ -173,8 +176,11 @@ class CompiledPotential(PerDatapointPotential):
             def fn(u, x_rows):
                 return self._evaluate(u, x_rows, grads)
 
-            rec = capture(fn, [u, x_rows], what="the model's log-density")
-            if self.engine != "replay":
+            if self.engine == "replay":
+                rec = capture(fn, [u, x_rows], what="the model's log-density")
+            else:  # fused kernels: equal to rounding, so the cheaper formulas may be used too
+                with cheaper_log_probs():
+                    rec = capture(fn, [u, x_rows], what="the model's log-density")
                 rec.compile(self.engine, u, x_rows)
             self._recordings[key] = rec
         return rec

@@ -17,9 +17,11 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    traces, distribution objects or autograd graph. Engines: ``"replay"`` (the recorded calls
    one by one: bitwise the stock numbers, no start-up cost) and ``"inductor"`` (fused C++
    kernels: equal to float rounding, several times less Python and memory traffic, seconds
-   to compile once). ``engine="auto"`` compiles only runs planned for at least
-   :data:`INDUCTOR_MIN_STEPS` steps (the trainer says how many), where the compile time is
-   repaid.
+   to compile once; the program is recorded for it a second time with cheaper formulas of
+   the same value for some log-densities, :mod:`pyro_aevb.poutine.log_prob_rewrites`, e.g.
+   a Bernoulli given by its probabilities). ``engine="auto"`` compiles only runs planned
+   for at least :data:`INDUCTOR_MIN_STEPS` steps (the trainer says how many), where the
+   compile time is repaid.
 3. **Check.** A recording is only valid while the programs are static: same sites, shapes,
    plates, distribution types and scales, no Python state that changes the arithmetic. At
    steps 1, 2, 4, 8, ... and every ``check_every`` steps the step runs on Pyro's traces
@@ -37,6 +39,7 @@ parameters are trained tensors like any other and are recorded as inputs.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import OrderedDict
 
@@ -45,6 +48,7 @@ from pyro.distributions.util import is_identically_zero
 
 from ...poutine import TrainingProgram
 from ...poutine.compile import CaptureError, RecordedFunction, capture, structure_of
+from ...poutine.log_prob_rewrites import cheaper_log_probs
 from ...validation import check_choice, check_positive_int
 from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
 from .base import BoundObjective, PyroELBOObjective
@@ -241,7 +245,10 @@ class CompiledELBOObjective(BoundObjective):
             raise CaptureError("the programs have no sample site")
         return loss, structure
 
-    def _record(self, x: torch.Tensor) -> _Recording:
+    def _record(self, x: torch.Tensor, cheaper_formulas: bool = False) -> _Recording:
+        """Record the step on ``x``; with ``cheaper_formulas`` the log-densities that have a
+        cheaper formula of the same value (:mod:`pyro_aevb.poutine.log_prob_rewrites`) are
+        recorded with it (for the inductor engine: equal to float rounding, not bitwise)."""
         params = list(self.params)
         found: dict = {}
 
@@ -258,7 +265,8 @@ class CompiledELBOObjective(BoundObjective):
                     out.append(g.contiguous() if p.is_contiguous() else g)
             return out
 
-        fn = capture(step, [x, *params], what="the model and guide")
+        with cheaper_log_probs() if cheaper_formulas else contextlib.nullcontext():
+            fn = capture(step, [x, *params], what="the model and guide")
         return _Recording(fn, found["structure"], found["has_grad"])
 
     def _recording(self, x: torch.Tensor) -> _Recording:
@@ -289,7 +297,11 @@ class CompiledELBOObjective(BoundObjective):
         if (tuple(x.shape), x.dtype, x.device) != self._main_shape:
             return
         try:
-            rec.fn.compile("inductor", x, *self.params)
+            cheaper = self._record(x, cheaper_formulas=True)
+            if (cheaper.structure, cheaper.has_grad) != (rec.structure, rec.has_grad):
+                raise CaptureError("the programs recorded differently a second time")
+            cheaper.fn.compile("inductor", x, *self.params)
+            rec.fn = cheaper.fn
         except CaptureError as err:
             warnings.warn(f"compiled path: using the replay engine ({err})", stacklevel=3)
             self.engine = "replay"
