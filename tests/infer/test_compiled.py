@@ -386,3 +386,51 @@ def test_inductor_engine_equals_stock_pyro_to_rounding():
     rec = next(iter(compiled._recordings.values()))
     assert compiled.engine == "inductor" and rec.fn.engine == "inductor"
     assert compiled.path == "compiled" and compiled.num_checks == 2
+
+
+class BatchNormEncoderVAE(nn.Module):
+    """A guide whose encoder has a BatchNorm layer: its running statistics are updated in
+    place at every run of the guide."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 4))
+        self.dec = nn.Linear(2, 5)
+
+    def model(self, x):
+        pyro.module("bn_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            probs = torch.sigmoid(self.dec(z))
+            pyro.sample("x", dist.Bernoulli(probs=probs).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("bn_vae", self)
+        h = self.enc(x)
+        with pyro.plate("data", x.shape[0]):
+            scale = nn.functional.softplus(h[:, 2:])
+            pyro.sample("z", dist.Normal(h[:, :2], scale).to_event(1))
+
+
+def test_recording_and_checks_leave_buffers_as_stock_pyro_does():
+    """Every training step updates BatchNorm's running statistics once, as on stock Pyro:
+    the recording run and the checks' replays beside the traced step leave them alone."""
+    x = (torch.rand(10, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    state = {}
+    for kind in ("stock", "replay"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = BatchNormEncoderVAE()
+        program = TrainingProgram(vae.model, vae.guide, num_data=100)
+        if kind == "stock":
+            objective = PyroELBOObjective(program, "B")
+        else:
+            objective = ELBO("B", engine="replay").bind(program)
+        objective.setup(x)
+        for seed in range(5):  # steps 1, 2 and 4 are checks
+            _step(objective, x, seed)
+        if kind == "replay":
+            assert objective.path == "compiled" and objective.num_checks == 3
+        state[kind] = {k: v.clone() for k, v in vae.enc[1].state_dict().items()}
+    for key, value in state["stock"].items():
+        assert torch.equal(state["replay"][key], value), key

@@ -28,9 +28,11 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    instead (its loss and gradients are the stock ones, so nothing is lost), and the recording
    is run on the same draws beside it: if the traced structure differs from the recorded one
    or the numbers disagree, the objective falls back to stock Pyro for the rest of training,
-   with a warning and a new ``path``/``path_reason``. A program whose Python reads tensor
-   values (``if x.sum() > 0``) cannot be recorded at all and runs on stock Pyro from the
-   start (``fast="on"`` makes that an error).
+   with a warning and a new ``path``/``path_reason``. The runs that are not training steps
+   (recording, compiling, a check's replay) restore the modules' buffers afterwards, so a
+   BatchNorm's running statistics see each step once, as on stock Pyro. A program whose
+   Python reads tensor values (``if x.sum() > 0``) cannot be recorded at all and runs on
+   stock Pyro from the start (``fast="on"`` makes that an error).
 
 Guides with score-function (non-reparameterised) sites are not recorded (stock Pyro runs
 them). Autoguides are ordinary Pyro programs (``PyroModule`` guides included): their
@@ -230,6 +232,29 @@ class CompiledELBOObjective(BoundObjective):
         )
 
     # ------------------------------------------------------------------ recording
+    @contextlib.contextmanager
+    def _buffers_kept(self):
+        """Leave the modules' buffers (e.g. BatchNorm's running statistics) as they were.
+
+        A recording, a compilation and a check's replay beside the traced step run the
+        programs without being a training step; a program that updates a buffer in place
+        would otherwise update it again each time, and training would see other statistics
+        than on stock Pyro, where every step updates them once.
+        """
+        seen, buffers = set(), []
+        for module in self.program.modules:
+            for b in module.buffers():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    buffers.append(b)
+        saved = [b.detach().clone() for b in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, value in zip(buffers, saved, strict=True):
+                    b.copy_(value)
+
     def _loss_terms(self, x: torch.Tensor):
         """The ELBO's traces of the programs on ``x``: ``(loss tensor, structure)``, the loss
         accumulated over particles exactly as Pyro's ``differentiable_loss`` does."""
@@ -273,7 +298,8 @@ class CompiledELBOObjective(BoundObjective):
         key = (tuple(x.shape), x.dtype, x.device)
         rec = self._recordings.get(key)
         if rec is None:
-            rec = self._record(x)
+            with self._buffers_kept():
+                rec = self._record(x)
             self._recordings[key] = rec
             if len(self._recordings) > _MAX_RECORDINGS:
                 self._recordings.popitem(last=False)
@@ -297,10 +323,11 @@ class CompiledELBOObjective(BoundObjective):
         if (tuple(x.shape), x.dtype, x.device) != self._main_shape:
             return
         try:
-            cheaper = self._record(x, cheaper_formulas=True)
-            if (cheaper.structure, cheaper.has_grad) != (rec.structure, rec.has_grad):
-                raise CaptureError("the programs recorded differently a second time")
-            cheaper.fn.compile("inductor", x, *self.params)
+            with self._buffers_kept():
+                cheaper = self._record(x, cheaper_formulas=True)
+                if (cheaper.structure, cheaper.has_grad) != (rec.structure, rec.has_grad):
+                    raise CaptureError("the programs recorded differently a second time")
+                cheaper.fn.compile("inductor", x, *self.params)
             rec.fn = cheaper.fn
         except CaptureError as err:
             warnings.warn(f"compiled path: using the replay engine ({err})", stacklevel=3)
@@ -362,7 +389,7 @@ class CompiledELBOObjective(BoundObjective):
             return out[0]
         # A check: run the recording on the draws the traced step is about to make.
         self.num_checks += 1
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), self._buffers_kept():
             replayed = rec.fn(*inputs)
         loss, structure = self._traced_step(x)
         differs = self._agree(rec, replayed, loss, structure)
