@@ -358,10 +358,16 @@ class CompiledELBOObjective(BoundObjective):
             return f"their structure changed: {_first_difference(rec.structure, structure)}"
         rtol = 1e-4 if loss.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
         traced = [loss] + [p.grad for p, has in zip(self.params, rec.has_grad, strict=True) if has]
+        if any(b is None or a.shape != b.shape for a, b in zip(replayed, traced, strict=True)):
+            return "a parameter's gradient changed shape or vanished"
+        # A gradient that is zero in exact arithmetic (a bias before a BatchNorm) is rounding
+        # noise on the scale of the others, which fused kernels round differently: each
+        # gradient's tolerance is relative to at least 1% of the largest gradient.
+        floor = 0.01 * max((float(b.abs().max()) for b in traced[1:] if b.numel()), default=0)
         for i, (a, b) in enumerate(zip(replayed, traced, strict=True)):
-            if b is None or a.shape != b.shape:
-                return "a parameter's gradient changed shape or vanished"
             scale = float(b.abs().max()) if b.numel() else 0.0
+            if i > 0:
+                scale = max(scale, floor)
             err = float((a - b).abs().max()) if b.numel() else 0.0
             if not err <= rtol * scale + 1e-30:
                 what = "loss" if i == 0 else "gradients"
