@@ -176,12 +176,21 @@ class CompiledPotential(PerDatapointPotential):
             def fn(u, x_rows):
                 return self._evaluate(u, x_rows, grads)
 
-            if self.engine == "replay":
-                rec = capture(fn, [u, x_rows], what="the model's log-density")
-            else:  # fused kernels: equal to rounding, so the cheaper formulas may be used too
+            rec = None
+            if self.engine != "replay":
+                # fused kernels: equal to rounding, so the cheaper formulas may be used too
                 with cheaper_log_probs():
-                    rec = capture(fn, [u, x_rows], what="the model's log-density")
-                rec.compile(self.engine, u, x_rows)
+                    fused = capture(fn, [u, x_rows], what="the model's log-density")
+                try:
+                    fused.compile(self.engine, u, x_rows)
+                    rec = fused
+                except CaptureError as err:  # no compiler, ...: the model still records
+                    logger.warning("per-datapoint potential: replaying instead (%s)", err)
+                    self.engine = "replay"
+                    key = (rows, grads, self.dtype, self.engine)
+                    rec = self._recordings.get(key)
+            if rec is None:
+                rec = capture(fn, [u, x_rows], what="the model's log-density")
             self._recordings[key] = rec
         return rec
 

@@ -283,3 +283,28 @@ def _double(vae):
     import copy
 
     return copy.deepcopy(vae).double()
+
+
+def test_an_inductor_potential_that_cannot_compile_replays(monkeypatch, caplog):
+    """No C++ compiler (or an inductor failure): the recording still replays (the traced
+    numbers to rounding) instead of tracing at every evaluation."""
+    from pyro_aevb.poutine.compile import CaptureError, RecordedFunction
+
+    def broken(self, engine, *example):
+        raise CaptureError("the inductor compiler failed: no compiler")
+
+    monkeypatch.setattr(RecordedFunction, "compile", broken)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    model = TwoLatentModel().double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    u = torch.randn(4, 3, dtype=torch.float64)
+    pot = CompiledPotential(model.model, x, engine="inductor")
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        value, grad = pot.potential_and_grad(u)
+    assert "replaying instead" in caplog.text
+    assert pot.path == "compiled" and pot.engine == "replay"
+    traced = PerDatapointPotential(model.model, x)
+    expected, expected_grad = traced.potential_and_grad(u)
+    torch.testing.assert_close(value, expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
