@@ -412,28 +412,38 @@ class BatchNormEncoderVAE(nn.Module):
             pyro.sample("z", dist.Normal(h[:, :2], scale).to_event(1))
 
 
+def _batchnorm_run(engine: str):
+    """Setup and 5 steps (checks at 1, 2 and 4) of :class:`BatchNormEncoderVAE` on stock Pyro
+    (``engine="stock"``) or the compiled path, no fallback allowed: ``(objective, steps,
+    BatchNorm state)``."""
+    x = (torch.rand(10, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = BatchNormEncoderVAE()
+    program = TrainingProgram(vae.model, vae.guide, num_data=100)
+    if engine == "stock":
+        objective = PyroELBOObjective(program, "B")
+    else:
+        objective = ELBO("B", engine=engine).bind(program)
+    objective.setup(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        steps = [_step(objective, x, seed) for seed in range(5)]
+    if engine != "stock":
+        assert objective.path == "compiled" and objective.num_checks == 3
+    return objective, steps, {k: v.clone() for k, v in vae.enc[1].state_dict().items()}
+
+
 def test_recording_and_checks_leave_buffers_as_stock_pyro_does():
     """Every training step updates BatchNorm's running statistics once, as on stock Pyro:
     the recording run and the checks' replays beside the traced step leave them alone."""
-    x = (torch.rand(10, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-    state = {}
-    for kind in ("stock", "replay"):
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        vae = BatchNormEncoderVAE()
-        program = TrainingProgram(vae.model, vae.guide, num_data=100)
-        if kind == "stock":
-            objective = PyroELBOObjective(program, "B")
-        else:
-            objective = ELBO("B", engine="replay").bind(program)
-        objective.setup(x)
-        for seed in range(5):  # steps 1, 2 and 4 are checks
-            _step(objective, x, seed)
-        if kind == "replay":
-            assert objective.path == "compiled" and objective.num_checks == 3
-        state[kind] = {k: v.clone() for k, v in vae.enc[1].state_dict().items()}
-    for key, value in state["stock"].items():
-        assert torch.equal(state["replay"][key], value), key
+    _, stock_steps, stock_state = _batchnorm_run("stock")
+    _, steps, state = _batchnorm_run("replay")
+    for key, value in stock_state.items():
+        assert torch.equal(state[key], value), key
+    for (loss, grads), (loss_s, grads_s) in zip(steps, stock_steps, strict=True):
+        assert torch.equal(loss, loss_s)
+        assert all(torch.equal(g, gs) for g, gs in zip(grads, grads_s, strict=True))
 
 
 @pytest.mark.slow
@@ -443,27 +453,12 @@ def test_inductor_keeps_a_batchnorm_model_whose_exact_zero_gradients_round_diffe
     """BatchNorm makes the bias before it irrelevant: its gradient is rounding noise, which
     fused kernels round differently. The checks judge it on the scale of the other gradients,
     so the run stays compiled, and equals stock Pyro to rounding, buffers included."""
-    x = (torch.rand(10, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
-    runs = {}
-    for kind in ("stock", "inductor"):
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        vae = BatchNormEncoderVAE()
-        program = TrainingProgram(vae.model, vae.guide, num_data=100)
-        if kind == "stock":
-            objective = PyroELBOObjective(program, "B")
-        else:
-            objective = ELBO("B", engine="inductor").bind(program)
-        objective.setup(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # no fallback
-            steps = [_step(objective, x, seed) for seed in range(5)]
-        runs[kind] = (steps, {k: v.clone() for k, v in vae.enc[1].state_dict().items()})
-    assert objective.path == "compiled" and objective.num_checks == 3
-    for (loss_i, grads_i), (loss_s, grads_s) in zip(runs["inductor"][0], runs["stock"][0]):
-        torch.testing.assert_close(loss_i, loss_s, rtol=1e-5, atol=0)
+    _, stock_steps, stock_state = _batchnorm_run("stock")
+    _, steps, state = _batchnorm_run("inductor")
+    for (loss, grads), (loss_s, grads_s) in zip(steps, stock_steps, strict=True):
+        torch.testing.assert_close(loss, loss_s, rtol=1e-5, atol=0)
         top = max(float(g.abs().max()) for g in grads_s)
-        for gi, gs in zip(grads_i, grads_s, strict=True):
-            torch.testing.assert_close(gi, gs, rtol=1e-4, atol=1e-5 * top)
-    for key, value in runs["stock"][1].items():
-        torch.testing.assert_close(runs["inductor"][1][key], value)
+        for g, gs in zip(grads, grads_s, strict=True):
+            torch.testing.assert_close(g, gs, rtol=1e-4, atol=1e-5 * top)
+    for key, value in stock_state.items():
+        torch.testing.assert_close(state[key], value)
