@@ -44,7 +44,7 @@ from .plots import (
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.interrupt import exit_status, signal_name
-from .validation import MAX_SEED
+from .validation import check_seed
 from .version import __version__
 
 logger = logging.getLogger("pyro_aevb")
@@ -82,12 +82,12 @@ def _non_negative_int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > MAX_SEED:
+    try:
+        return check_seed(_non_negative_int(text))  # the library's range check
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected an integer >= 0 and <= 2**63 - 1 (a torch seed), got {text!r}"
-        )
-    return value
+        ) from None
 
 
 def _positive_float(text: str) -> float:
