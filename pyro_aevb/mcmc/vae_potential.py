@@ -44,7 +44,7 @@ import math
 import torch
 from torch import nn
 
-from ..models.vae import VAE
+from ..models.vae import VAE, program_override
 from ..nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from ..nn.mlp import MLP
 from ..nn.sum_log import sum_log_max_complement
@@ -56,8 +56,6 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_SQRT_2PI = math.log(math.sqrt(2.0 * math.pi))  # as torch's Normal.log_prob writes it
 #: Rows per chunk: the (rows, D) buffers stay in the last-level cache (and bounded memory).
 DEFAULT_CHUNK_ROWS = 4096
-# VAE methods whose arithmetic is reproduced here; a subclass overriding one runs traced.
-_PROGRAM_METHODS = ("model", "guide", "likelihood_dist", "decoder_output", "encode", "_plate")
 
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
@@ -81,9 +79,9 @@ def vae_potential_unsupported_reason(program) -> str | None:
     vae = _vae_of(program.raw_model)
     if vae is None or getattr(program.raw_model, "__func__", None) is not VAE.model:
         return "the model is not a pyro_aevb VAE's model method"
-    for name in _PROGRAM_METHODS:
-        if getattr(type(vae), name) is not getattr(VAE, name) or name in vars(vae):
-            return f"{type(vae).__name__} overrides VAE.{name}"
+    override = program_override(vae)
+    if override is not None:
+        return override
     guide = program.raw_guide
     if guide is not None and (
         _vae_of(guide) is not vae or getattr(guide, "__func__", None) is not VAE.guide

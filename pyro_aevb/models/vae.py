@@ -48,9 +48,24 @@ from ..distributions import lazy_factor
 from ..nn.likelihoods import Likelihood, make_likelihood
 from ..validation import check_data, check_num_data, check_positive_int
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "program_override"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# VAE members that its Pyro programs never call: a subclass may override these and keep the
+# hand-derived paths, which reproduce the programs' arithmetic.
+_NOT_IN_PROGRAMS = frozenset(
+    {
+        "__init__",
+        "config",
+        "log_prior",
+        "log_joint",
+        "local_params",
+        "local_guide",
+        "decode",
+        "sample",
+        "reconstruct",
+    }
+)
 
 
 def _event_shape(event_shape) -> tuple[int, ...]:
@@ -280,3 +295,27 @@ class VAE(nn.Module):
         """Decode the posterior mean: ``E[x | z = mu(x)]``, shape ``(batch, *event_shape)``."""
         x = self._check_x(x)
         return self.decode(self.encode(x)[0])
+
+
+def program_override(vae: VAE) -> str | None:
+    """``None`` if ``vae``'s Pyro programs are :class:`VAE`'s own, else what replaces them.
+
+    The library's hand-derived paths (fast training, the direct IWAE, the hand-derived
+    potential) reproduce the arithmetic of ``VAE.model`` and ``VAE.guide`` and of every
+    method and property they call (``_check_x``, ``encode``, ``likelihood_dist``, ...). A
+    subclass or an instance that replaces any member :class:`VAE` defines -- except the
+    conveniences the programs never call (``decode``, ``sample``, ``reconstruct``, ...) --
+    may compute something else, so those paths must not run it: deny by default, so that a
+    member added to ``VAE`` later is covered too.
+    """
+    cls = type(vae)
+    for name, member in vars(VAE).items():
+        if name in _NOT_IN_PROGRAMS or name.startswith("__"):
+            continue
+        if not (callable(member) or isinstance(member, property | staticmethod | classmethod)):
+            continue
+        if getattr(cls, name, None) is not getattr(VAE, name):
+            return f"{cls.__name__} overrides VAE.{name}"
+        if name in vars(vae):
+            return f"the instance replaces VAE.{name}"
+    return None

@@ -13,6 +13,8 @@ from pyro_aevb import (
     paper_frey_face_vae,
     paper_mnist_vae,
 )
+from pyro_aevb.models import vae as vae_module
+from pyro_aevb.models.vae import program_override
 
 
 @pytest.fixture
@@ -188,3 +190,45 @@ def test_weight_prior_is_a_factor_computed_only_when_read(vae, monkeypatch):
     )
     tr.log_prob_sum()
     assert len(calls) == 1
+
+
+PROGRAM_MEMBERS = sorted(
+    n
+    for n, m in vars(VAE).items()
+    if not n.startswith("__")
+    and n not in vae_module._NOT_IN_PROGRAMS
+    and (callable(m) or isinstance(m, property))
+)
+
+
+@pytest.mark.parametrize("name", PROGRAM_MEMBERS)
+def test_overriding_any_member_the_programs_call_is_reported(vae, name):
+    """The hand-derived paths (fast training, direct IWAE, hand-derived potential) reproduce
+    VAE's programs; a subclass replacing any member they call must not get them."""
+    assert program_override(vae) is None
+    member = vars(VAE)[name]
+    if isinstance(member, property):
+        override = property(lambda self: member.fget(self))
+    else:
+        override = lambda self, *args, **kwargs: member(self, *args, **kwargs)  # noqa: E731
+    sub = type("Sub", (VAE,), {name: override})  # the same arithmetic, but who could know
+    mine = sub.__new__(sub)
+    mine.__dict__ = vae.__dict__
+    assert program_override(mine) == f"Sub overrides VAE.{name}"
+    if not isinstance(member, property):
+        vae.__dict__[name] = getattr(vae, name)  # replaced on the instance
+        assert program_override(vae) == f"the instance replaces VAE.{name}"
+
+
+def test_overriding_conveniences_keeps_the_hand_derived_paths(vae):
+    class Pretty(VAE):
+        def decode(self, z):
+            return super().decode(z).clamp(0, 1)
+
+        def reconstruct(self, x):
+            return super().reconstruct(x)
+
+    mine = Pretty.__new__(Pretty)
+    mine.__dict__ = vae.__dict__
+    assert program_override(mine) is None
+    assert {"_check_x", "encode", "likelihood_dist", "model", "guide"} <= set(PROGRAM_MEMBERS)

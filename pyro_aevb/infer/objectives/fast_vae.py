@@ -87,7 +87,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ...models.vae import VAE
+from ...models.vae import VAE, program_override
 from ...nn.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from ...nn.mlp import MLP
 from ...nn.sum_log import sum_log_max_complement
@@ -100,18 +100,6 @@ __all__ = ["FastVAE", "FastVAEObjective"]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
-# Methods of VAE that together define the Pyro programs whose arithmetic we reproduce. A
-# subclass overriding any of them may compute something else, so it runs on stock Pyro.
-_PROGRAM_METHODS = (
-    "model",
-    "guide",
-    "likelihood_dist",
-    "decoder_output",
-    "encode",
-    "log_weight_prior",
-    "_plate",
-    "_check_x",
-)
 
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
@@ -233,11 +221,9 @@ class FastVAE:
         """
         if not isinstance(module, VAE):
             return f"{type(module).__name__} is not a pyro_aevb.models.VAE"
-        for name in _PROGRAM_METHODS:
-            if getattr(type(module), name) is not getattr(VAE, name):
-                return f"{type(module).__name__} overrides VAE.{name}"
-            if name in vars(module):
-                return f"the instance replaces VAE.{name}"
+        override = program_override(module)
+        if override is not None:
+            return override
         if estimator not in ESTIMATORS:
             return f"unknown estimator {estimator!r}"
         if isinstance(num_particles, bool) or not isinstance(num_particles, int):

@@ -29,7 +29,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
-from ...models.vae import VAE
+from ...models.vae import VAE, program_override
 from ...poutine import (
     PerDatapointProgram,
     TrainingProgram,
@@ -48,19 +48,6 @@ __all__ = ["IWAE", "PyroIWAEObjective", "VAEIWAEObjective"]
 
 # Numbers one evaluation chunk may replicate the data into (as evaluate.iwae does).
 _CHUNK_BUDGET = 2**22
-
-# Methods of VAE whose arithmetic the direct path reproduces: a subclass overriding any of
-# them may compute something else, so it runs on the Pyro path.
-_VAE_METHODS = (
-    "model",
-    "guide",
-    "encode",
-    "decoder_output",
-    "likelihood_dist",
-    "log_weight_prior",
-    "_plate",
-    "_check_x",
-)
 
 
 class IWAE(Objective):
@@ -260,11 +247,9 @@ class VAEIWAEObjective(_IWAEBound):
         vae = getattr(program.model, "__self__", None)
         if not isinstance(vae, VAE):
             return "the model is not a pyro_aevb VAE's model method"
-        for name in _VAE_METHODS:
-            if getattr(type(vae), name) is not getattr(VAE, name):
-                return f"{type(vae).__name__} overrides VAE.{name}"
-            if name in vars(vae):
-                return f"the instance replaces VAE.{name}"
+        override = program_override(vae)
+        if override is not None:
+            return override
         if (
             getattr(program.model, "__func__", None) is not VAE.model
             or getattr(program.guide, "__self__", None) is not vae
