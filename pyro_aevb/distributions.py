@@ -36,7 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, MultivariateNormal, Normal, constraints, register_kl
 
-__all__ = ["FractionalBernoulli", "lazy_factor", "kl_mvn_diagonal_normal"]
+__all__ = ["FractionalBernoulli", "distribution_name", "lazy_factor", "kl_mvn_diagonal_normal"]
+
+
+def distribution_name(fn) -> str:
+    """``"Independent(Normal)"``-style name of a distribution and the ones it wraps."""
+    names = []
+    while hasattr(fn, "base_dist"):
+        names.append(type(fn).__name__)
+        fn = fn.base_dist
+    names.append(type(fn).__name__)
+    return "(".join(names) + ")" * (len(names) - 1)
 
 
 class FractionalBernoulli(dist.Bernoulli):

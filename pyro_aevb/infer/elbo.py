@@ -25,6 +25,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized
 from torch.distributions import kl_divergence
 
+from ..distributions import distribution_name
 from ..poutine import UNCONSTRAINED_OF
 
 __all__ = [
@@ -55,8 +56,8 @@ def site_kl(name: str, guide_site: dict, model_site: dict) -> torch.Tensor:
     except NotImplementedError as err:
         raise AnalyticKLError(
             f"Estimator B needs a closed-form KL(q || p) at every latent site, but site "
-            f"'{name}' has guide distribution {type(q).__name__} and model distribution "
-            f"{type(p).__name__}, for which no KL is registered. Use estimator 'A' "
+            f"'{name}' has guide distribution {distribution_name(q)} and model distribution "
+            f"{distribution_name(p)}, for which no KL is registered. Use estimator 'A' "
             f"(Trace_ELBO), or register one with torch.distributions.kl.register_kl."
         ) from err
     if not torch.is_tensor(kl):

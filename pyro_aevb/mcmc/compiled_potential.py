@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
@@ -222,20 +223,35 @@ class CompiledPotential(PerDatapointPotential):
         return [torch.cat(parts) for parts in zip(*outs, strict=True)]
 
     # ------------------------------------------------------------------ evaluations
+    def _replayed(self, position: torch.Tensor, grads: bool, traced: Callable):
+        """The recording's outputs at ``position``, or ``traced()``'s after a fallback. A
+        recording that raises where the traced model does not (it held something of the
+        data it was made on) is left for good; the traced model's own error propagates."""
+        try:
+            out = self._run(position.detach(), grads=grads)
+        except RuntimeError as err:
+            result = traced()
+            self._fall_back(
+                f"the recording failed where the model runs ({type(err).__name__}: "
+                f"{str(err).strip().splitlines()[0][:200]})"
+            )
+            return result
+        return traced() if out is None else tuple(out)
+
     def log_joint_parts(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.path != "compiled" or position.requires_grad:
             # traced (after a fallback), or differentiated by a caller's autograd
             return super().log_joint_parts(position)
-        out = self._run(position.detach(), grads=False)
-        if out is None:
-            return super().log_joint_parts(position)
+        traced = lambda: super(CompiledPotential, self).log_joint_parts(position)  # noqa: E731
+        out = self._replayed(position, False, traced)
         return out[0], out[1]
 
     def parts_and_grads(self, position: torch.Tensor, need_value: bool = True):
         if self.path == "compiled":
-            out = self._run(position.detach(), grads=True)
-            if out is not None:
-                return tuple(out)
+            traced = lambda: super(CompiledPotential, self).parts_and_grads(  # noqa: E731
+                position, need_value
+            )
+            return self._replayed(position, True, traced)
         return super().parts_and_grads(position, need_value)
 
     def potential_and_grad(self, position: torch.Tensor, need_value: bool = True):

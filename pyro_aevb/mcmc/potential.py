@@ -252,11 +252,23 @@ class PerDatapointPotential:
         return self._x_rep
 
     def _check_position(self, position: torch.Tensor) -> torch.Tensor:
+        if not isinstance(position, torch.Tensor):
+            raise TypeError(f"position must be a torch.Tensor, got {type(position).__name__}")
         expected = (self.num_rows, self.dim)
         if position.shape != expected:
             raise ValueError(
                 f"position must have shape (num_chains * batch, D) = {expected}, got "
                 f"{tuple(position.shape)}"
+            )
+        if position.dtype != self.dtype:
+            raise TypeError(
+                f"position has dtype {position.dtype} but the model's latents are "
+                f"{self.dtype}; pass position.to({self.dtype})"
+            )
+        if position.device != self.x.device:
+            raise ValueError(
+                f"position is on {position.device} but the potential computes on "
+                f"{self.x.device}; pass position.to('{self.x.device}')"
             )
         return position
 
@@ -278,7 +290,7 @@ class PerDatapointPotential:
 
     def potential_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(U (n,), dU/du (n, D))``, both detached."""
-        return value_and_grad(self, position)
+        return value_and_grad(self, self._check_position(position))
 
     def parts_and_grads(
         self, position: torch.Tensor, need_value: bool = True
@@ -287,6 +299,7 @@ class PerDatapointPotential:
         ``(n,)`` (``None`` when ``need_value`` is false and the subclass can skip it), each
         gradient ``(n, D)``; ``log p(u)`` includes the Jacobian. Here by autograd on the
         traced model."""
+        self._check_position(position)
         with torch.enable_grad():
             u = position.detach().requires_grad_(True)
             log_prior, log_lik = self.log_joint_parts(u)
@@ -300,7 +313,7 @@ class PerDatapointPotential:
 
     def log_guide_and_grad(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log q(u | x) (n,), d log q/du (n, D))``; here by autograd on :meth:`log_guide`."""
-        return value_and_grad(self.log_guide, position)
+        return value_and_grad(self.log_guide, self._check_position(position))
 
     def log_guide(self, position: torch.Tensor) -> torch.Tensor:
         """``log q(u_i | x_i)`` of the guide in unconstrained coordinates, ``(n,)``."""

@@ -23,7 +23,9 @@ nothing of Pyro's Python. Running it computes exactly what the traced run comput
 devices of its inputs and to the Python control flow taken while recording. Reading a tensor
 value in Python (``bool(t)``, ``t.item()``, ``if x.sum() > 0``) on anything that depends on
 the inputs cannot be recorded: :func:`capture` raises :class:`CaptureError` saying so, and the
-caller keeps running the program under Pyro. Pyro's own argument validation reads values, so
+caller keeps running the program under Pyro; so does an operation whose output's shape
+depends on tensor values (boolean-mask indexing ``x[x > 0]``, ``nonzero``, ``unique``), whose
+recorded shapes would not fit other data. Pyro's own argument validation reads values, so
 recording runs with validation off (the caller validates on a traced run first), and
 :func:`~pyro_aevb.validation.check_data` skips its value scans. Python state read by the
 program (a counter, an annealing factor in an attribute, the set of sites it chooses to
@@ -36,12 +38,17 @@ of them are seen; trainable tensors must be passed as inputs to get their gradie
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
+from ..distributions import distribution_name
 from ..validation import value_checks_skipped
 
 __all__ = [
@@ -59,8 +66,96 @@ ENGINES = ("replay", "inductor")
 _DATA_DEPENDENT = ("_local_scalar_dense", "data-dependent", "get value out of a tracing tensor")
 
 
+_aten = torch.ops.aten
+# ATen operations whose output's shape depends on the values of their inputs: a recording
+# holds the shapes of the run it was made on, so another batch would make it fail or, worse,
+# compute on the wrong rows.
+_VALUE_SHAPED = {
+    _aten.nonzero,
+    _aten.argwhere,
+    _aten.masked_select,
+    _aten._unique,
+    _aten._unique2,
+    _aten.unique_dim,
+    _aten.unique_consecutive,
+    _aten.bincount,
+}
+# Indexing is value-shaped when an index is a boolean mask (x[x > 0]).
+_INDEXING = {_aten.index, _aten.index_put, _aten.index_put_, _aten._index_put_impl_}
+
+
+def _value_shaped_op(node) -> str | None:
+    """The name of ``node``'s operation if its output shape depends on tensor values."""
+    packet = getattr(node.target, "overloadpacket", None)
+    if packet in _VALUE_SHAPED:
+        return str(node.target)
+    if packet is _aten.repeat_interleave and node.target._overloadname != "self_int":
+        return str(node.target)
+    if packet in _INDEXING and len(node.args) > 1:
+        if packet is not _aten.index and len(node.args) > 2:
+            # x[mask] = c: filling with one value writes a shape-free result
+            values = getattr(node.args[2], "meta", {}).get("val")
+            if isinstance(values, torch.Tensor) and values.dim() == 0:
+                return None
+        for index in node.args[1] or ():
+            val = getattr(index, "meta", {}).get("val")
+            if isinstance(val, torch.Tensor) and val.dtype in (torch.bool, torch.uint8):
+                return f"{node.target} with a boolean mask"
+    return None
+
+
 class CaptureError(ValueError):
     """A program whose arithmetic cannot be recorded (or compiled); the message says why."""
+
+
+# Tensor methods that hand a tensor's values to Python.
+_VALUE_READS = {
+    torch.Tensor.item,
+    torch.Tensor.tolist,
+    torch.Tensor.numpy,
+    torch.Tensor.__array__,
+    torch.Tensor.__bool__,
+    torch.Tensor.__float__,
+    torch.Tensor.__int__,
+    torch.Tensor.__index__,
+}
+
+
+class _ValueReads(TorchFunctionMode):
+    """Refuse Python reads of values that depend on the recorded function's inputs.
+
+    ``make_fx`` itself only stops at reads that reach the dispatcher (``.item()``, ``if t``);
+    ``.tolist()`` and ``.numpy()`` read memory directly, and the value of the recording run
+    would silently be baked in. Every tensor computed from an input is marked as it is made
+    (a torch function with a marked argument marks its results), and a read of a marked
+    tensor raises :class:`CaptureError`. Reads of tensors that do not depend on the inputs
+    (constants, buffers) are Python state, checked by the callers' traced runs.
+    """
+
+    def __init__(self, inputs: Sequence[torch.Tensor], what: str):
+        super().__init__()
+        self.what = what
+        self.marked = WeakIdKeyDictionary()
+        for t in inputs:
+            self.marked[t] = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        hit = any(
+            isinstance(a, torch.Tensor) and a in self.marked for a in tree_leaves((args, kwargs))
+        )
+        if hit and func in _VALUE_READS:
+            raise CaptureError(
+                f"{self.what} read a tensor value in Python (Tensor.{func.__name__}: "
+                f"data-dependent control flow such as `if x.sum() > 0`, or .item(), .tolist(), "
+                f".numpy()), which a recording cannot repeat"
+            )
+        out = func(*args, **kwargs)
+        if hit:
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self.marked[t] = True
+        return out
 
 
 def _describe(err: BaseException) -> str:
@@ -151,6 +246,27 @@ def _simplify(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+@contextlib.contextmanager
+def _sample_checks_skipped():
+    """No support checks of values in ``log_prob`` while recording.
+
+    ``pyro.validation_enabled(False)`` only reaches distributions made from now on; one made
+    before with validation on (a prior built once, as in ``PyroSample(dist.Normal(0, 1)
+    .expand([d]))``) keeps checking its samples, a Python read of recorded values. The
+    callers validate on traced runs.
+    """
+    Distribution = torch.distributions.Distribution
+    original = Distribution.__dict__.get("_validate_sample")
+    if original is None:  # a torch without this hook: nothing to switch off
+        yield
+        return
+    Distribution._validate_sample = lambda self, value: None
+    try:
+        yield
+    finally:
+        Distribution._validate_sample = original
+
+
 def capture(
     fn: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[torch.Tensor],
@@ -175,8 +291,9 @@ def capture(
 
     try:
         with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
-            with value_checks_skipped(), torch.enable_grad():
-                gm = make_fx(flat, tracing_mode="real")(*inputs)
+            with value_checks_skipped(), _sample_checks_skipped(), torch.enable_grad():
+                with _ValueReads(inputs, what):
+                    gm = make_fx(flat, tracing_mode="real")(*inputs)
     except CaptureError:
         raise
     except Exception as err:
@@ -187,22 +304,23 @@ def capture(
                 f"`if x.sum() > 0`, or .item()), which a recording cannot repeat"
             ) from err
         raise CaptureError(f"recording {what} failed: {_describe(err)}") from err
+    for node in gm.graph.nodes:
+        op = _value_shaped_op(node) if node.op == "call_function" else None
+        if op is not None:
+            raise CaptureError(
+                f"{what} computed a tensor whose shape depends on tensor values ({op}: e.g. "
+                f"boolean-mask indexing x[x > 0], nonzero or unique), which a recording "
+                f"cannot repeat on other data"
+            )
     return RecordedFunction(_simplify(gm), inputs)
 
 
-def _dist_name(fn) -> str:
-    """``"Independent(Normal)"``-style name of a distribution and the ones it wraps."""
-    names = []
-    while hasattr(fn, "base_dist"):
-        names.append(type(fn).__name__)
-        fn = fn.base_dist
-    names.append(type(fn).__name__)
-    return "(".join(names) + ")" * (len(names) - 1)
-
-
 def _scale_key(scale):
+    # A tensor scale is described by its shape: reading its value would be a Python read of
+    # a recorded tensor (an annealing factor in a buffer, a product with the N/M scale); a
+    # change of its value is a change of the numbers, which the callers' checks compare.
     if isinstance(scale, torch.Tensor):
-        return ("tensor", tuple(scale.shape)) if scale.numel() != 1 else float(scale)
+        return ("tensor", tuple(scale.shape))
     return float(scale)
 
 
@@ -231,7 +349,7 @@ def structure_of(*traces) -> tuple:
                     (
                         "sample",
                         name,
-                        _dist_name(fn),
+                        distribution_name(fn),
                         tuple(getattr(value, "shape", ())),
                         str(getattr(value, "dtype", "")),
                         bool(site["is_observed"]),

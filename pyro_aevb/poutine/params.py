@@ -17,16 +17,25 @@ store, the optimizer and the program agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_forward_pre_hook
 
 from ..device import fork_rng
 
-__all__ = ["ProgramParams", "collect_params", "owner_modules"]
+__all__ = [
+    "ProgramParams",
+    "buffers_kept",
+    "collect_params",
+    "eval_mode",
+    "owner_modules",
+    "row_coupling_modules",
+]
 
 _DIVIDER = "$$$"  # pyro.module's separator between the module name and the parameter name
 
@@ -127,11 +136,94 @@ def _unconstrained() -> dict[str, torch.Tensor]:
     return dict(pyro.get_param_store().named_parameters())
 
 
+@contextlib.contextmanager
+def buffers_kept(
+    modules: Sequence[nn.Module] = (), discover: bool = True
+) -> Iterator[list[nn.Module]]:
+    """Runs inside leave the modules' buffers as they were; yields the modules that ran.
+
+    For runs of the programs that are not training steps (a set-up trace, a recording, a
+    check's second run): a program that updates a buffer in place (BatchNorm's running
+    statistics in train mode) would otherwise update it once more per run, and the training
+    would see other statistics than stock Pyro's, where each step updates them once. The
+    buffers of ``modules`` and, with ``discover``, of every module whose ``forward`` runs
+    inside (found by a global forward pre-hook, so modules used by plain-function programs
+    count too) are restored on exit; the yielded list fills with the modules whose
+    ``forward`` ran. Without ``discover`` no hook is set (``torch.compile`` warns about
+    global hooks, and a recording run would record the hook's copies).
+    """
+    saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    called: list[nn.Module] = []
+
+    def save(module: nn.Module) -> None:
+        for b in module.buffers():
+            if id(b) not in saved:
+                saved[id(b)] = (b, b.detach().clone())
+
+    def seen(module, args) -> None:
+        if all(module is not m for m in called):
+            called.append(module)
+            save(module)
+
+    for m in modules:
+        save(m)
+    hook = register_module_forward_pre_hook(seen) if discover else None
+    try:
+        yield called
+    finally:
+        if hook is not None:
+            hook.remove()
+        with torch.no_grad():
+            for b, value in saved.values():
+                b.copy_(value)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """``modules`` (and their submodules) in eval mode inside, each back in its own mode
+    after: BatchNorm on its running statistics, no dropout, as a validation pass runs."""
+    modes = [(m, m.training) for top in modules for m in top.modules()]
+    for top in modules:
+        top.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+# Layers whose training mode makes a row's output depend on the other rows (batch statistics)
+# or on chance (dropout).
+_ROW_COUPLING = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def row_coupling_modules(modules: Sequence[nn.Module]) -> list[str]:
+    """``"Type"`` names of the modules among ``modules`` (and submodules) in training mode
+    that couple the rows of a batch or draw at random: BatchNorm, dropout."""
+    found = []
+    for top in modules:
+        for m in top.modules():
+            if m.training and isinstance(m, _ROW_COUPLING) and type(m).__name__ not in found:
+                found.append(type(m).__name__)
+    return found
+
+
 def _param_names(programs, args, kwargs) -> list[str]:
     """Names of the param-store entries the programs read, in first-use order."""
     names: list[str] = []
-    # A throw-away run: fork the RNG so the caller's draws are not shifted.
-    with fork_rng(), torch.no_grad():
+    # A throw-away run: fork the RNG so the caller's draws are not shifted, and keep buffers.
+    with fork_rng(), torch.no_grad(), buffers_kept():
         with poutine.trace(param_only=True) as capture:
             for fn in programs:
                 fn(*args, **kwargs)

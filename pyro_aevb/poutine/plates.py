@@ -47,8 +47,11 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
     frame = plate_frame(site, plate_name)
     if frame is None:
         return None
-    if site.get("mask") is not None:
-        value = torch.where(site["mask"], value, value.new_zeros(()))
+    mask = site.get("mask")
+    if mask is False:  # poutine.mask(mask=False): Pyro takes a plain bool too
+        value = torch.zeros_like(value)
+    elif isinstance(mask, torch.Tensor):
+        value = torch.where(mask, value, value.new_zeros(()))
     if value.dim() < -frame.dim:
         value = value.reshape((1,) * (-frame.dim - value.dim()) + tuple(value.shape))
     value = value.movedim(frame.dim, 0)

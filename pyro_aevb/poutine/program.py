@@ -28,6 +28,8 @@ needs the same preparation, done once here:
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Callable
 
 import pyro.distributions as dist
@@ -40,6 +42,7 @@ from torch.distributions import biject_to
 from ..device import fork_rng
 from .auxiliary import is_auxiliary
 from .layout import LatentLayout
+from .params import buffers_kept, row_coupling_modules
 from .plates import ProgramContractError, latent_sites, plate_frame, require_plate, sample_sites
 
 __all__ = [
@@ -251,13 +254,31 @@ class PerDatapointProgram:
         # Traced on the rows the estimator will use: a guide with per-datapoint parameters
         # (pyro.param of shape (len(x), ...)) creates them here, so they must have that size.
         with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
-            with fork_rng():
+            with fork_rng(), buffers_kept() as called:
                 if guide_r is not None:
                     guide_trace, model_trace = trace_guide_and_model(model_r, guide_r, x)
                 else:
                     guide_trace, model_trace = None, poutine.trace(model_r).get_trace(x)
+            # the per-datapoint densities too: an observation of the wrong shape fails here,
+            # named, not at the first evaluation of an estimator (sites outside the plate,
+            # e.g. a weight prior over every parameter, are never read per datapoint)
+            in_plate = lambda name, site: plate_frame(site, plate_name) is not None  # noqa: E731
+            model_trace.compute_log_prob(in_plate)
+            if guide_trace is not None:
+                guide_trace.compute_log_prob(in_plate)
         require_plate(model_trace, plate_name, "model")
         _check_observed_rows(model_trace, plate_name, x.shape[0])
+        _warn_scaled_sites(plate_name, model_trace, guide_trace)
+        coupling = row_coupling_modules(called)
+        if coupling:
+            warnings.warn(
+                f"the programs run {', '.join(coupling)} layers in training mode: there each "
+                f"row's density depends on the other rows of the batch (batch statistics) or "
+                f"on chance (dropout), so per-datapoint bounds, log p(x_i) estimates and HMC "
+                f"are not those of the model; call .eval() on the modules first",
+                UserWarning,
+                stacklevel=3,
+            )
         latents = latent_sites(model_trace)
         self.local_names = tuple(n for n, s in latents.items() if plate_frame(s, plate_name))
         self.global_names = tuple(n for n in latents if n not in self.local_names)
@@ -322,6 +343,38 @@ def _conditioned(trace, names):
     for n in names:
         trace.nodes[n] = {**trace.nodes[n], "is_observed": True}
     return trace
+
+
+def _warn_scaled_sites(plate_name: str, *traces) -> None:
+    """Warn about sites in the data plate that carry a scale (``poutine.scale``): the
+    per-datapoint quantities are the model's own densities of each datapoint, so a scale put
+    there (a tempered likelihood, a KL weight) is not applied, and the user should know."""
+    scaled = {}
+    for trace in traces:
+        for name, site in sample_sites(trace) if trace is not None else ():
+            if plate_frame(site, plate_name) is None:
+                continue
+            # the subsampling scale of the site's plates (a model that takes num_data and
+            # subsamples its plate) is not the user's: only what is left over counts
+            subsampling = 1.0
+            for f in site["cond_indep_stack"]:
+                if f.full_size is not None and f.size:
+                    subsampling *= f.full_size / f.size
+            scale = site["scale"] / subsampling
+            if isinstance(scale, torch.Tensor):
+                if not torch.allclose(scale, torch.ones_like(scale)):
+                    scaled[name] = "a tensor"
+            elif not math.isclose(scale, 1.0, rel_tol=1e-6):
+                scaled[name] = f"{scale:g}"
+    if scaled:
+        sites = ", ".join(f"'{n}' by {v}" for n, v in scaled.items())
+        warnings.warn(
+            f"site(s) inside the data plate '{plate_name}' are scaled ({sites}: "
+            f"poutine.scale); per-datapoint bounds and log p(x_i) estimates use the unscaled "
+            f"log-densities of each datapoint, so these scales are not applied",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_observed_rows(trace, plate_name: str, rows: int) -> None:

@@ -4,8 +4,9 @@ r"""A model/guide pair bound to a data set of ``N`` rows, ready to be trained on
 written (a ``VAE``'s methods, Pyro's example VAE, any ``model(x)``/``guide(x)`` pair), bound to
 the data set size by :func:`~pyro_aevb.poutine.scaling.bind_num_data`, the name of the data
 plate, the modules that own the programs, and two checks made on the first minibatch before
-any training step: that the data plate stands for ``N`` rows of which the minibatch is the
-subsample (:meth:`TrainingProgram.check`), and which parameters the pair trains
+any training step, by runs that leave the random stream and the modules' buffers as they
+were: that the data plate stands for ``N`` rows of which the minibatch is the subsample
+(:meth:`TrainingProgram.check`), and which parameters the pair trains
 (:meth:`TrainingProgram.collect_params`).
 """
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..device import fork_rng
-from .params import ProgramParams, collect_params, owner_modules
+from .params import ProgramParams, buffers_kept, collect_params, owner_modules
 from .plates import latent_sites, plate_frame
 from .program import _check_guide_matches, first_trace_errors, trace_guide_and_model
 from .scaling import accepts_num_data, bind_num_data, check_minibatch_trace
@@ -75,6 +76,10 @@ class TrainingProgram:
             if all(m is not k for k in mods):
                 mods.append(m)
         self.modules = mods
+        #: Every ``nn.Module`` whose forward the programs ran in :meth:`check`, including
+        #: those of plain-function programs (``pyro.module`` inside a function), whose
+        #: buffers (BatchNorm statistics) the programs update.
+        self.called_modules: list[nn.Module] = []
 
     @property
     def route(self) -> str:
@@ -91,11 +96,12 @@ class TrainingProgram:
         """
         batch = x.shape[0]
         with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
-            with fork_rng():
+            with fork_rng(), buffers_kept(self.modules) as called:
                 if self.guide_n is not None:
                     guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)
                 else:
                     guide_trace, model_trace = None, poutine.trace(self.model_n).get_trace(x)
+        self.called_modules = called
         check_minibatch_trace(
             model_trace,
             self.plate_name,

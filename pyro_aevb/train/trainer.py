@@ -9,7 +9,8 @@ step::
 
 The loss divided by N is reported as the per-datapoint objective. At scheduled points the
 per-datapoint bound ``L_i`` is evaluated on fixed train and test subsets (under a forked RNG,
-so evaluation never changes the training draws) and appended to the history, which is saved
+with the modules in eval mode and their buffers restored after, as a validation pass runs, so
+evaluation never changes the training draws or state) and appended to the history, which is saved
 as ``history.json``; checkpoints (``checkpoint.pt``) hold everything needed to continue the
 same run exactly: parameters, optimizer state, both RNG states, the epoch's permutation and
 the position in it.
@@ -17,6 +18,7 @@ the position in it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -44,6 +46,7 @@ from ..device import (
 from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
+from ..poutine.params import buffers_kept, eval_mode
 from ..validation import (
     check_choice,
     check_data,
@@ -333,7 +336,7 @@ class Trainer:
             self.state_params = self.program.collect_params(first)
             if self.objective.has_bound and self.schedule:
                 # fail now, not after training, if the bound cannot be evaluated
-                with torch.no_grad():
+                with torch.no_grad(), self._evaluation_mode():
                     self.objective.bound(self.train[:2])
         # lr=None: the default for a new run, the run's own when resuming (see _restore)
         self._lr_given = None if lr is None else check_positive_float(lr, "lr")
@@ -571,6 +574,15 @@ class Trainer:
         chunks = [self.objective.bound(xb) for xb in data.split(1000)]
         return torch.cat(chunks)
 
+    @contextlib.contextmanager
+    def _evaluation_mode(self):
+        """Evaluation as a validation pass runs: the programs' modules in eval mode (BatchNorm
+        on its running statistics, no dropout: each row's bound its own), their buffers and
+        modes as they were afterwards, so evaluating never changes the training."""
+        modules = [*self.program.modules, *self.program.called_modules]
+        with buffers_kept(modules, discover=False), eval_mode(modules):
+            yield
+
     def evaluate(self) -> dict[str, Any]:
         """The history record at this point: progress, the mean loss since the previous
         record, the train/test bounds with standard errors, the step size."""
@@ -588,7 +600,7 @@ class Trainer:
             if not self.parallel.is_main:
                 self._loss_sum, self._loss_count = 0.0, 0
                 return self.parallel.share_record(None)
-        with fork_rng():
+        with fork_rng(), self._evaluation_mode():
             torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
             for split, data in (("train", self.train), ("test", self.test)):
                 if data is None or not self.objective.has_bound:

@@ -110,12 +110,12 @@ def _autoguide_cases():
 PANEL = {**_panel(), **_autoguide_cases()}
 
 
-def _programs(name):
+def _programs(name, dtype=torch.float64):
     pyro.clear_param_store()
     build, make_x = PANEL[name]
     torch.manual_seed(1)
-    module = build().double()
-    x = make_x().double()
+    module = build().to(dtype)
+    x = make_x().to(dtype)
     guide = module.guide
     return module.model, guide, x
 
@@ -160,6 +160,27 @@ def test_losses_and_gradients_equal_stock_pyro_on_the_same_draws(name, estimator
                 torch.testing.assert_close(gc, gs, rtol=1e-12, atol=1e-12)
     assert compiled.path == "compiled" and compiled.num_checks == 3 and compiled.steps == 5
     assert compiled.engine == "replay" and "replay engine" in compiled.path_reason
+
+
+@pytest.mark.parametrize("name", ["global-latent", "two-latents", "pyro-example"])
+@pytest.mark.parametrize("estimator", ["A", "B"])
+def test_the_replay_engine_is_bitwise_stock_pyro_in_float32(name, estimator):
+    """Trace_ELBO sums its loss value as Python floats; the recording sums the same terms
+    in float64 in the same order, so the float32 loss is Pyro's to the bit, as are the
+    gradients (steps 3, 5, 6 and 7 are pure replays)."""
+    model, guide, x = _programs(name, torch.float32)
+    program = TrainingProgram(model, guide, num_data=300)
+    compiled = ELBO(estimator, engine="replay").bind(program)
+    stock = PyroELBOObjective(program, estimator)
+    compiled.setup(x)
+    stock.setup(x)
+    for seed in range(7):
+        loss, grads = _step(compiled, x, seed)
+        loss_s, grads_s = _step(stock, x, seed)
+        assert loss.dtype == torch.float32 and torch.equal(loss, loss_s), seed
+        for g, gs in zip(grads, grads_s, strict=True):
+            assert (g is None and gs is None) or torch.equal(g, gs)
+    assert compiled.path == "compiled"
 
 
 @pytest.mark.parametrize("estimator", ["A", "B"])
@@ -229,6 +250,116 @@ def test_data_dependent_control_flow_runs_on_stock_pyro_visibly():
     strict = ELBO("A").bind(TrainingProgram(m.model, m.guide, num_data=40), fast="on")
     with pytest.raises(ValueError, match="fast='on'.*cannot be compiled"):
         strict.setup(x)
+
+
+def _read_by_tolist(z, x):
+    return z * 2 if x[:, 0].tolist()[0] > 0 else z  # no error from the tracer: a silent read
+
+
+def _read_by_numpy(z, x):
+    return z * 2 if float(x.numpy().sum()) > 0 else z
+
+
+def _observed_by_mask(z, x):
+    return z  # observed below through x != 0: the missing-data idiom, a data-dependent shape
+
+
+def _read_by_nonzero(z, x):
+    return z * torch.nonzero(x > 0).shape[0]
+
+
+@pytest.mark.parametrize(
+    "read, match",
+    [
+        (_read_by_tolist, "Tensor.tolist"),
+        (_read_by_numpy, "Tensor.numpy"),
+        (_observed_by_mask, "with a boolean mask"),
+        (_read_by_nonzero, "aten.nonzero"),
+    ],
+)
+def test_silent_value_reads_and_value_shaped_tensors_run_on_stock_pyro_visibly(read, match):
+    """Reads the tracer does not stop at (.tolist(), .numpy()) and tensors whose shape depends
+    on the data would bake the recording run's values into every later step."""
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 3), 1.0).to_event(1))
+            loc = read(z, x)
+            if read is not _observed_by_mask:
+                pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+        if read is _observed_by_mask:
+            observed = x != 0
+            pyro.sample("x", dist.Normal(loc[observed], 1.0).to_event(1), obs=x[observed])
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc + x, 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    x = torch.randn(8, 3)
+    objective = ELBO("A").bind(TrainingProgram(model, guide, num_data=40))
+    with pytest.warns(UserWarning, match=match):
+        objective.setup(x)
+    assert objective.path == "pyro" and match in objective.path_reason
+    strict = ELBO("A").bind(TrainingProgram(model, guide, num_data=40), fast="on")
+    with pytest.raises(ValueError, match="fast='on'.*cannot be compiled"):
+        strict.setup(x)
+
+
+class BufferAnnealed(nn.Module):
+    """KL annealing by a factor kept in a buffer (a 0-d tensor) and updated in place, and a
+    prior built once, with validation on, outside the programs."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(3, 2))
+        self.enc = nn.Linear(3, 4)
+        self.register_buffer("beta", torch.tensor(1.0))
+        with pyro.validation_enabled(True):
+            self.noise_prior = dist.LogNormal(0.0, 1.0)
+
+    def model(self, x):
+        pyro.module("buffer_annealed", self)
+        noise = pyro.sample("noise", self.noise_prior)
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T, noise).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("buffer_annealed", self)
+        q = pyro.param("q_noise", torch.tensor(0.1))
+        pyro.sample("noise", dist.LogNormal(q, 0.1))
+        mu, s = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+
+def test_a_buffer_annealing_factor_and_a_prebuilt_prior_stay_compiled_and_exact():
+    """Nothing the user's Python reads: the factor's value is not read while recording (the
+    recording reads the buffer at every run, so in-place updates are followed), and a prior
+    made before recording with validation on does not check its samples there."""
+    torch.manual_seed(0)
+    m = BufferAnnealed().double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    program = TrainingProgram(m.model, m.guide, num_data=50)
+    objective = ELBO("A").bind(program)
+    stock = PyroELBOObjective(program, "A")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        objective.setup(x)
+        stock.setup(x)
+        for seed in range(7):  # steps 3, 5, 6 and 7 are pure replays
+            if seed == 4:
+                m.beta.fill_(0.3)
+            loss, grads = _step(objective, x, seed)
+            loss_s, grads_s = _step(stock, x, seed)
+            torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+            for a, b in zip(grads, grads_s, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert objective.path == "compiled"
 
 
 class Annealed(nn.Module):
@@ -412,15 +543,20 @@ class BatchNormEncoderVAE(nn.Module):
             pyro.sample("z", dist.Normal(h[:, :2], scale).to_event(1))
 
 
-def _batchnorm_run(engine: str):
+def _batchnorm_run(engine: str, plain_functions: bool = False):
     """Setup and 5 steps (checks at 1, 2 and 4) of :class:`BatchNormEncoderVAE` on stock Pyro
     (``engine="stock"``) or the compiled path, no fallback allowed: ``(objective, steps,
-    BatchNorm state)``."""
+    BatchNorm state)``. With ``plain_functions`` the programs are functions that reach the
+    module only through ``pyro.module`` (no owner module to find)."""
     x = (torch.rand(10, 5, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     pyro.clear_param_store()
     torch.manual_seed(0)
     vae = BatchNormEncoderVAE()
-    program = TrainingProgram(vae.model, vae.guide, num_data=100)
+    if plain_functions:
+        program = TrainingProgram(lambda x: vae.model(x), lambda x: vae.guide(x), num_data=100)
+        assert program.modules == []
+    else:
+        program = TrainingProgram(vae.model, vae.guide, num_data=100)
     if engine == "stock":
         objective = PyroELBOObjective(program, "B")
     else:
@@ -434,11 +570,14 @@ def _batchnorm_run(engine: str):
     return objective, steps, {k: v.clone() for k, v in vae.enc[1].state_dict().items()}
 
 
-def test_recording_and_checks_leave_buffers_as_stock_pyro_does():
-    """Every training step updates BatchNorm's running statistics once, as on stock Pyro:
-    the recording run and the checks' replays beside the traced step leave them alone."""
-    _, stock_steps, stock_state = _batchnorm_run("stock")
-    _, steps, state = _batchnorm_run("replay")
+@pytest.mark.parametrize("plain_functions", [False, True], ids=["methods", "plain-functions"])
+def test_recording_and_checks_leave_buffers_as_stock_pyro_does(plain_functions):
+    """Every training step updates BatchNorm's running statistics once, as a stock Pyro loop
+    does: the set-up traces, the recording run and the checks' replays beside the traced step
+    leave them alone, also when the module is reached only through ``pyro.module``."""
+    _, stock_steps, stock_state = _batchnorm_run("stock", plain_functions)
+    _, steps, state = _batchnorm_run("replay", plain_functions)
+    assert int(stock_state["num_batches_tracked"]) == int(state["num_batches_tracked"]) == 5
     for key, value in stock_state.items():
         assert torch.equal(state[key], value), key
     for (loss, grads), (loss_s, grads_s) in zip(steps, stock_steps, strict=True):
@@ -462,3 +601,27 @@ def test_inductor_keeps_a_batchnorm_model_whose_exact_zero_gradients_round_diffe
             torch.testing.assert_close(g, gs, rtol=1e-4, atol=1e-5 * top)
     for key, value in stock_state.items():
         torch.testing.assert_close(state[key], value)
+
+
+def test_a_recording_that_fails_where_stock_pyro_runs_falls_back_visibly():
+    model, guide, x = _programs("two-latents")
+    program = TrainingProgram(model, guide, num_data=300)
+    compiled, stock = ELBO("B").bind(program), PyroELBOObjective(program, "B")
+    compiled.setup(x)
+    stock.setup(x)
+    for seed in range(2):
+        _step(compiled, x, seed)
+        _step(stock, x, seed)
+    rec = next(iter(compiled._recordings.values()))
+
+    def broken(*inputs):
+        raise RuntimeError("shape mismatch in a recorded view")
+
+    rec.fn = broken
+    with pytest.warns(UserWarning, match="step 3 the recording failed.*shape mismatch"):
+        loss, grads = _step(compiled, x, 2)  # step 3: not a check
+    loss_s, grads_s = _step(stock, x, 2)
+    assert compiled.path == "pyro" and "recording failed" in compiled.path_reason
+    torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+    for a, b in zip(grads, grads_s, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -54,6 +54,21 @@ def test_estimator_b_is_strict_where_tracemeanfield_falls_back():
         elbo_per_datapoint(model, guide, x, estimator="B")
     assert torch.isfinite(elbo_per_datapoint(model, guide, x, estimator="A")).all()
 
+    def vector_guide(x):  # the wrapped distributions are named, not just "Independent"
+        loc = pyro.param("loc_vector", torch.zeros(x.shape[0], 2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.LogNormal(loc, 0.5).to_event(1))
+
+    def vector_model(x):
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(2.0, 1.0).expand([x.shape[0], 2]).to_event(1))
+            pyro.sample("x", dist.Poisson(rate.sum(-1)), obs=x)
+
+    with pytest.raises(
+        AnalyticKLError, match=r"Independent\(LogNormal\(Normal\)\).*Independent\(Gamma\)"
+    ):
+        AnalyticKL_ELBO().loss(vector_model, vector_guide, x)
+
 
 def test_estimators_a_and_b_agree_and_b_has_lower_variance():
     vae = small_vae()

@@ -14,8 +14,8 @@ from pyro_aevb import log_marginal
 from pyro_aevb.mcmc import PerDatapointPotential, hmc
 from pyro_aevb.mcmc.compiled_potential import CompiledPotential
 from pyro_aevb.mcmc.potentials import make_potential
-from pyro_aevb.mcmc.vae_potential import VAEPotential
-from pyro_aevb.models import mlp_vae
+from pyro_aevb.mcmc.vae_potential import VAEPotential, vae_potential_unsupported_reason
+from pyro_aevb.models import VAE, mlp_vae
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 
@@ -95,6 +95,13 @@ def test_vae_potential_float32_and_parameter_updates():
     torch.testing.assert_close(pot.log_guide(u), ref.log_guide(u).detach(), rtol=1e-5, atol=1e-5)
 
 
+class _Binarized(VAE):
+    """Preprocesses the data in the hook every program passes ``x`` through."""
+
+    def _check_x(self, x):
+        return (super()._check_x(x) > 0.5).to(x.dtype)
+
+
 def test_models_other_than_the_plain_vae_are_not_hand_derived():
     class Mine(type(_vae())):
         def likelihood_dist(self, z):
@@ -106,6 +113,16 @@ def test_models_other_than_the_plain_vae_are_not_hand_derived():
     x = torch.rand(4, 12, dtype=torch.float64)
     pot = make_potential(mine.model, x)
     assert isinstance(pot, CompiledPotential) and pot.path == "compiled"
+    # a subclass that changes x on its way into the programs: the recorded path sees it
+    binarized = _Binarized(vae.encoder, vae.decoder, vae.likelihood, 3, 12)
+    pot = make_potential(binarized.model, x, guide=binarized.guide, num_chains=2)
+    assert pot.path == "compiled" and "overrides VAE._check_x" in (
+        vae_potential_unsupported_reason(pot.program) or ""
+    )
+    ref = PerDatapointPotential(binarized.model, x, guide=binarized.guide, num_chains=2)
+    u = torch.randn(8, 3, dtype=torch.float64)
+    _assert_parts_equal(ref, pot, u, **F64)
+    torch.testing.assert_close(pot.log_guide(u), ref.log_guide(u).detach(), **F64)
     assert isinstance(make_potential(vae.model, x, fast="off"), PerDatapointPotential)
     assert make_potential(vae.model, x, fast="off").path == "traced"
     with pytest.raises(ValueError, match="does not support"):
@@ -175,6 +192,24 @@ def test_a_model_that_cannot_be_recorded_runs_traced_visibly(caplog):
     assert "cannot be compiled" in caplog.text and not pot.provides_grad
     with pytest.raises(ValueError, match="fast='on'"):
         make_potential(m.model, x, fast="on")
+
+
+def test_a_recording_that_fails_where_the_model_runs_falls_back_to_tracing(caplog, monkeypatch):
+    m, x = _user("two-latents")
+    ref = PerDatapointPotential(m.model, x)
+    pot = make_potential(m.model, x)
+    u = torch.randn(5, pot.dim, dtype=torch.float64)
+    pot.parts_and_grads(u)
+    assert pot.path == "compiled"
+
+    def broken(position, grads):
+        raise RuntimeError("shape mismatch in a recorded view")
+
+    monkeypatch.setattr(pot, "_run", broken)
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        _assert_parts_equal(ref, pot, u, **F64)
+    assert pot.path == "traced" and "recording failed where the model runs" in pot.path_reason
+    assert "shape mismatch" in caplog.text
 
 
 # ------------------------------------------------------------------ the HMC kernel

@@ -117,6 +117,13 @@ def test_bad_x_and_position_are_rejected(ppca):
     pot = PerDatapointPotential(ppca.model, ppca.simulate(3), num_chains=2)
     with pytest.raises(ValueError, match=r"position must have shape .* \(6, 2\)"):
         pot.log_joint(torch.zeros(3, 2, dtype=torch.float64))
+    # every entry point, before autograd or torch meet the position
+    for call in (pot.log_joint, pot.potential_and_grad, pot.parts_and_grads):
+        for dtype in (torch.float32, torch.int64):
+            with pytest.raises(TypeError, match=f"position has dtype {dtype} but .*float64"):
+                call(torch.zeros(6, 2, dtype=dtype))
+        with pytest.raises(TypeError, match="position must be a torch.Tensor"):
+            call([[0.0, 0.0]] * 6)
 
 
 def test_guide_density_and_draws(ppca):
@@ -147,3 +154,23 @@ def test_nested_plates_flatten_per_datapoint():
         replicate_rows(x, 2)
     ).sum(-1)
     torch.testing.assert_close(pot.log_joint(u), expected)
+
+
+def test_masks_given_as_python_bools_are_applied():
+    """``poutine.mask(mask=False)`` (Pyro takes a plain bool) switches a term off."""
+    from pyro import poutine
+
+    def model(x, on):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            with poutine.mask(mask=on):
+                pyro.factor("penalty", -(z**2))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    x = torch.randn(3, dtype=torch.float64)
+    u = torch.randn(3, 1, dtype=torch.float64)
+    expected = dist.Normal(0.0, 1.0).log_prob(u[:, 0]) + dist.Normal(u[:, 0], 1.0).log_prob(x)
+    off = PerDatapointPotential(lambda x: model(x, False), x)
+    torch.testing.assert_close(off.log_joint(u), expected)
+    on = PerDatapointPotential(lambda x: model(x, True), x)
+    torch.testing.assert_close(on.log_joint(u), expected - u[:, 0] ** 2)

@@ -80,3 +80,30 @@ def test_self_subsampling_plates_and_mismatched_guides_are_refused_by_name():
 
     with pytest.raises(ValueError, match=r"model latent site\(s\) \['s'\] have no site"):
         elbo_per_datapoint(model, missing_guide, x)
+
+
+def test_a_scale_inside_the_data_plate_is_reported_not_silently_dropped():
+    """Per-datapoint quantities are each datapoint's unscaled densities: a user's
+    poutine.scale there (a tempered likelihood, a KL weight) is not applied, and said so."""
+    import warnings
+
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    from pyro_aevb.poutine import PerDatapointProgram
+
+    def model(x, scale):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            with poutine.scale(scale=scale):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    x = torch.randn(4)
+    with pytest.warns(UserWarning, match=r"scaled \('x' by 0.5: poutine.scale\).*not applied"):
+        PerDatapointProgram(lambda x: model(x, 0.5), None, x)
+    with pytest.warns(UserWarning, match=r"'x' by a tensor"):
+        PerDatapointProgram(lambda x: model(x, torch.full((4,), 2.0)), None, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PerDatapointProgram(lambda x: model(x, 1.0), None, x)

@@ -215,3 +215,78 @@ def test_budget_is_met_and_a_finished_run_resumes_as_a_no_op(tmp_path):
         progress=False,
     )
     assert again.steps == result.steps and again.history == result.history
+
+
+class _BatchNormVAE(torch.nn.Module):
+    """Pyro-style programs with BatchNorm and dropout in the encoder."""
+
+    def __init__(self, d=30):
+        super().__init__()
+        from torch import nn
+
+        self.enc = nn.Sequential(
+            nn.Linear(d, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 4)
+        )
+        self.dec = nn.Linear(2, d)
+
+    def model(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("bn_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(z)).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro
+        import pyro.distributions as dist
+
+        pyro.module("bn_vae", self)
+        h = self.enc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+
+@pytest.mark.parametrize("fast", ["auto", "off"])
+def test_evaluation_runs_as_a_validation_pass_and_never_changes_the_training(fast):
+    """Only training steps update BatchNorm's statistics (once each, as a stock SVI loop);
+    the bounds in the history are computed in eval mode; the modules stay in train mode."""
+    import pyro
+
+    from pyro_aevb import evaluate_bound
+
+    x = binary_data(100)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = _BatchNormVAE()
+    result = fit(
+        vae, x, num_samples=400, batch_size=20, eval_every=100, progress=False, fast=fast, seed=1
+    )
+    bn = vae.enc[1]
+    assert int(bn.num_batches_tracked) == 20 and vae.training and bn.training
+    assert [r["samples"] for r in result.history] == [100, 200, 300, 400]
+    vae.eval()
+    torch.manual_seed(0)
+    # the last record's bound is the eval-mode bound (no dropout: deterministic per draw)
+    again = evaluate_bound(vae.model, x[:100], guide=vae.guide).mean()
+    assert abs(float(again) - result.history[-1]["train_bound"]) < 1.0
+
+
+def test_per_datapoint_estimates_warn_about_layers_that_couple_rows():
+    import pyro
+
+    from pyro_aevb import log_marginal
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = _BatchNormVAE()
+    x = binary_data(6)
+    with pytest.warns(UserWarning, match="BatchNorm1d, Dropout layers in training mode"):
+        log_marginal(vae.model, vae.guide, x, "iwae", num_particles=4)
+    vae.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        log_marginal(vae.model, vae.guide, x, "iwae", num_particles=4)

@@ -51,6 +51,7 @@ from pyro.distributions.util import is_identically_zero
 from ...poutine import TrainingProgram
 from ...poutine.compile import CaptureError, RecordedFunction, capture, structure_of
 from ...poutine.log_prob_rewrites import cheaper_log_probs
+from ...poutine.params import buffers_kept
 from ...validation import check_choice, check_positive_int
 from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
 from .base import BoundObjective, PyroELBOObjective
@@ -105,6 +106,19 @@ def elbo_loss_particle(model_trace, guide_trace, estimator: str) -> torch.Tensor
                 )
         return -surrogate
     return -analytic_kl_elbo_particle(model_trace, guide_trace)
+
+
+def _trace_elbo_value_particle(model_trace, guide_trace) -> torch.Tensor:
+    """``Trace_ELBO``'s loss value of one particle, ``-(sum_model log_prob_sum - sum_guide
+    log_prob_sum)``, accumulated in float64 in Pyro's order (Pyro sums the terms as Python
+    floats, ``torch_item``), so that the recorded loss is Pyro's number in any dtype."""
+    elbo = 0.0
+    for trace, sign in ((model_trace, 1), (guide_trace, -1)):
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                term = torch.as_tensor(site["log_prob_sum"], dtype=torch.float64).detach()
+                elbo = elbo + term if sign == 1 else elbo - term
+    return -torch.as_tensor(elbo, dtype=torch.float64)
 
 
 def _first_difference(recorded: tuple, traced: tuple) -> str:
@@ -232,42 +246,34 @@ class CompiledELBOObjective(BoundObjective):
         )
 
     # ------------------------------------------------------------------ recording
-    @contextlib.contextmanager
     def _buffers_kept(self):
-        """Leave the modules' buffers (e.g. BatchNorm's running statistics) as they were.
-
-        A recording, a compilation and a check's replay beside the traced step run the
-        programs without being a training step; a program that updates a buffer in place
-        would otherwise update it again each time, and training would see other statistics
-        than on stock Pyro, where every step updates them once.
-        """
-        seen, buffers = set(), []
-        for module in self.program.modules:
-            for b in module.buffers():
-                if id(b) not in seen:
-                    seen.add(id(b))
-                    buffers.append(b)
-        saved = [b.detach().clone() for b in buffers]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for b, value in zip(buffers, saved, strict=True):
-                    b.copy_(value)
+        """The modules' buffers restored after a run that is not a training step (see
+        :func:`~pyro_aevb.poutine.params.buffers_kept`): a recording, a compilation, a
+        check's replay. A replay runs no module's forward, so the modules the programs
+        called in their set-up trace are named up front (and no global hook is set)."""
+        return buffers_kept([*self.program.modules, *self.program.called_modules], discover=False)
 
     def _loss_terms(self, x: torch.Tensor):
         """The ELBO's traces of the programs on ``x``: ``(loss tensor, structure)``, the loss
         accumulated over particles exactly as Pyro's ``differentiable_loss`` does."""
-        loss = 0.0
+        loss = value = 0.0
         structure = ()
         model, guide = self.program.model_n, self.program.guide_n
         for model_trace, guide_trace in self.elbo._get_traces(model, guide, (x,), {}):
             loss = loss + elbo_loss_particle(model_trace, guide_trace, self.estimator) / (
                 self.num_particles
             )
+            if self.estimator == "A":
+                value = value + _trace_elbo_value_particle(model_trace, guide_trace) / (
+                    self.num_particles
+                )
             structure += structure_of(guide_trace, model_trace)
         if not isinstance(loss, torch.Tensor):
             raise CaptureError("the programs have no sample site")
+        if self.estimator == "A":
+            # Trace_ELBO returns `value + (surrogate - surrogate.item())`: the float64 value
+            # rounded to the loss's dtype, with the surrogate's gradient
+            loss = (loss - loss.detach()) + value.to(loss.dtype)
         return loss, structure
 
     def _record(self, x: torch.Tensor, cheaper_formulas: bool = False) -> _Recording:
@@ -390,17 +396,33 @@ class CompiledELBOObjective(BoundObjective):
         self.steps += 1
         inputs = [x, *self.params]
         if not self._check_due():
-            out = rec.fn(*inputs)
+            try:
+                out = rec.fn(*inputs)
+            except RuntimeError as err:
+                return self._replay_failed(x, err)
             self._assign(rec, out[1:])
             return out[0]
         # A check: run the recording on the draws the traced step is about to make.
         self.num_checks += 1
-        with torch.random.fork_rng(devices=[]), self._buffers_kept():
-            replayed = rec.fn(*inputs)
+        try:
+            with torch.random.fork_rng(devices=[]), self._buffers_kept():
+                replayed = rec.fn(*inputs)
+        except RuntimeError as err:
+            return self._replay_failed(x, err)
         loss, structure = self._traced_step(x)
         differs = self._agree(rec, replayed, loss, structure)
         if differs is not None:
             self._fall_back(f"at step {self.steps} {differs}")
+        return loss
+
+    def _replay_failed(self, x: torch.Tensor, err: RuntimeError) -> torch.Tensor:
+        """The recording raised on ``x``: the step on stock Pyro, which raises the programs'
+        own error if they fail there too, else leaves the recording for good."""
+        loss = self.stock.loss_and_grads(x)
+        self._fall_back(
+            f"at step {self.steps} the recording failed where the programs run "
+            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})"
+        )
         return loss
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
