@@ -84,13 +84,28 @@ _VALUE_SHAPED = {
 _INDEXING = {_aten.index, _aten.index_put, _aten.index_put_, _aten._index_put_impl_}
 
 
-def _value_shaped_op(node) -> str | None:
-    """The name of ``node``'s operation if its output shape depends on tensor values."""
+def _varying_nodes(graph) -> set:
+    """The nodes of a recorded graph whose values can change from one run to the next: the
+    inputs, random draws, and everything computed from them (constants, e.g. a mask made
+    by ``arange`` or held in a buffer, are the same at every run)."""
+    varying = set()
+    for node in graph.nodes:  # topological order
+        random = node.op == "call_function" and torch.Tag.nondeterministic_seeded in getattr(
+            node.target, "tags", ()
+        )
+        if node.op == "placeholder" or random or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+    return varying
+
+
+def _value_shaped_op(node, varying: set) -> str | None:
+    """The name of ``node``'s operation if its output shape depends on values that can
+    change between runs (``varying`` nodes)."""
     packet = getattr(node.target, "overloadpacket", None)
-    if packet in _VALUE_SHAPED:
-        return str(node.target)
-    if packet is _aten.repeat_interleave and node.target._overloadname != "self_int":
-        return str(node.target)
+    if packet in _VALUE_SHAPED or (
+        packet is _aten.repeat_interleave and node.target._overloadname != "self_int"
+    ):
+        return str(node.target) if any(a in varying for a in node.all_input_nodes) else None
     if packet in _INDEXING and len(node.args) > 1:
         if packet is not _aten.index and len(node.args) > 2:
             # x[mask] = c: filling with one value writes a shape-free result
@@ -99,9 +114,18 @@ def _value_shaped_op(node) -> str | None:
                 return None
         for index in node.args[1] or ():
             val = getattr(index, "meta", {}).get("val")
-            if isinstance(val, torch.Tensor) and val.dtype in (torch.bool, torch.uint8):
+            if (
+                isinstance(val, torch.Tensor)
+                and val.dtype in (torch.bool, torch.uint8)
+                and index in varying
+            ):
                 return f"{node.target} with a boolean mask"
     return None
+
+
+# Operations a recording holds but cannot run again: torch's oneDNN LSTM kernels (float32 on
+# the CPU) pass a workspace tensor that make_fx does not keep.
+_NOT_REPLAYABLE = {_aten.mkldnn_rnn_layer, _aten.mkldnn_rnn_layer_backward}
 
 
 class CaptureError(ValueError):
@@ -121,15 +145,44 @@ _VALUE_READS = {
 }
 
 
+# Torch functions that draw: their results change from run to run like the inputs do.
+_RANDOM = {
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "bernoulli",
+    "normal",
+    "multinomial",
+    "poisson",
+    "bernoulli_",
+    "normal_",
+    "uniform_",
+    "exponential_",
+    "random_",
+    "cauchy_",
+    "log_normal_",
+    "geometric_",
+    "dropout",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "rrelu",
+}
+
+
 class _ValueReads(TorchFunctionMode):
     """Refuse Python reads of values that depend on the recorded function's inputs.
 
     ``make_fx`` itself only stops at reads that reach the dispatcher (``.item()``, ``if t``);
     ``.tolist()`` and ``.numpy()`` read memory directly, and the value of the recording run
     would silently be baked in. Every tensor computed from an input is marked as it is made
-    (a torch function with a marked argument marks its results), and a read of a marked
-    tensor raises :class:`CaptureError`. Reads of tensors that do not depend on the inputs
-    (constants, buffers) are Python state, checked by the callers' traced runs.
+    (a torch function with a marked argument marks its results, as does a random draw), and
+    a read of a marked tensor raises :class:`CaptureError`. Reads of tensors that do not
+    depend on the inputs (constants, buffers) are Python state, checked by the callers'
+    traced runs.
     """
 
     def __init__(self, inputs: Sequence[torch.Tensor], what: str):
@@ -151,7 +204,7 @@ class _ValueReads(TorchFunctionMode):
                 f".numpy()), which a recording cannot repeat"
             )
         out = func(*args, **kwargs)
-        if hit:
+        if hit or getattr(func, "__name__", "") in _RANDOM:
             for t in tree_leaves(out):
                 if isinstance(t, torch.Tensor):
                     self.marked[t] = True
@@ -301,11 +354,21 @@ def capture(
         if any(s in message for s in _DATA_DEPENDENT):
             raise CaptureError(
                 f"{what} read a tensor value in Python (data-dependent control flow such as "
-                f"`if x.sum() > 0`, or .item()), which a recording cannot repeat"
+                f"`if x.sum() > 0`, or .item(); or inside a torch function that checks its "
+                f"arguments' values, e.g. F.one_hot: use scatter_), which a recording cannot "
+                f"repeat"
             ) from err
         raise CaptureError(f"recording {what} failed: {_describe(err)}") from err
+    varying = _varying_nodes(gm.graph)
     for node in gm.graph.nodes:
-        op = _value_shaped_op(node) if node.op == "call_function" else None
+        if node.op != "call_function":
+            continue
+        if getattr(node.target, "overloadpacket", None) in _NOT_REPLAYABLE:
+            raise CaptureError(
+                f"{what} used an LSTM through torch's oneDNN kernels ({node.target}, float32 "
+                f"on the CPU), which a recording cannot run again (float64 records)"
+            )
+        op = _value_shaped_op(node, varying)
         if op is not None:
             raise CaptureError(
                 f"{what} computed a tensor whose shape depends on tensor values ({op}: e.g. "

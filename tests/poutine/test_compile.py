@@ -21,8 +21,9 @@ def _record(fn, *inputs):
         lambda x: x * 2 if (x.sum() * 3) > 0 else x,
         lambda x: x * float(x[0]),
         lambda x: x * x[1:].exp().sum().item(),
+        lambda x: x * (2 if torch.rand(()).tolist() > 0.5 else 1),  # a draw varies too
     ],
-    ids=["tolist", "numpy", "bool", "float", "item"],
+    ids=["tolist", "numpy", "bool", "float", "item", "random"],
 )
 def test_python_reads_of_values_computed_from_the_inputs_are_refused(read):
     with pytest.raises(CaptureError, match="the function read a tensor value in Python"):
@@ -37,8 +38,9 @@ def test_python_reads_of_values_computed_from_the_inputs_are_refused(read):
         (lambda x: torch.masked_select(x, x > 0).sum(), "aten.masked_select"),
         (lambda x: torch.unique(x.round()).sum(), "aten._unique2"),
         (lambda x: x.clone().index_put_((x > 0,), x[:2].sum(0, True)), "aten.index_put_"),
+        (lambda x: x[torch.rand(6) < 0.5].sum(), "aten.index.Tensor with a boolean mask"),
     ],
-    ids=["bool-index", "nonzero", "masked_select", "unique", "bool-index-put"],
+    ids=["bool-index", "nonzero", "masked_select", "unique", "bool-index-put", "random-mask"],
 )
 def test_tensors_whose_shape_depends_on_values_are_refused(value_shaped, op):
     with pytest.raises(CaptureError, match=f"shape depends on tensor values \\({op}"):
@@ -85,3 +87,42 @@ def test_a_tensor_scale_is_described_by_shape_not_read():
     ]
     assert sites[0] == sites[1] and ("tensor", ()) in sites[0]
     assert structure_of(poutine.trace(model).get_trace(0.5))[0][-2] == 0.5
+
+
+def test_constant_masks_are_not_value_shaped():
+    """A mask that is the same at every run (from arange, or held in a buffer) selects the
+    same entries every time: torch's own CorrCholesky transform fills a matrix that way."""
+    from torch.distributions import biject_to, constraints
+
+    keep = torch.tensor([True, False, True])
+    to_corr = biject_to(constraints.corr_cholesky)
+
+    def fn(x):
+        tril = torch.arange(3).unsqueeze(-1) > torch.arange(3)  # a constant mask
+        m = torch.zeros(3, 3)
+        m[tril] = x  # three values into three entries
+        return to_corr(x).sum() + x[keep].sum() + m.sum()
+
+    rec = _record(fn, torch.randn(3))
+    x = torch.randn(3)
+    torch.testing.assert_close(rec(x)[0], fn(x))
+
+
+def test_an_lstm_is_refused_where_its_kernel_cannot_be_replayed_and_else_replays():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4, batch_first=True)
+    weights = list(lstm.parameters())
+
+    def fn(x, *ws):
+        out, _ = torch.func.functional_call(lstm, dict(lstm.named_parameters()), (x,))
+        loss = out.pow(2).sum()
+        return (loss, *torch.autograd.grad(loss, ws))
+
+    x = torch.randn(2, 5, 3)
+    try:
+        rec = capture(fn, [x, *weights], what="the function")
+    except CaptureError as err:  # float32 on a CPU with oneDNN
+        assert "LSTM through torch's oneDNN kernels" in str(err)
+        return
+    for a, b in zip(rec(x, *weights), fn(x, *weights), strict=True):
+        torch.testing.assert_close(a, b)
