@@ -223,6 +223,10 @@ class PerDatapointProgram:
     global_values : dict, optional
         Values of the model's global latents to condition on; default: the guide's point
         estimate (required if the model has globals and there is no guide).
+    warn : bool
+        Warn about what makes per-datapoint densities differ from the model's own: scales
+        inside the data plate, BatchNorm or dropout in training mode. ``False`` for a caller
+        that only checks the contract (a training objective that applies the scales).
 
     Attributes
     ----------
@@ -244,6 +248,7 @@ class PerDatapointProgram:
         *,
         plate_name: str = "data",
         global_values: dict | None = None,
+        warn: bool = True,
     ):
         if isinstance(model, PerDatapointProgram):
             raise TypeError("model is already a PerDatapointProgram; pass its .model")
@@ -268,8 +273,9 @@ class PerDatapointProgram:
                 guide_trace.compute_log_prob(in_plate)
         require_plate(model_trace, plate_name, "model")
         _check_observed_rows(model_trace, plate_name, x.shape[0])
-        _warn_scaled_sites(plate_name, model_trace, guide_trace)
-        coupling = row_coupling_modules(called)
+        if warn:
+            _warn_scaled_sites(plate_name, model_trace, guide_trace)
+        coupling = row_coupling_modules(called) if warn else []
         if coupling:
             warnings.warn(
                 f"the programs run {', '.join(coupling)} layers in training mode: there each "

@@ -15,7 +15,7 @@ from marginal_helpers import GLOBAL_FACTOR, PPCA, bound_objective
 from torch import nn
 from user_models import GlobalNoiseModel, PyroExampleVAE, TinyConvVAE, TwoLatentModel
 
-from pyro_aevb import ELBO, IWAE, fit, mlp_vae
+from pyro_aevb import ELBO, IWAE, fit, log_marginal, mlp_vae
 from pyro_aevb.cli import main
 from pyro_aevb.evaluate.iwae import iwae_log_weights
 from pyro_aevb.models import LinearGaussian
@@ -553,3 +553,26 @@ def test_non_finite_log_weights_give_a_nan_loss_and_no_gradient(fast):
     loss = objective.loss_and_grads(x)
     assert math.isnan(float(loss))
     assert all(p.grad is None for p in objective.params)
+
+
+def test_a_scale_the_objective_applies_is_not_reported_as_dropped():
+    """IWAE weights a site by its own scale (as Trace_ELBO does); only per-datapoint
+    estimators of the model's own densities warn that they leave such a scale out."""
+    import warnings
+
+    from pyro import poutine
+
+    class Tempered(TwoLatentModel):
+        def model(self, x):
+            with poutine.scale(scale=0.5):
+                return super().model(x)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m = Tempered().double()
+    x = torch.randn(6, m.d, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        bound_objective(IWAE(3), m, 60, x)
+    with pytest.warns(UserWarning, match="are scaled"):
+        log_marginal(m.model, m.guide, x, "iwae", num_particles=3)

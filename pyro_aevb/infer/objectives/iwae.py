@@ -162,8 +162,9 @@ class PyroIWAEObjective(_IWAEBound):
         x_rep = replicate_rows(x, k)
         what = f"the model and guide on {k} stacked copies of the minibatch (IWAE's particles)"
         with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
-            # plate over the rows given, guide sites matching the model's latents
-            PerDatapointProgram(model, guide, x_rep, plate_name=plate)
+            # plate over the rows given, guide sites matching the model's latents (a scale
+            # inside the plate is applied by this objective, as by Trace_ELBO: no warning)
+            PerDatapointProgram(model, guide, x_rep, plate_name=plate, warn=False)
             with first_trace_errors(x_rep.shape, what):
                 guide_trace = poutine.trace(guide).get_trace(x_rep)
             for name, site in latent_sites(guide_trace).items():
