@@ -45,7 +45,6 @@ import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..distributions import distribution_name
@@ -173,6 +172,18 @@ _RANDOM = {
 }
 
 
+def _tensors(obj):
+    """The tensors in ``obj``, a tensor or nested tuples, lists and dicts of them."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, tuple | list):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
 class _ValueReads(TorchFunctionMode):
     """Refuse Python reads of values that depend on the recorded function's inputs.
 
@@ -194,9 +205,7 @@ class _ValueReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hit = any(
-            isinstance(a, torch.Tensor) and a in self.marked for a in tree_leaves((args, kwargs))
-        )
+        hit = any(t in self.marked for t in _tensors((args, kwargs)))
         if hit and func in _VALUE_READS:
             raise CaptureError(
                 f"{self.what} read a tensor value in Python (Tensor.{func.__name__}: "
@@ -205,9 +214,8 @@ class _ValueReads(TorchFunctionMode):
             )
         out = func(*args, **kwargs)
         if hit or getattr(func, "__name__", "") in _RANDOM:
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor):
-                    self.marked[t] = True
+            for t in _tensors(out):
+                self.marked[t] = True
         return out
 
 

@@ -264,14 +264,8 @@ class PerDatapointProgram:
                     guide_trace, model_trace = trace_guide_and_model(model_r, guide_r, x)
                 else:
                     guide_trace, model_trace = None, poutine.trace(model_r).get_trace(x)
-            # the per-datapoint densities too: an observation of the wrong shape fails here,
-            # named, not at the first evaluation of an estimator (sites outside the plate,
-            # e.g. a weight prior over every parameter, are never read per datapoint)
-            in_plate = lambda name, site: plate_frame(site, plate_name) is not None  # noqa: E731
-            model_trace.compute_log_prob(in_plate)
-            if guide_trace is not None:
-                guide_trace.compute_log_prob(in_plate)
         require_plate(model_trace, plate_name, "model")
+        _check_site_shapes(model_trace, plate_name)
         _check_observed_rows(model_trace, plate_name, x.shape[0])
         if warn:
             _warn_scaled_sites(plate_name, model_trace, guide_trace)
@@ -349,6 +343,24 @@ def _conditioned(trace, names):
     for n in names:
         trace.nodes[n] = {**trace.nodes[n], "is_observed": True}
     return trace
+
+
+def _check_site_shapes(trace, plate_name: str) -> None:
+    """Every value in the data plate fits its distribution's shape: an observation of the
+    wrong width is an error here, named, not a broadcasting error at the first evaluation."""
+    for name, site in sample_sites(trace):
+        if plate_frame(site, plate_name) is None:
+            continue
+        fn, value = site["fn"], site["value"]
+        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        try:
+            torch.broadcast_shapes(tuple(value.shape), shape)
+        except RuntimeError:
+            raise ProgramContractError(
+                f"site '{name}' has a value of shape {tuple(value.shape)}, which does not fit "
+                f"its distribution's batch and event shape {shape}; check the shape of x "
+                f"(one datapoint per row) against the model"
+            ) from None
 
 
 def _warn_scaled_sites(plate_name: str, *traces) -> None:

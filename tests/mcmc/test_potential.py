@@ -114,6 +114,8 @@ def test_bad_x_and_position_are_rejected(ppca):
         PerDatapointPotential(ppca.model, torch.full((2, 5), math.nan, dtype=torch.float64))
     with pytest.raises(ValueError, match="x must have a batch dimension"):
         PerDatapointPotential(ppca.model, torch.tensor(0.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"site 'x' has a value of shape \(3, 4\).* \(3, 5\)"):
+        PerDatapointPotential(ppca.model, ppca.simulate(3)[:, :4])  # a column short
     pot = PerDatapointPotential(ppca.model, ppca.simulate(3), num_chains=2)
     with pytest.raises(ValueError, match=r"position must have shape .* \(6, 2\)"):
         pot.log_joint(torch.zeros(3, 2, dtype=torch.float64))
