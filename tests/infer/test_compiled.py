@@ -307,6 +307,19 @@ def test_silent_value_reads_and_value_shaped_tensors_run_on_stock_pyro_visibly(r
         strict.setup(x)
 
 
+def _annealed_pair(cls):
+    """``(module, x, compiled objective, stock objective)``, both set up, estimator A."""
+    torch.manual_seed(0)
+    m = cls().double()
+    x = torch.randn(10, 3, dtype=torch.float64)
+    program = TrainingProgram(m.model, m.guide, num_data=50)
+    objective = ELBO("A").bind(program)
+    stock = PyroELBOObjective(program, "A")
+    objective.setup(x)
+    stock.setup(x)
+    return m, x, objective, stock
+
+
 class BufferAnnealed(nn.Module):
     """KL annealing by a factor kept in a buffer (a 0-d tensor) and updated in place, and a
     prior built once, with validation on, outside the programs."""
@@ -341,16 +354,9 @@ def test_a_buffer_annealing_factor_and_a_prebuilt_prior_stay_compiled_and_exact(
     """Nothing the user's Python reads: the factor's value is not read while recording (the
     recording reads the buffer at every run, so in-place updates are followed), and a prior
     made before recording with validation on does not check its samples there."""
-    torch.manual_seed(0)
-    m = BufferAnnealed().double()
-    x = torch.randn(10, 3, dtype=torch.float64)
-    program = TrainingProgram(m.model, m.guide, num_data=50)
-    objective = ELBO("A").bind(program)
-    stock = PyroELBOObjective(program, "A")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no fallback
-        objective.setup(x)
-        stock.setup(x)
+        m, x, objective, stock = _annealed_pair(BufferAnnealed)
         for seed in range(7):  # steps 3, 5, 6 and 7 are pure replays
             if seed == 4:
                 m.beta.fill_(0.3)
@@ -392,14 +398,7 @@ class Annealed(nn.Module):
     [("beta", "structure changed"), ("noise", "no longer equal Pyro's")],
 )
 def test_programs_that_change_fall_back_to_stock_pyro_at_the_next_check(change, match):
-    torch.manual_seed(0)
-    m = Annealed().double()
-    x = torch.randn(10, 3, dtype=torch.float64)
-    program = TrainingProgram(m.model, m.guide, num_data=50)
-    objective = ELBO("A").bind(program)
-    stock = PyroELBOObjective(program, "A")
-    objective.setup(x)
-    stock.setup(x)
+    m, x, objective, stock = _annealed_pair(Annealed)
     for seed in range(3):
         _step(objective, x, seed)
     assert objective.path == "compiled"
