@@ -33,7 +33,7 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 
-from ..poutine.compile import CaptureError, RecordedFunction, capture
+from ..poutine.compile import CaptureError, RecordedFunction, capture, describe_error
 from ..poutine.log_prob_rewrites import cheaper_log_probs
 from .potential import PerDatapointPotential, log_density_per_datapoint
 
@@ -232,8 +232,7 @@ class CompiledPotential(PerDatapointPotential):
         except RuntimeError as err:
             result = traced()
             self._fall_back(
-                f"the recording failed where the model runs ({type(err).__name__}: "
-                f"{str(err).strip().splitlines()[0][:200]})"
+                f"the recording failed where the model runs ({describe_error(err, 200)})"
             )
             return result
         return traced() if out is None else tuple(out)

@@ -54,6 +54,7 @@ __all__ = [
     "ENGINES",
     "CaptureError",
     "RecordedFunction",
+    "describe_error",
     "capture",
     "structure_of",
 ]
@@ -219,9 +220,10 @@ class _ValueReads(TorchFunctionMode):
         return out
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException, limit: int = 300) -> str:
+    """``"Type: first line of the message"`` (at most ``limit`` characters), for reasons."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text[:300]}"
+    return f"{type(err).__name__}: {text[:limit]}"
 
 
 class RecordedFunction:
@@ -286,7 +288,7 @@ class RecordedFunction:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 compiled(*[t.detach() for t in example])  # compiles
         except Exception as err:  # no C++ compiler, an unsupported operation, ...
-            raise CaptureError(f"the inductor compiler failed: {_describe(err)}") from err
+            raise CaptureError(f"the inductor compiler failed: {describe_error(err)}") from err
         self._run, self.engine = compiled, "inductor"
 
 
@@ -366,7 +368,7 @@ def capture(
                 f"arguments' values, e.g. F.one_hot: use scatter_), which a recording cannot "
                 f"repeat"
             ) from err
-        raise CaptureError(f"recording {what} failed: {_describe(err)}") from err
+        raise CaptureError(f"recording {what} failed: {describe_error(err)}") from err
     varying = _varying_nodes(gm.graph)
     for node in gm.graph.nodes:
         if node.op != "call_function":

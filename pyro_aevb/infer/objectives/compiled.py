@@ -49,7 +49,13 @@ import torch
 from pyro.distributions.util import is_identically_zero
 
 from ...poutine import TrainingProgram
-from ...poutine.compile import CaptureError, RecordedFunction, capture, structure_of
+from ...poutine.compile import (
+    CaptureError,
+    RecordedFunction,
+    capture,
+    describe_error,
+    structure_of,
+)
 from ...poutine.log_prob_rewrites import cheaper_log_probs
 from ...poutine.params import buffers_kept
 from ...validation import check_choice, check_positive_int
@@ -421,7 +427,7 @@ class CompiledELBOObjective(BoundObjective):
         loss = self.stock.loss_and_grads(x)
         self._fall_back(
             f"at step {self.steps} the recording failed where the programs run "
-            f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})"
+            f"({describe_error(err, 200)})"
         )
         return loss
 
