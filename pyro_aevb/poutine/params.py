@@ -18,6 +18,7 @@ store, the optimizer and the program agree.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import pyro
@@ -61,11 +62,25 @@ class ProgramParams:
         Param-store entries touched by the programs that no module owns, sorted.
     tensors : list of torch.Tensor
         Every trainable leaf tensor: the modules' parameters, then the store entries.
+    buffers : dict of str to torch.Tensor
+        Buffers of the other modules the programs run (``pyro.module`` inside a plain
+        function: BatchNorm statistics), named ``"<i>.<buffer>"`` by the order in which the
+        programs first run their modules.
     """
 
-    def __init__(self, modules: Sequence[nn.Module], store_names: Sequence[str]):
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        store_names: Sequence[str],
+        buffer_modules: Sequence[nn.Module] = (),
+    ):
         self.modules = list(modules)
         self.store_names = list(store_names)
+        self.buffers = {
+            f"{i}.{name}": b
+            for i, m in enumerate(buffer_modules)
+            for name, b in m.named_buffers(recurse=False)
+        }
         store = _unconstrained()
         seen: set[int] = set()
         tensors = []
@@ -92,14 +107,29 @@ class ProgramParams:
     def state_dict(self) -> dict:
         """``{"modules": [state_dict, ...], "store": {name: unconstrained tensor}}``, detached."""
         store = _unconstrained()
-        return {
+        state = {
             "modules": [m.state_dict() for m in self.modules],
             "store": {n: store[n].detach().clone() for n in self.store_names},
         }
+        if self.buffers:
+            state["buffers"] = {n: b.detach().clone() for n, b in self.buffers.items()}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Load values saved by :meth:`state_dict` in place (the tensors keep their identity,
         so an optimizer built on them stays valid). Errors name what does not match."""
+        buffers = state.get("buffers")
+        if buffers is None and self.buffers:
+            # saved before buffers of such modules were: their values restart, said so
+            warnings.warn(
+                f"the checkpoint holds no values for the buffers {sorted(self.buffers)} of "
+                f"modules the programs run through pyro.module (it was saved by an earlier "
+                f"version); they keep their current values",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif buffers is not None:
+            self._check_buffers(buffers)
         modules = state.get("modules", [])
         if len(modules) != len(self.modules):
             raise ValueError(
@@ -129,6 +159,23 @@ class ProgramParams:
                         f"holds {tuple(value.shape)}"
                     )
                 target.copy_(value)
+            for name, value in (buffers or {}).items():
+                self.buffers[name].copy_(value)
+
+    def _check_buffers(self, saved: dict) -> None:
+        """The saved buffers are the programs' own, by name and shape (before any loading)."""
+        if sorted(saved) != sorted(self.buffers):
+            raise ValueError(
+                f"the checkpoint's buffers {sorted(saved)} differ from those of the modules the "
+                f"programs run {sorted(self.buffers)}"
+            )
+        for name, value in saved.items():
+            own = self.buffers[name]
+            if own.shape != value.shape or own.dtype != value.dtype:
+                raise ValueError(
+                    f"buffer '{name}' has shape {tuple(own.shape)} ({own.dtype}) but the "
+                    f"checkpoint holds {tuple(value.shape)} ({value.dtype})"
+                )
 
 
 def _unconstrained() -> dict[str, torch.Tensor]:
@@ -219,18 +266,19 @@ def row_coupling_modules(modules: Sequence[nn.Module]) -> list[str]:
     return found
 
 
-def _param_names(programs, args, kwargs) -> list[str]:
-    """Names of the param-store entries the programs read, in first-use order."""
+def _param_names(programs, args, kwargs) -> tuple[list[str], list[nn.Module]]:
+    """Names of the param-store entries the programs read, in first-use order, and the
+    modules they run, in first-run order."""
     names: list[str] = []
     # A throw-away run: fork the RNG so the caller's draws are not shifted, and keep buffers.
-    with fork_rng(), torch.no_grad(), buffers_kept():
+    with fork_rng(), torch.no_grad(), buffers_kept() as called:
         with poutine.trace(param_only=True) as capture:
             for fn in programs:
                 fn(*args, **kwargs)
     for name, site in capture.trace.nodes.items():
         if site["type"] == "param" and name not in names:
             names.append(name)
-    return names
+    return names, called
 
 
 def _point_store_at_modules(modules: Sequence[nn.Module], names: Sequence[str]) -> None:
@@ -260,9 +308,13 @@ def collect_params(
     for m in owner_modules(*programs):
         if all(m is not k for k in modules):
             modules.append(m)
-    names = _param_names(programs, args, kwargs)
+    names, called = _param_names(programs, args, kwargs)
     _point_store_at_modules(modules, names)
     store = _unconstrained()
     module_ids = {id(p) for m in modules for p in m.parameters()}
     store_names = sorted(n for n in names if id(store[n]) not in module_ids)
-    return ProgramParams(modules, store_names)
+    # modules the programs run outside the state's modules (pyro.module in a plain function):
+    # their buffers belong to the state too
+    owned = {id(sub) for m in modules for sub in m.modules()}
+    others = [m for m in called if id(m) not in owned and any(True for _ in m.buffers(False))]
+    return ProgramParams(modules, store_names, others)

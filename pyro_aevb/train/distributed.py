@@ -309,7 +309,7 @@ class DataParallelObjective:
                 for t in m.state_dict().values():
                     if isinstance(t, torch.Tensor):
                         dist.broadcast(t, src=0)
-            for t in state_params.tensors:
+            for t in [*state_params.tensors, *state_params.buffers.values()]:
                 dist.broadcast(t.detach(), src=0)
 
     def _setup_pyro(self, state_params) -> None:

@@ -9,7 +9,9 @@ file and the entry instead of a ``KeyError`` or a crash many steps later.
 The payload (see :meth:`pyro_aevb.train.Trainer.state`)::
 
     config           dict       the run's config (model, training settings, data fingerprints)
-    program_state    dict       {"modules": [state_dict, ...], "store": {name: tensor}}
+    program_state    dict       {"modules": [state_dict, ...], "store": {name: tensor},
+                                 "buffers": {name: tensor} (if the programs run modules
+                                 through pyro.module that have buffers)}
     optimizer_state  dict       torch.optim state_dict: {"state": {...}, "param_groups": [...]}
     rng              dict       {"torch": uint8 tensor, "data": uint8 tensor}
     progress         dict       step, samples, epoch, pos, loss_count (ints >= 0),
@@ -89,6 +91,8 @@ def check_training_payload(payload: dict[str, Any], path: str | Path) -> None:
         raise _fail(path, "program_state['modules'] must be a list of state dicts of tensors")
     if not _tensor_dict(state.get("store", {})):
         raise _fail(path, "program_state['store'] must map parameter names to tensors")
+    if not _tensor_dict(state.get("buffers", {})):
+        raise _fail(path, "program_state['buffers'] must map buffer names to tensors")
     tensors = [
         (f"module {i} {k}", v)
         for i, m in enumerate(modules)
@@ -96,6 +100,7 @@ def check_training_payload(payload: dict[str, Any], path: str | Path) -> None:
         if isinstance(v, torch.Tensor)
     ]
     tensors += [(f"param '{k}'", v) for k, v in state.get("store", {}).items()]
+    tensors += [(f"buffer '{k}'", v) for k, v in state.get("buffers", {}).items()]
     for name, value in tensors:
         # the trainer never saves a diverged state
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

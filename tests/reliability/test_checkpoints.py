@@ -190,6 +190,14 @@ MALFORMED = {
     "no config": (_set(("config",), KeyError), "'config' must be a dict"),
     "history of strings": (_set(("history",), ["x"]), "history record 0"),
     "modules not a list": (_set(("program_state", "modules"), {"a": 1}), "list of state dicts"),
+    "buffers not tensors": (
+        _set(("program_state", "buffers"), {"0.running_mean": 1.0}),
+        r"\['buffers'\] must map buffer names to tensors",
+    ),
+    "a NaN buffer": (
+        _set(("program_state", "buffers"), {"0.running_mean": torch.tensor([float("nan")])}),
+        "buffer '0.running_mean' holds non-finite values",
+    ),
     "a weight missing": (
         lambda p: p["program_state"]["modules"][0].pop("decoder.out.bias"),
         "lacks \\['decoder.out.bias'\\]",

@@ -290,3 +290,65 @@ def test_per_datapoint_estimates_warn_about_layers_that_couple_rows():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         log_marginal(vae.model, vae.guide, x, "iwae", num_particles=4)
+
+
+def _plain_function_bn_programs():
+    """Plain model/guide functions that reach a BatchNorm encoder through pyro.module."""
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 4))
+    dec = nn.Linear(2, 5)
+
+    def model(x):
+        pyro.module("dec", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        h = enc(x)
+        with pyro.plate("data", x.shape[0]):
+            scale = torch.nn.functional.softplus(h[:, 2:])
+            pyro.sample("z", dist.Normal(h[:, :2], scale).to_event(1))
+
+    return enc, model, guide
+
+
+def test_resume_restores_buffers_of_modules_reached_only_through_pyro_module(tmp_path):
+    """BatchNorm statistics of a module that plain-function programs register with
+    pyro.module are part of the checkpoint: a resumed run ends where an uninterrupted one
+    does, and a checkpoint whose buffers do not fit is refused before anything is loaded."""
+    import pyro
+
+    from pyro_aevb.poutine import collect_params
+
+    data = binary_data(200, d=5, seed=1)
+    kw = dict(batch_size=20, progress=False, seed=1)
+    runs = {}
+    for name, budgets in (("full", [2000]), ("resumed", [1000, 2000])):
+        for i, budget in enumerate(budgets):
+            pyro.clear_param_store()
+            enc, model, guide = _plain_function_bn_programs()
+            fit(model, data, guide=guide, num_samples=budget, out_dir=tmp_path / name,
+                resume=i > 0, **kw)  # fmt: skip
+        runs[name] = {k: v.clone() for k, v in enc[1].state_dict().items()}
+    for key, value in runs["full"].items():
+        assert torch.equal(runs["resumed"][key], value), key
+    assert int(runs["resumed"]["num_batches_tracked"]) == 100
+    # the state names the buffers; a mismatch is refused, naming them, before loading
+    params = collect_params([model, guide], data[:2])
+    state = params.state_dict()
+    assert sorted(state["buffers"]) == ["0.num_batches_tracked", "0.running_mean", "0.running_var"]
+    before = [t.clone() for t in params]
+    state["buffers"]["0.running_mean"] = torch.zeros(3)
+    state["store"] = {k: v + 1 for k, v in state["store"].items()}
+    with pytest.raises(ValueError, match=r"buffer '0.running_mean' has shape \(8,\)"):
+        params.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(params, before, strict=True))
+    del state["buffers"]  # a checkpoint saved before buffers were
+    with pytest.warns(UserWarning, match="holds no values for the buffers"):
+        params.load_state_dict(state)
