@@ -105,7 +105,8 @@ class ProgramParams:
         return len(self.tensors)
 
     def state_dict(self) -> dict:
-        """``{"modules": [state_dict, ...], "store": {name: unconstrained tensor}}``, detached."""
+        """``{"modules": [state_dict, ...], "store": {name: unconstrained tensor}}``, and
+        ``"buffers": {name: tensor}`` when the programs run such modules; detached."""
         store = _unconstrained()
         state = {
             "modules": [m.state_dict() for m in self.modules],
