@@ -190,3 +190,19 @@ class GammaScaleGlobalNoise(nn.Module):
             r = pyro.sample("r", dist.Gamma(x.new_full((x.shape[0],), 4.0), 4.0))
             loc = r.unsqueeze(-1) * (z @ self.W.T) + self.b
             pyro.sample("x", dist.Normal(loc, sigma).to_event(1), obs=x)
+
+
+def counting(cls):
+    """A subclass of ``cls`` whose ``model`` counts its own calls in ``self.calls``: Python
+    state the program changes itself while it runs."""
+
+    class Counting(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls = 0
+
+        def model(self, x):
+            self.calls += 1
+            super().model(x)
+
+    return Counting

@@ -11,7 +11,11 @@ conditioned on it, the per-datapoint sums and both gradients -- with
 
 per row. Values and gradients are those of the traced potential (the same ATen operations on
 the same inputs); the model's parameters and other tensors are read by reference at every
-replay, so in-place updates (an optimizer's, between Monte Carlo EM's E-steps) are seen.
+replay, so in-place updates (an optimizer's, between Monte Carlo EM's E-steps) are seen. What
+a recording holds beyond that -- Python attributes, which modules, parameters and param-store
+tensors the model uses, values it read in Python -- is compared at every evaluation (a
+:class:`~pyro_aevb.poutine.python_state.PythonState` snapshot), and the model is recorded
+again when it changed.
 
 **Rows in chunks.** Rows (chains x datapoints) are independent, so a large position is
 evaluated in chunks of at most ``max_rows`` rows (by default as many as keep the recording's
@@ -35,6 +39,7 @@ import torch
 
 from ..poutine.compile import CaptureError, RecordedFunction, capture, describe_error
 from ..poutine.log_prob_rewrites import cheaper_log_probs
+from ..poutine.python_state import PythonState
 from .potential import PerDatapointPotential, log_density_per_datapoint
 
 __all__ = ["CompiledPotential", "DEFAULT_MEMORY_LIMIT", "row_chunks"]
@@ -51,6 +56,48 @@ logger = logging.getLogger("pyro_aevb")
 # E-steps of Monte Carlo EM on each minibatch) share them, as they depend on the chunk shape
 # only.
 _RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Recordings(dict):
+    """A program's recordings by chunk shape, with the Python state they hold (a
+    :class:`~pyro_aevb.poutine.python_state.PythonState` snapshot, shared: all were made in
+    it)."""
+
+    def __init__(self, program):
+        super().__init__()
+        self.python_state = PythonState(
+            [program.raw_model, program.raw_guide], program.called_modules
+        )
+        self.state = self.python_state.snapshot()
+
+    def check_unchanged_by_recording(self) -> None:
+        """Raise :class:`CaptureError` if the recording run changed the Python state: a model
+        that updates its own attributes while it runs (a counter) cannot be replayed."""
+        before = self.state
+        changed = self.python_state.settle(before, self.python_state.snapshot())
+        self.state = self.python_state.snapshot()
+        if changed:
+            changed = self.python_state.describe(changed)
+            raise CaptureError(
+                f"the model changes its own Python state while it runs ({changed}), which a "
+                f"replay would not do"
+            )
+
+    def refresh(self) -> None:
+        """Drop the recordings that hold Python state or read tensor values that changed
+        since (an attribute, a replaced module or param-store entry, ``float(buffer)``):
+        they are recorded again."""
+        state = self.python_state.snapshot()
+        if state != self.state:
+            changed = self.python_state.describe(self.python_state.changes(self.state, state))
+            if self:
+                logger.info("per-datapoint potential: recording again (%s changed)", changed)
+            self.clear()
+            self.state = state
+            return
+        for key in [k for k, rec in self.items() if rec.values_read_changed()]:
+            logger.info("per-datapoint potential: recording again (a value read changed)")
+            del self[key]
 
 
 def row_chunks(n: int, max_rows: int):
@@ -125,7 +172,10 @@ class CompiledPotential(PerDatapointPotential):
         self.max_rows = max_rows or max(1, memory_limit // max(1, row_bytes))
         self.memory_limit = memory_limit
         self.engine = engine
-        self._recordings = _RECORDINGS.setdefault(self.program, {})
+        self._x_spec = (tuple(self.x.shape[1:]), self.x.dtype, self.x.device)
+        self._recordings = _RECORDINGS.get(self.program)
+        if self._recordings is None:
+            self._recordings = _RECORDINGS[self.program] = _Recordings(self.program)
         self.path_reason = "the model's arithmetic recorded once and replayed (no Pyro trace)"
 
     def with_chains(self, num_chains: int) -> CompiledPotential:
@@ -166,7 +216,8 @@ class CompiledPotential(PerDatapointPotential):
         return log_prior, log_lik, g_prior, g_lik
 
     def _recording(self, rows: int, grads: bool) -> RecordedFunction:
-        key = (rows, grads, self.dtype, self.engine)
+        # the recordings are shared by the program's potentials, whose x may differ in shape
+        key = (rows, grads, self.dtype, self.engine, self._x_spec)
         rec = self._recordings.get(key)
         if rec is None:
             u = torch.zeros(
@@ -188,10 +239,11 @@ class CompiledPotential(PerDatapointPotential):
                 except CaptureError as err:  # no compiler, ...: the model still records
                     logger.warning("per-datapoint potential: replaying instead (%s)", err)
                     self.engine = "replay"
-                    key = (rows, grads, self.dtype, self.engine)
+                    key = (rows, grads, self.dtype, self.engine, self._x_spec)
                     rec = self._recordings.get(key)
             if rec is None:
                 rec = capture(fn, [u, x_rows], what="the model's log-density")
+            self._recordings.check_unchanged_by_recording()
             self._recordings[key] = rec
         return rec
 
@@ -206,8 +258,10 @@ class CompiledPotential(PerDatapointPotential):
         """The recorded evaluation over all rows, chunk by chunk; ``None`` if it cannot be
         recorded (after falling back)."""
         self._check_position(position)
+        position = position.detach()
         n = position.shape[0]
         outs = []
+        self._recordings.refresh()
         try:
             for start, stop, pad in row_chunks(n, self.max_rows):
                 rec = self._recording(stop - start + pad, grads)
@@ -228,7 +282,7 @@ class CompiledPotential(PerDatapointPotential):
         recording that raises where the traced model does not (it held something of the
         data it was made on) is left for good; the traced model's own error propagates."""
         try:
-            out = self._run(position.detach(), grads=grads)
+            out = self._run(position, grads=grads)
         except RuntimeError as err:
             result = traced()
             self._fall_back(

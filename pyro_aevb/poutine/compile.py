@@ -29,16 +29,22 @@ recorded shapes would not fit other data. Pyro's own argument validation reads v
 recording runs with validation off (the caller validates on a traced run first), and
 :func:`~pyro_aevb.validation.check_data` skips its value scans. Python state read by the
 program (a counter, an annealing factor in an attribute, the set of sites it chooses to
-sample) is frozen at recording time; :func:`structure_of` gives a signature of the sites,
-shapes, plates, distribution types and scales of traces, which callers compare on a traced
-run now and then to catch a program whose structure changes. Tensors the function reads that
-are not inputs (buffers, constants) are read by reference at every run, so in-place updates
-of them are seen; trainable tensors must be passed as inputs to get their gradients.
+sample) is frozen at recording time: callers compare a
+:class:`~pyro_aevb.poutine.python_state.PythonState` snapshot before each run, and
+:meth:`RecordedFunction.values_read_changed` for tensors whose values were read in Python
+(``float(self.beta_buffer)``); :func:`structure_of` gives a signature of the sites, shapes,
+plates, distribution types and scales of traces, which callers compare on a traced run now
+and then to catch a program whose structure changes. A draw from a user's own
+``torch.Generator`` is refused (the recording replays the global RNG only). Tensors the
+function reads that are not inputs (buffers, constants) are read by reference at every run,
+so in-place updates of them are seen; trainable tensors must be passed as inputs to get
+their gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Sequence
 
 import pyro
@@ -47,6 +53,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..device import fork_rng
 from ..distributions import distribution_name
 from ..validation import value_checks_skipped
 
@@ -185,6 +192,28 @@ def _tensors(obj):
             yield from _tensors(item)
 
 
+# Tensors read in Python up to this size are also compared by value: an in-place update
+# through ``.data`` does not bump the version counter.
+_READ_COPY_MAX = 4096
+
+
+def _read_record(t: torch.Tensor) -> tuple:
+    """What identifies the values of a tensor read in Python: (weak reference, version
+    counter, storage address, a copy of small tensors)."""
+    copy = t.detach().clone() if t.numel() <= _READ_COPY_MAX else None
+    return weakref.ref(t), t._version, t.data_ptr(), copy
+
+
+def _read_changed(record: tuple) -> bool:
+    ref, version, address, copy = record
+    t = ref()
+    if t is None:
+        return False
+    if t._version != version or t.data_ptr() != address:
+        return True
+    return copy is not None and (t.shape != copy.shape or not torch.equal(t.detach(), copy))
+
+
 class _ValueReads(TorchFunctionMode):
     """Refuse Python reads of values that depend on the recorded function's inputs.
 
@@ -193,8 +222,10 @@ class _ValueReads(TorchFunctionMode):
     would silently be baked in. Every tensor computed from an input is marked as it is made
     (a torch function with a marked argument marks its results, as does a random draw), and
     a read of a marked tensor raises :class:`CaptureError`. Reads of tensors that do not
-    depend on the inputs (constants, buffers) are Python state, checked by the callers'
-    traced runs.
+    depend on the inputs (``float(self.beta)`` of a buffer or a constant) are baked into the
+    recording like any Python state: the tensors they were computed from are listed in
+    :attr:`reads` (weak references), so that a recording notices when one of them
+    is updated in place (:meth:`RecordedFunction.values_read_changed`).
     """
 
     def __init__(self, inputs: Sequence[torch.Tensor], what: str):
@@ -203,20 +234,45 @@ class _ValueReads(TorchFunctionMode):
         self.marked = WeakIdKeyDictionary()
         for t in inputs:
             self.marked[t] = True
+        # unmarked tensors computed in the run -> the tensors they were computed from
+        self.sources = WeakIdKeyDictionary()
+        self.reads: list = []
+
+    def _sources(self, tensors) -> list:
+        out = []
+        for t in tensors:
+            out.extend(self.sources.get(t, (t,)))
+        return out
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hit = any(t in self.marked for t in _tensors((args, kwargs)))
-        if hit and func in _VALUE_READS:
+        tensors = list(_tensors((args, kwargs)))
+        hit = any(t in self.marked for t in tensors)
+        if func in _VALUE_READS:
+            if hit:
+                raise CaptureError(
+                    f"{self.what} read a tensor value in Python (Tensor.{func.__name__}: "
+                    f"data-dependent control flow such as `if x.sum() > 0`, or .item(), "
+                    f".tolist(), .numpy()), which a recording cannot repeat"
+                )
+            self.reads.extend(weakref.ref(t) for t in self._sources(tensors))
+        if kwargs.get("generator") is not None:
+            # a recording replays draws from the global RNG only, and the recording run
+            # itself would advance the user's generator
             raise CaptureError(
-                f"{self.what} read a tensor value in Python (Tensor.{func.__name__}: "
-                f"data-dependent control flow such as `if x.sum() > 0`, or .item(), .tolist(), "
-                f".numpy()), which a recording cannot repeat"
+                f"{self.what} drew from a torch.Generator of the user's "
+                f"({getattr(func, '__name__', func)}(generator=...)), which a recording cannot "
+                f"repeat"
             )
         out = func(*args, **kwargs)
         if hit or getattr(func, "__name__", "") in _RANDOM:
             for t in _tensors(out):
                 self.marked[t] = True
+        elif tensors and func not in _VALUE_READS:
+            sources = tuple({id(s): s for s in self._sources(tensors)}.values())
+            for t in _tensors(out):
+                if all(t is not s for s in sources):
+                    self.sources[t] = sources
         return out
 
 
@@ -241,12 +297,31 @@ class RecordedFunction:
         Operations in the recording.
     """
 
-    def __init__(self, graph_module: torch.fx.GraphModule, inputs: Sequence[torch.Tensor]):
+    def __init__(
+        self,
+        graph_module: torch.fx.GraphModule,
+        inputs: Sequence[torch.Tensor],
+        reads: Sequence = (),
+    ):
         self.graph_module = graph_module
         self.input_shapes = tuple((tuple(t.shape), t.dtype, t.device) for t in inputs)
         self.engine = "replay"
         self._run = graph_module
         self.num_ops = sum(1 for n in graph_module.graph.nodes if n.op == "call_function")
+        # (weak reference, version) of the tensors whose values the recorded run read in
+        # Python, which the recording holds as constants
+        self._reads = list(reads)
+
+    def values_read_changed(self) -> bool:
+        """Whether a tensor whose value the recorded run read in Python (not an input: a
+        buffer, a constant) has been modified in place since; the recording then holds its
+        old value. Tensors that no longer exist are not changes."""
+        return any(_read_changed(r) for r in self._reads)
+
+    def accept_values_read(self) -> None:
+        """Take the current values of the tensors read as the recorded ones (after a check
+        showed that the recording still computes what the program computes)."""
+        self._reads = [_read_record(t) for r in self._reads if (t := r[0]()) is not None]
 
     def matches(self, inputs: Sequence[torch.Tensor]) -> bool:
         """Whether ``inputs`` have the shapes, dtypes and devices it was recorded for."""
@@ -285,7 +360,7 @@ class RecordedFunction:
                 dynamic=False,
                 options={"fallback_random": True},
             )
-            with torch.random.fork_rng(devices=[]), torch.no_grad():
+            with fork_rng(), torch.no_grad():
                 compiled(*[t.detach() for t in example])  # compiles
         except Exception as err:  # no C++ compiler, an unsupported operation, ...
             raise CaptureError(f"the inductor compiler failed: {describe_error(err)}") from err
@@ -338,9 +413,10 @@ def capture(
 ) -> RecordedFunction:
     """Record ``fn(*inputs)`` (a flat sequence of tensors out) as a :class:`RecordedFunction`.
 
-    ``fn`` runs once, for real, with Pyro's validation off and under a forked RNG (the
-    recording run never shifts the caller's random stream). Raises :class:`CaptureError`
-    naming the reason when ``fn`` reads tensor values in Python or fails.
+    ``fn`` runs once, for real, with Pyro's validation off and under a forked RNG (CPU and
+    every GPU: the recording run never shifts the caller's random stream). Raises
+    :class:`CaptureError` naming the reason when ``fn`` reads tensor values in Python or
+    fails.
     """
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -353,9 +429,9 @@ def capture(
         return tuple(out)
 
     try:
-        with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        with fork_rng(), pyro.validation_enabled(False):
             with value_checks_skipped(), _sample_checks_skipped(), torch.enable_grad():
-                with _ValueReads(inputs, what):
+                with _ValueReads(inputs, what) as reads:
                     gm = make_fx(flat, tracing_mode="real")(*inputs)
     except CaptureError:
         raise
@@ -385,7 +461,9 @@ def capture(
                 f"boolean-mask indexing x[x > 0], nonzero or unique), which a recording "
                 f"cannot repeat on other data"
             )
-    return RecordedFunction(_simplify(gm), inputs)
+    # described after the run: a copy made inside it would be recorded too
+    read = [_read_record(t) for r in reads.reads if (t := r()) is not None]
+    return RecordedFunction(_simplify(gm), inputs, read)
 
 
 def _scale_key(scale):

@@ -49,6 +49,10 @@ class LatentSite:
         Event dimension of the site's distribution.
     offset, size : int
         Columns ``offset : offset + size`` of the flat position hold this site.
+    u_plate_dim : int
+        Negative position of the data-plate dimension in the unconstrained value (differs
+        from ``plate_dim`` when the transform changes the number of event dimensions, e.g.
+        a Cholesky factor of a correlation matrix ``(d, d)`` <- ``(d (d - 1) / 2,)``).
     """
 
     name: str
@@ -59,6 +63,11 @@ class LatentSite:
     event_dim: int
     offset: int
     size: int
+    u_plate_dim: int | None = None
+
+    def __post_init__(self):
+        if self.u_plate_dim is None:
+            object.__setattr__(self, "u_plate_dim", self.plate_dim)
 
 
 class LatentLayout:
@@ -111,7 +120,9 @@ class LatentLayout:
                     f"along the data plate"
                 )
             u_shape = list(transform.inverse_shape(value.shape))
-            del u_shape[len(u_shape) + plate_dim]
+            # the batch dims are the same in both spaces; the event dims may differ in number
+            u_plate_dim = frame.dim - (event_dim + len(u_shape) - value.dim())
+            del u_shape[len(u_shape) + u_plate_dim]
             z_shape = list(value.shape)
             del z_shape[len(z_shape) + plate_dim]
             size = math.prod(u_shape)
@@ -125,6 +136,7 @@ class LatentLayout:
                     event_dim,
                     offset,
                     size,
+                    u_plate_dim,
                 )
             )
             offset += size
@@ -140,7 +152,7 @@ class LatentLayout:
         blocks = []
         for s in self.sites:
             u = s.transform.inv(values[s.name])
-            u = u.movedim(s.plate_dim, 0)
+            u = u.movedim(s.u_plate_dim, 0)
             blocks.append(u.reshape(u.shape[0], -1))
         return torch.cat(blocks, dim=-1)
 
@@ -156,7 +168,7 @@ class LatentLayout:
         n = position.shape[0]
         for s in self.sites:
             u = position[:, s.offset : s.offset + s.size].reshape((n,) + s.unconstrained_shape)
-            u = u.movedim(0, s.plate_dim)
+            u = u.movedim(0, s.u_plate_dim)
             z = s.transform(u)
             ladj = s.transform.log_abs_det_jacobian(u, z)
             # the transform may act on fewer event dims than the site has: sum the rest

@@ -312,6 +312,8 @@ class PerDatapointProgram:
                 )
             self.global_values = {}
         self.model, self.guide = model_r, guide_r
+        #: The ``nn.Module`` objects whose forward the programs ran when traced here.
+        self.called_modules = called
         self._model_trace = _conditioned(model_trace, self.global_names)
         first = model_trace.nodes[self.local_names[0]]["value"] if self.local_names else x
         self.dtype = first.dtype

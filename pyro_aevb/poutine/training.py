@@ -16,15 +16,36 @@ from collections.abc import Callable, Sequence
 
 import pyro.poutine as poutine
 import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..device import fork_rng
 from .params import ProgramParams, buffers_kept, collect_params, owner_modules
-from .plates import latent_sites, plate_frame
+from .plates import ProgramContractError, latent_sites, plate_frame
 from .program import _check_guide_matches, first_trace_errors, trace_guide_and_model
 from .scaling import accepts_num_data, bind_num_data, check_minibatch_trace
 
 __all__ = ["TrainingProgram"]
+
+
+def _check_log_densities(trace, what: str) -> None:
+    """Form each sample site's log-density as the ELBOs do (with its mask and scale), so that
+    a mask or value that does not fit the site is an error naming the site at set-up, not a
+    bare shape error at the first step."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        try:
+            log_p = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            scale_and_mask(log_p, site["scale"], site["mask"])
+        except (RuntimeError, ValueError) as err:
+            batch = tuple(getattr(site["fn"], "batch_shape", ()))
+            raise ProgramContractError(
+                f"computing the log-density of the {what}'s site '{name}' (with its mask and "
+                f"scale, as the ELBO does) failed: {type(err).__name__}: {err}. Its batch shape "
+                f"is {batch}; a mask (poutine.mask, obs_mask) must broadcast to it"
+            ) from err
 
 
 class TrainingProgram:
@@ -101,6 +122,9 @@ class TrainingProgram:
                     guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)
                 else:
                     guide_trace, model_trace = None, poutine.trace(self.model_n).get_trace(x)
+            _check_log_densities(model_trace, "model")
+            if guide_trace is not None:
+                _check_log_densities(guide_trace, "guide")
         self.called_modules = called
         check_minibatch_trace(
             model_trace,

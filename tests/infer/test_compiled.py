@@ -13,7 +13,13 @@ import torch
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam
 from torch import nn
-from user_models import GlobalNoiseModel, PyroExampleVAE, TinyConvVAE, TwoLatentModel
+from user_models import (
+    GlobalNoiseModel,
+    PyroExampleVAE,
+    TinyConvVAE,
+    TwoLatentModel,
+    counting,
+)
 
 from pyro_aevb import AmortizedNormal, fit
 from pyro_aevb.infer import ELBO, AnalyticKLError
@@ -393,27 +399,198 @@ class Annealed(nn.Module):
                 pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
 
 
-@pytest.mark.parametrize(
-    "change, match",
-    [("beta", "structure changed"), ("noise", "no longer equal Pyro's")],
-)
-def test_programs_that_change_fall_back_to_stock_pyro_at_the_next_check(change, match):
-    m, x, objective, stock = _annealed_pair(Annealed)
-    for seed in range(3):
+class Switchable(Annealed):
+    """``Annealed`` with Python switches: an optional observed site, and a bias that only a
+    flag puts into the likelihood (so it gets a gradient only then)."""
+
+    def __init__(self):
+        super().__init__()
+        self.extra_site = False
+        self.use_bias = False
+        self.bias = nn.Parameter(torch.zeros(3))
+        self.dropout = nn.Dropout(0.5)
+
+    def model(self, x):
+        pyro.module("switchable", self)
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=self.beta):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            loc = z @ self.W.T + (self.bias if self.use_bias else 0.0)
+            pyro.sample("x", dist.Normal(loc, self.noise).to_event(1), obs=x)
+            if self.extra_site:
+                pyro.sample("x2", dist.Normal(z.sum(-1), 1.0), obs=x[:, 0])
+
+    def guide(self, x):
+        pyro.module("switchable", self)
+        mu, s = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+
+def _freeze_W(m):
+    m.W.requires_grad_(False)
+
+
+def _replace_encoder(m):
+    m.enc = nn.Linear(3, 4).double()
+
+
+CHANGES = {
+    "float attribute (structure)": (lambda m: setattr(m, "beta", 0.25), "Switchable.beta"),
+    "float attribute (numbers)": (lambda m: setattr(m, "noise", 0.25), "Switchable.noise"),
+    "flag adding a site": (lambda m: setattr(m, "extra_site", True), "Switchable.extra_site"),
+    "flag adding a gradient": (lambda m: setattr(m, "use_bias", True), "without a gradient"),
+    "requires_grad_(False)": (_freeze_W, "Switchable.parameters"),
+    "replaced submodule": (_replace_encoder, "Switchable.parameters, buffers or submodules"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_python_state_changed_between_checks_makes_the_next_step_a_check(change):
+    """Python state the recording holds (attributes, flags, requires_grad, submodules) is
+    compared at every step: a change between two regular checks (here after step 4; the
+    next regular check is step 8) makes the next step run on Pyro's traces, and the
+    objective falls back to stock Pyro there, visibly, instead of replaying the old state."""
+    apply, match = CHANGES[change]
+    torch.manual_seed(0)
+    m, x, objective, stock = _annealed_pair(Switchable)
+    for seed in range(4):
         _step(objective, x, seed)
-    assert objective.path == "compiled"
-    setattr(m, change, 0.25)
-    # step 4 is a check: the recording is run beside the traced step and disagrees
-    with pytest.warns(UserWarning, match=match):
-        loss, grads = _step(objective, x, 3)
-    assert objective.path == "pyro" and match in objective.path_reason
-    for seed in (3, 4):
-        loss_s, grads_s = _step(stock, x, seed)
-        if seed == 4:
-            loss, grads = _step(objective, x, seed)
-        torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
-        for a, b in zip(grads, grads_s, strict=True):
+        _step(stock, x, seed)
+    assert objective.path == "compiled" and objective.num_checks == 3
+    apply(m)
+    with pytest.warns(UserWarning, match="at step 5"):
+        loss, grads = _step(objective, x, 4)
+    assert objective.path == "pyro" and match in objective.path_reason, objective.path_reason
+    loss_s, grads_s = _step(stock, x, 4)
+    torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+    for a, b in zip(grads, grads_s, strict=True):
+        assert (a is None) == (b is None)
+        if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_eval_mode_between_checks_is_noticed():
+    """``module.eval()`` switches dropout off: the next step is a check and falls back."""
+
+    class WithDropout(Switchable):
+        def guide(self, x):
+            pyro.module("switchable", self)
+            mu, s = self.enc(self.dropout(x)).chunk(2, -1)
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+    m, x, objective, _ = _annealed_pair(WithDropout)
+    for seed in range(4):
+        _step(objective, x, seed)
+    m.eval()
+    with pytest.warns(UserWarning, match="Dropout.training"):
+        _step(objective, x, 4)
+    assert objective.path == "pyro"
+
+
+def test_a_python_change_that_leaves_the_numbers_is_checked_once_then_not_watched():
+    m, x, objective, stock = _annealed_pair(Switchable)
+    for seed in range(4):
+        _step(objective, x, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback
+        for seed in range(4, 7):
+            m.unrelated_counter = seed  # a user's bookkeeping, read by nothing
+            _step(objective, x, seed)
+    # step 5 was a check (the attribute was new), steps 6 and 7 pure replays
+    assert objective.path == "compiled" and objective.num_checks == 4
+
+
+_NOISE = 0.5  # a global read by the plain-function model below
+
+
+def test_a_global_variable_of_a_plain_function_program_is_watched():
+    torch.manual_seed(0)
+    lin = nn.Linear(3, 4).double()
+    W = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(10, 3, dtype=torch.float64)
+
+    def model(x):
+        pyro.param("W_global", W)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T, _NOISE).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("lin_global", lin)
+        mu, s = lin(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+    pyro.clear_param_store()
+    objective = ELBO("A").bind(TrainingProgram(model, guide, num_data=50))
+    objective.setup(x)
+    for seed in range(4):
+        _step(objective, x, seed)
+    globals()["_NOISE"] = 2.0
+    try:
+        with pytest.warns(UserWarning, match="global '_NOISE' of model"):
+            _step(objective, x, 4)
+    finally:
+        globals()["_NOISE"] = 0.5
+    assert objective.path == "pyro"
+
+
+class ReadsBuffer(Annealed):
+    """Reads an annealing factor held in a buffer as a Python number (``float(buffer)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(1.0))
+
+    def model(self, x):
+        pyro.module("reads_buffer", self)
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T, float(self.factor)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("reads_buffer", self)
+        mu, s = self.enc(x).chunk(2, -1)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+
+@pytest.mark.parametrize("how", ["in place", "through .data"])
+def test_a_tensor_value_read_in_python_and_updated_in_place_is_noticed(how):
+    m, x, objective, stock = _annealed_pair(ReadsBuffer)
+    for seed in range(4):
+        _step(objective, x, seed)
+    (m.factor if how == "in place" else m.factor.data).fill_(3.0)
+    with pytest.warns(UserWarning, match="a tensor the programs read in Python"):
+        loss, _ = _step(objective, x, 4)
+    loss_s, _ = _step(stock, x, 4)
+    torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+    assert objective.path == "pyro"
+
+
+def test_a_model_drawing_from_its_own_generator_runs_on_stock_pyro():
+    class OwnGenerator(Annealed):
+        def __init__(self):
+            super().__init__()
+            self.gen = torch.Generator().manual_seed(0)
+
+        def model(self, x):
+            pyro.module("own_gen", self)
+            noise = torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z @ self.W.T + 0.01 * noise, 1.0).to_event(1), obs=x)
+
+    state = None
+    with pytest.warns(UserWarning, match="torch.Generator"):
+        m, x, objective, _ = _annealed_pair(OwnGenerator)
+        state = m.gen.get_state()
+    assert objective.path == "pyro"
+    # refused before drawing: the recording did not advance the user's generator
+    assert torch.equal(m.gen.get_state(), state)
 
 
 def test_a_score_function_guide_site_runs_on_stock_pyro():
@@ -616,7 +793,7 @@ def test_a_recording_that_fails_where_stock_pyro_runs_falls_back_visibly():
     def broken(*inputs):
         raise RuntimeError("shape mismatch in a recorded view")
 
-    rec.fn = broken
+    rec.fn._run = broken
     with pytest.warns(UserWarning, match="step 3 the recording failed.*shape mismatch"):
         loss, grads = _step(compiled, x, 2)  # step 3: not a check
     loss_s, grads_s = _step(stock, x, 2)
@@ -624,3 +801,15 @@ def test_a_recording_that_fails_where_stock_pyro_runs_falls_back_visibly():
     torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
     for a, b in zip(grads, grads_s, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_programs_that_change_their_own_python_state_run_on_stock_pyro():
+    """A counter the model increments while it runs (an annealing schedule kept by the
+    program itself) would stand still in replays: refused at recording, visibly."""
+
+    with pytest.warns(UserWarning, match=r"change their own Python state .*Counting.calls"):
+        m, x, objective, stock = _annealed_pair(counting(Annealed))
+    assert objective.path == "pyro"
+    loss, _ = _step(objective, x, 0)
+    loss_s, _ = _step(stock, x, 0)
+    torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)

@@ -8,7 +8,13 @@ import pytest
 import torch
 from marginal_helpers import requires_data
 from torch import nn
-from user_models import GlobalNoiseModel, PyroExampleVAE, TinyConvVAE, TwoLatentModel
+from user_models import (
+    GlobalNoiseModel,
+    PyroExampleVAE,
+    TinyConvVAE,
+    TwoLatentModel,
+    counting,
+)
 
 from pyro_aevb import log_marginal
 from pyro_aevb.mcmc import PerDatapointPotential, hmc
@@ -16,6 +22,7 @@ from pyro_aevb.mcmc.compiled_potential import CompiledPotential
 from pyro_aevb.mcmc.potentials import make_potential
 from pyro_aevb.mcmc.vae_potential import VAEPotential, vae_potential_unsupported_reason
 from pyro_aevb.models import VAE, mlp_vae
+from pyro_aevb.poutine import as_program
 
 F64 = dict(rtol=1e-12, atol=1e-12)
 
@@ -170,6 +177,73 @@ def test_compiled_potential_sees_in_place_parameter_updates():
     with torch.no_grad():
         m.W.mul_(-2.0)  # as Monte Carlo EM's M-steps do between E-steps
     _assert_parts_equal(ref, pot, u, **F64)
+
+
+class _Replaceable(nn.Module):
+    """Reads a submodule, a param-store entry and a parameter's value as a Python number."""
+
+    def __init__(self):
+        super().__init__()
+        self.dec = nn.Linear(2, 3).double()
+        self.sig = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+        self.scale = 1.0
+
+    def model(self, x):
+        pyro.module("replaceable", self)
+        w = pyro.param("w_replaceable", torch.ones(3, dtype=torch.float64))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            loc = self.dec(z) * w * self.scale
+            pyro.sample("x", dist.Normal(loc, float(self.sig)).to_event(1), obs=x)
+
+
+_REPLACEMENTS = {
+    "submodule": lambda m: setattr(m, "dec", nn.Linear(2, 3).double()),
+    "param-store entry": lambda m: pyro.get_param_store().__setitem__(
+        "w_replaceable", torch.full((3,), 3.0, dtype=torch.float64)
+    ),
+    "float attribute": lambda m: setattr(m, "scale", 2.0),
+    "value read in Python, through .data": lambda m: m.sig.data.mul_(3.0),
+    "value read in Python, in place": lambda m: m.sig.detach().mul_(3.0),
+}
+
+
+@pytest.mark.parametrize("change", list(_REPLACEMENTS))
+def test_compiled_potential_records_again_when_the_state_it_holds_changes(change):
+    """Out-of-place replacements (a submodule, a param-store entry as ``ParamStore.load``
+    makes them), Python attributes and values read in Python are held by a recording: a
+    change is noticed at the next evaluation, which records again."""
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    m = _Replaceable()
+    x, u = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    pot = make_potential(m.model, x)
+    pot.potential_and_grad(u)
+    _REPLACEMENTS[change](m)
+    ref = PerDatapointPotential(m.model, x)
+    _assert_parts_equal(ref, pot, u, **F64)
+    assert pot.path == "compiled"
+
+
+def test_a_program_reused_on_data_of_another_shape_records_for_it():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.expand(-1, x.shape[1]), 1.0).to_event(1), obs=x)
+
+    x4, x1 = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    u = torch.randn(3, 1, dtype=torch.float64)
+    program = as_program(model, None, x4)
+    make_potential(program, x4).potential_and_grad(u)
+    pot = make_potential(program, x1)
+    _assert_parts_equal(PerDatapointPotential(program, x1), pot, u, **F64)
+    assert pot.path == "compiled"
+
+
+def test_a_position_that_is_not_a_tensor_is_named():
+    m, x = _user("two-latents")
+    with pytest.raises(TypeError, match="position must be a torch.Tensor"):
+        make_potential(m.model, x).potential_and_grad([[0.0] * 3] * 5)
 
 
 class _Branches(nn.Module):
@@ -343,3 +417,13 @@ def test_an_inductor_potential_that_cannot_compile_replays(monkeypatch, caplog):
     expected, expected_grad = traced.potential_and_grad(u)
     torch.testing.assert_close(value, expected, rtol=1e-10, atol=0)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_a_model_that_changes_its_own_python_state_runs_traced(caplog):
+    pyro.clear_param_store()
+    m = counting(_Replaceable)()
+    x, u = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    pot = make_potential(m.model, x)
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        _assert_parts_equal(PerDatapointPotential(m.model, x), pot, u, **F64)
+    assert pot.path == "traced" and "Counting.calls" in pot.path_reason

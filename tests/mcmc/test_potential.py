@@ -176,3 +176,31 @@ def test_masks_given_as_python_bools_are_applied():
     torch.testing.assert_close(off.log_joint(u), expected)
     on = PerDatapointPotential(lambda x: model(x, True), x)
     torch.testing.assert_close(on.log_joint(u), expected - u[:, 0] ** 2)
+
+
+def test_a_latent_whose_transform_changes_its_event_dims_is_laid_out_per_datapoint():
+    """A Cholesky factor of a correlation matrix, (4, 4) per datapoint, is 6 unconstrained
+    numbers (CorrCholesky's transform maps a vector to a matrix): the data plate sits at
+    another position in the unconstrained value. The per-row potentials sum to Pyro's own
+    potential of the batch at the same unconstrained point, traced and compiled."""
+    from pyro.infer.mcmc.util import initialize_model
+
+    from pyro_aevb.mcmc.potentials import make_potential
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            L = pyro.sample("L", dist.LKJCholesky(4, torch.tensor(1.5, dtype=x.dtype)))
+            pyro.sample("x", dist.MultivariateNormal(x.new_zeros(4), scale_tril=L), obs=x)
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    u = torch.randn(3, 6, dtype=torch.float64)
+    _, potential_fn, _, _ = initialize_model(model, model_args=(x,))
+    expected = potential_fn({"L": u})
+    for fast in ("off", "auto"):
+        pot = make_potential(model, x, fast=fast)
+        assert pot.dim == 6 and pot.path == ("traced" if fast == "off" else "compiled")
+        U, _ = pot.potential_and_grad(u)
+        torch.testing.assert_close(U.sum(), expected, rtol=1e-12, atol=1e-12)
+        values = pot.layout.unflatten_constrained(u)
+        torch.testing.assert_close(pot.layout.flatten(values), u, rtol=1e-9, atol=1e-9)

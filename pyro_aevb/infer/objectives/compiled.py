@@ -24,11 +24,17 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    compile time is repaid.
 3. **Check.** A recording is only valid while the programs are static: same sites, shapes,
    plates, distribution types and scales, no Python state that changes the arithmetic. At
-   steps 1, 2, 4, 8, ... and every ``check_every`` steps the step runs on Pyro's traces
-   instead (its loss and gradients are the stock ones, so nothing is lost), and the recording
-   is run on the same draws beside it: if the traced structure differs from the recorded one
-   or the numbers disagree, the objective falls back to stock Pyro for the rest of training,
-   with a warning and a new ``path``/``path_reason``. The runs that are not training steps
+   steps 1, 2, 4, 8, ... and every ``check_every`` steps, and at any step where the Python
+   state the recording holds has changed (a snapshot,
+   :class:`~pyro_aevb.poutine.python_state.PythonState`, is compared at every step, and the
+   tensors whose values the programs read in Python while recording), the step runs on
+   Pyro's traces instead (its loss and gradients are the stock ones, so nothing is lost),
+   and the recording is run on the same draws beside it: if the traced structure differs
+   from the recorded one or the numbers disagree, the objective falls back to stock Pyro
+   for the rest of training, with a warning and a new ``path``/``path_reason``. A changed
+   attribute that leaves the numbers equal is not watched again (a counter the user keeps
+   on a module). Programs that change their own Python state while running (a counter
+   incremented in the model) are not recorded. The runs that are not training steps
    (recording, compiling, a check's replay) restore the modules' buffers afterwards, so a
    BatchNorm's running statistics see each step once, as on stock Pyro. A program whose
    Python reads tensor values (``if x.sum() > 0``) cannot be recorded at all and runs on
@@ -48,6 +54,7 @@ from collections import OrderedDict
 import torch
 from pyro.distributions.util import is_identically_zero
 
+from ...device import fork_rng
 from ...poutine import TrainingProgram
 from ...poutine.compile import (
     CaptureError,
@@ -58,6 +65,7 @@ from ...poutine.compile import (
 )
 from ...poutine.log_prob_rewrites import cheaper_log_probs
 from ...poutine.params import buffers_kept
+from ...poutine.python_state import PythonState
 from ...validation import check_choice, check_positive_int
 from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
 from .base import BoundObjective, PyroELBOObjective
@@ -137,12 +145,14 @@ def _first_difference(recorded: tuple, traced: tuple) -> str:
 
 class _Recording:
     """A recorded step for one minibatch shape: the function, its structure, which
-    parameters get a gradient."""
+    parameters get a gradient, and the Python state it holds (a
+    :class:`~pyro_aevb.poutine.python_state.PythonState` snapshot)."""
 
     def __init__(self, fn: RecordedFunction, structure: tuple, has_grad: list[bool]):
         self.fn = fn
         self.structure = structure
         self.has_grad = has_grad
+        self.state: dict | None = None
 
 
 class CompiledELBOObjective(BoundObjective):
@@ -194,6 +204,7 @@ class CompiledELBOObjective(BoundObjective):
         self._recordings: OrderedDict = OrderedDict()
         self._main_shape = None
         self._why_not_fused = ""
+        self._python_state: PythonState | None = None
 
     # ------------------------------------------------------------------ set-up
     def plan(self, num_steps: int) -> None:
@@ -204,6 +215,10 @@ class CompiledELBOObjective(BoundObjective):
         super().setup(x)
         self.stock.params = self.params
         self._main_shape = (tuple(x.shape), x.dtype, x.device)
+        program = self.program
+        self._python_state = PythonState(
+            [program.model, program.guide], [*program.modules, *program.called_modules]
+        )
         if not self.fell_back:
             try:
                 self._recording(x)
@@ -310,8 +325,16 @@ class CompiledELBOObjective(BoundObjective):
         key = (tuple(x.shape), x.dtype, x.device)
         rec = self._recordings.get(key)
         if rec is None:
+            before = self._python_state.snapshot()
             with self._buffers_kept():
                 rec = self._record(x)
+            rec.state = self._python_state.snapshot()
+            changed = self._python_state.settle(before, rec.state)
+            if changed:
+                raise CaptureError(
+                    f"the programs change their own Python state while they run "
+                    f"({self._python_state.describe(changed)}), which a replay would not do"
+                )
             self._recordings[key] = rec
             if len(self._recordings) > _MAX_RECORDINGS:
                 self._recordings.popitem(last=False)
@@ -372,6 +395,11 @@ class CompiledELBOObjective(BoundObjective):
         traced = [loss] + [p.grad for p, has in zip(self.params, rec.has_grad, strict=True) if has]
         if any(b is None or a.shape != b.shape for a, b in zip(replayed, traced, strict=True)):
             return "a parameter's gradient changed shape or vanished"
+        gained = [
+            i for i, p in enumerate(self.params) if p.grad is not None and not rec.has_grad[i]
+        ]
+        if gained:
+            return f"{len(gained)} parameter(s) without a gradient when recorded now have one"
         # A gradient that is zero in exact arithmetic (a bias before a BatchNorm) is rounding
         # noise on the scale of the others, which fused kernels round differently: each
         # gradient's tolerance is relative to at least 1% of the largest gradient.
@@ -382,11 +410,8 @@ class CompiledELBOObjective(BoundObjective):
                 scale = max(scale, floor)
             err = float((a - b).abs().max()) if b.numel() else 0.0
             if not err <= rtol * scale + 1e-30:
-                what = "loss" if i == 0 else "gradients"
-                return (
-                    f"the recorded {what} no longer equal Pyro's (the programs read Python "
-                    f"state that changed)"
-                )
+                what = "loss no longer equals" if i == 0 else "gradients no longer equal"
+                return f"the recorded {what} Pyro's (the programs read Python state that changed)"
         return None
 
     def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
@@ -401,7 +426,12 @@ class CompiledELBOObjective(BoundObjective):
         self._engine_for(rec, x)
         self.steps += 1
         inputs = [x, *self.params]
-        if not self._check_due():
+        # Python state the recording holds (attributes, flags, modules, the param store) and
+        # tensors it read in Python: a change makes this step a check, not a silent replay
+        state = self._python_state.snapshot()
+        changed = [] if state == rec.state else self._python_state.changes(rec.state, state)
+        values_read = rec.fn.values_read_changed()
+        if not changed and not values_read and not self._check_due():
             try:
                 out = rec.fn(*inputs)
             except RuntimeError as err:
@@ -411,14 +441,24 @@ class CompiledELBOObjective(BoundObjective):
         # A check: run the recording on the draws the traced step is about to make.
         self.num_checks += 1
         try:
-            with torch.random.fork_rng(devices=[]), self._buffers_kept():
+            with fork_rng(), self._buffers_kept():
                 replayed = rec.fn(*inputs)
         except RuntimeError as err:
             return self._replay_failed(x, err)
         loss, structure = self._traced_step(x)
         differs = self._agree(rec, replayed, loss, structure)
         if differs is not None:
-            self._fall_back(f"at step {self.steps} {differs}")
+            after = [self._python_state.describe(changed)] if changed else []
+            if values_read:
+                after.append("a tensor the programs read in Python")
+            after = f", after a change of {' and '.join(after)}," if after else ""
+            self._fall_back(f"at step {self.steps}{after} {differs}")
+            return loss
+        # the changed state does not change the numbers: not watched again (the regular
+        # checks still run)
+        self._python_state.ignore(changed)
+        rec.fn.accept_values_read()
+        rec.state = self._python_state.snapshot()
         return loss
 
     def _replay_failed(self, x: torch.Tensor, err: RuntimeError) -> torch.Tensor:

@@ -1,0 +1,198 @@
+r"""A cheap snapshot of the Python state a pair of programs reads besides its tensor inputs.
+
+A recorded program (:mod:`pyro_aevb.poutine.compile`) holds the Python state of the run it was
+made on: an annealing factor in an attribute (``self.beta = 0.5``), a flag that adds a site,
+``module.eval()``, a frozen parameter (``requires_grad_(False)``), a replaced submodule or
+param-store entry, a global variable of a plain-function program. Changing any of them between
+replays would silently give the old numbers. :class:`PythonState` takes, in tens of
+microseconds, a snapshot of everything of that kind it can see -- so that a caller compares it
+before each replay and re-checks (training) or re-records (potentials) when it changed:
+
+* of every ``nn.Module`` the programs own or run (and their submodules): its public
+  attributes -- numbers, strings, ``None`` and flags (``training``) by value, anything else
+  (a tensor, a tuple, an object) by identity -- which parameters, buffers and submodules it
+  holds, and each parameter's ``requires_grad``;
+* of the object behind a bound-method program that is not a module: the same attributes;
+* of the programs' functions: the global variables and closure cells they name (likewise);
+* of Pyro's param store: which tensor each name holds.
+
+:meth:`settle` compares the snapshots before and after a recording run: programs that change
+their own numbers or flags while running (a counter incremented inside the model) cannot be
+replayed, and objects they rebuild at every run are not watched. What a snapshot cannot see:
+changes inside a container (a list appended to in place) and state read by helper functions
+the programs call. In-place updates of tensors are not changes (a recording reads tensors by
+reference); the values of tensors read in Python while recording are
+watched by the recording itself
+(:meth:`~pyro_aevb.poutine.compile.RecordedFunction.values_read_changed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import pyro
+from torch import nn
+
+from .params import owner_modules
+
+__all__ = ["PythonState"]
+
+_SCALARS = frozenset({int, float, bool, str, complex, type(None)})
+
+
+def _value(value):
+    """What is compared of a value: numbers, strings and ``None`` by value, anything else
+    (tensors, modules, objects, containers) by identity, as ``(id,)``."""
+    return value if type(value) in _SCALARS else (id(value),)
+
+
+def _attributes(d: dict, ignored) -> tuple:
+    """``(name, value)`` of an object's public attributes (see :func:`_value`)."""
+    if ignored:
+        return tuple([(k, _value(v)) for k, v in d.items() if k[0] != "_" and k not in ignored])
+    return tuple([(k, v if type(v) in _SCALARS else (id(v),)) for k, v in d.items() if k[0] != "_"])
+
+
+def _functions(program: Callable) -> list:
+    """The plain functions behind a program (a function, a bound method's function)."""
+    fn = getattr(program, "__func__", program)
+    return [fn] if hasattr(fn, "__code__") and hasattr(fn, "__globals__") else []
+
+
+class PythonState:
+    """Snapshots of the Python state of ``programs`` (see the module docstring).
+
+    Parameters
+    ----------
+    programs : callables
+        The model and guide as the user wrote them (functions, bound methods, modules).
+    modules : iterable of nn.Module
+        Further modules the programs use (``pyro.module`` registrations, modules whose
+        forward ran); their submodules are included.
+    """
+
+    def __init__(self, programs: Iterable[Callable], modules: Iterable[nn.Module] = ()):
+        programs = [p for p in programs if p is not None]
+        roots: list[nn.Module] = list(owner_modules(*programs))
+        for m in modules:
+            if all(m is not r for r in roots):
+                roots.append(m)
+        seen: set[int] = set()
+        self._modules: list[nn.Module] = []
+        for root in roots:
+            for sub in root.modules():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    self._modules.append(sub)
+        owners = [getattr(p, "__self__", None) for p in programs]
+        self._objects = [o for o in owners if o is not None and not isinstance(o, nn.Module)]
+        self._functions = [f for p in programs for f in _functions(p)]
+        # part -> attribute names left out of snapshots (see ignore)
+        self._ignored: dict = {}
+
+    def snapshot(self) -> dict:
+        """The current state: a dict of keys to comparable values (equal dicts: no change)."""
+        ign = self._ignored
+        out: dict = {}
+        for i, m in enumerate(self._modules):
+            d = m.__dict__
+            params = d["_parameters"].values()
+            out["m", i] = (
+                _attributes(d, ign.get(("m", i))),
+                tuple(map(id, params)),
+                tuple([p.requires_grad for p in params if p is not None]),
+                tuple(map(id, d["_buffers"].values())),
+                tuple(map(id, d["_modules"].values())),
+            )
+        for i, obj in enumerate(self._objects):
+            out["o", i] = _attributes(getattr(obj, "__dict__", {}), ign.get(("o", i)))
+        for i, fn in enumerate(self._functions):
+            glob = fn.__globals__
+            skip = ign.get(("g", i)) or ()
+            out["g", i] = tuple(
+                [(n, _value(glob[n])) for n in fn.__code__.co_names if n in glob and n not in skip]
+            )
+            cells = []
+            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+                try:
+                    cells.append((name, _value(cell.cell_contents)))
+                except ValueError:  # an empty cell
+                    pass
+            out["c", i] = tuple(cells)
+        out["store",] = tuple([id(t) for _, t in pyro.get_param_store().named_parameters()])
+        return out
+
+    @staticmethod
+    def changes(old: dict, new: dict) -> list:
+        """What differs between two snapshots: ``(part, attribute name or None)`` pairs."""
+        out = []
+        for key in old.keys() | new.keys():
+            a, b = old.get(key), new.get(key)
+            if a == b:
+                continue
+            if a is None or b is None or key[0] == "store":
+                out.append((key, None))
+                continue
+            module = key[0] == "m"
+            attrs_a, attrs_b = (a[0], b[0]) if module else (a, b)
+            if attrs_a != attrs_b:  # name the attributes
+                da, db = dict(attrs_a), dict(attrs_b)
+                out.extend((key, n) for n in da.keys() | db.keys() if da.get(n) != db.get(n))
+            if module and a[1:] != b[1:]:
+                out.append((key, None))
+        return out
+
+    @staticmethod
+    def value_changes(old: dict, new: dict) -> list:
+        """The changes (as :meth:`changes`) of attributes holding numbers, strings, flags or
+        ``None`` before or after: a counter, a switch. Objects rebuilt each call (Pyro's
+        autoguides rebuild their ``plates`` dict) are not among them."""
+        out = []
+        for key, name in PythonState.changes(old, new):
+            if name is None:
+                continue
+            a, b = old.get(key), new.get(key)
+            va = dict(a[0] if key[0] == "m" else a).get(name) if a is not None else None
+            vb = dict(b[0] if key[0] == "m" else b).get(name) if b is not None else None
+            if not isinstance(va, tuple) or not isinstance(vb, tuple):
+                out.append((key, name))
+        return out
+
+    def settle(self, before: dict, after: dict) -> list:
+        """Compare the snapshots before and after a run of the programs (a recording): the
+        objects the programs rebuild at every run (Pyro's autoguides rebuild their
+        ``plates`` dict) are not watched from now on, and the attributes holding numbers,
+        strings, flags or ``None`` that the run changed (a counter: state a replay would not
+        update) are returned."""
+        if before == after:
+            return []
+        values = self.value_changes(before, after)
+        self.ignore(c for c in self.changes(before, after) if c not in values)
+        return values
+
+    def ignore(self, changes: Iterable) -> None:
+        """Leave the attributes of ``changes`` (from :meth:`changes`) out of later snapshots:
+        state shown not to change the numbers. Parameters, modules and the param store are
+        always watched."""
+        for key, name in changes:
+            if name is not None and key[0] in ("m", "o", "g"):
+                self._ignored.setdefault(key, set()).add(name)
+
+    def describe(self, changes: Iterable) -> str:
+        """Readable names of changes, e.g. ``"VAE.beta, Pyro's param store"``."""
+        names = []
+        for key, name in sorted(changes, key=repr)[:4]:
+            kind = key[0]
+            if kind == "store":
+                names.append("Pyro's param store")
+            elif kind == "m":
+                module = type(self._modules[key[1]]).__name__
+                what = name if name is not None else "parameters, buffers or submodules"
+                names.append(f"{module}.{what}")
+            elif kind == "o":
+                names.append(f"{type(self._objects[key[1]]).__name__}.{name}")
+            else:
+                fn = self._functions[key[1]].__name__
+                where = "global" if kind == "g" else "closure variable"
+                names.append(f"{where} {name!r} of {fn}" if name else f"{where}s of {fn}")
+        return ", ".join(names)
