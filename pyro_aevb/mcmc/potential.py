@@ -63,6 +63,7 @@ from ..poutine import (
     sample_sites,
     sum_to_plate,
 )
+from ..poutine.python_state import PythonState
 from ..validation import check_data, check_positive_int
 
 __all__ = [
@@ -226,6 +227,7 @@ class PerDatapointPotential:
         self.layout: LatentLayout = program.layout
         self.dtype = program.dtype
         self._guide_cache = None
+        self._guide_cache_key = None
 
     def with_chains(self, num_chains: int) -> PerDatapointPotential:
         """The same target with ``num_chains`` chains per datapoint (no re-preparation)."""
@@ -341,17 +343,25 @@ class PerDatapointPotential:
         return log_q
 
     def _guide_site(self) -> dict | None:
-        """The guide's trace site, if the guide has exactly the model's one latent site."""
-        if self._guide_cache is None:
-            self._guide_cache = False
-            if len(self.layout.names) == 1:
-                # fork the RNG: this throw-away draw must not shift the caller's random stream
-                with poutine.block(), torch.no_grad(), fork_rng():
-                    trace = poutine.trace(self.guide).get_trace(self.x_rep)
-                sites = list(latent_sites(trace).values())
-                if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:
-                    self._guide_cache = sites[0]
-        return self._guide_cache or None
+        """The guide's trace site, if the guide has exactly the model's one latent site; made
+        again when the guide's parameters or Python state changed (in place included)."""
+        if len(self.layout.names) != 1:
+            return None
+        if self._guide_cache_key is None:
+            self._guide_state = PythonState([self.program.raw_guide], self.program.called_modules)
+        state = self._guide_state
+        before = (state.snapshot(), state.tensor_versions())
+        if before != self._guide_cache_key:
+            self._guide_cache = None
+            # fork the RNG: this throw-away draw must not shift the caller's random stream
+            with poutine.block(), torch.no_grad(), fork_rng():
+                trace = poutine.trace(self.guide).get_trace(self.x_rep)
+            sites = list(latent_sites(trace).values())
+            if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:
+                self._guide_cache = sites[0]
+            state.settle(before[0], state.snapshot())  # objects the guide rebuilds per run
+            self._guide_cache_key = (state.snapshot(), state.tensor_versions())
+        return self._guide_cache
 
     @torch.no_grad()
     def sample_guide(self) -> tuple[torch.Tensor, torch.Tensor]:

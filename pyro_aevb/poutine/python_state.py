@@ -122,6 +122,20 @@ class PythonState:
         out["store",] = tuple([id(t) for _, t in pyro.get_param_store().named_parameters()])
         return out
 
+    def tensor_versions(self) -> tuple:
+        """The version counters of the watched modules' parameters and buffers and of the
+        param store's tensors: they change with every in-place update (for caches of values
+        computed from them; :meth:`snapshot` treats in-place updates as no change)."""
+        out = [
+            t._version
+            for m in self._modules
+            for d in (m._parameters, m._buffers)
+            for t in d.values()
+            if t is not None
+        ]
+        out.extend(t._version for _, t in pyro.get_param_store().named_parameters())
+        return tuple(out)
+
     @staticmethod
     def changes(old: dict, new: dict) -> list:
         """What differs between two snapshots: ``(part, attribute name or None)`` pairs."""

@@ -204,3 +204,41 @@ def test_a_latent_whose_transform_changes_its_event_dims_is_laid_out_per_datapoi
         torch.testing.assert_close(U.sum(), expected, rtol=1e-12, atol=1e-12)
         values = pot.layout.unflatten_constrained(u)
         torch.testing.assert_close(pot.layout.flatten(values), u, rtol=1e-9, atol=1e-9)
+
+
+def test_log_guide_follows_in_place_updates_of_the_encoder():
+    """The guide's distribution of a one-latent model is kept between calls (AIS evaluates q
+    at every step), but made again after the encoder changes, in place included (an
+    optimizer's step, Monte Carlo EM's M-steps)."""
+    from torch import nn
+
+    from pyro_aevb.mcmc.potentials import make_potential
+
+    enc = nn.Linear(3, 4).double()
+    W = torch.randn(2, 3, dtype=torch.float64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc_in_place", enc)
+        h = enc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(h[:, :2], h[:, 2:].exp()).to_event(1))
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x, u = torch.randn(4, 3, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    for fast in ("auto", "off"):
+        pot = make_potential(model, x, num_chains=2, guide=guide, fast=fast)
+        before = pot.log_guide(u)
+        with torch.no_grad():
+            enc.weight.mul_(2.0)
+        fresh = PerDatapointPotential(model, x, num_chains=2, guide=guide).log_guide(u)
+        after = pot.log_guide(u)
+        with torch.no_grad():
+            enc.weight.div_(2.0)
+        assert not torch.allclose(before, fresh)
+        torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
