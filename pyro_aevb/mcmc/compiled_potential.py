@@ -37,6 +37,7 @@ from collections.abc import Callable
 import pyro.poutine as poutine
 import torch
 
+from ..device import fork_rng
 from ..poutine.compile import CaptureError, RecordedFunction, capture, describe_error
 from ..poutine.log_prob_rewrites import cheaper_log_probs
 from ..poutine.python_state import PythonState
@@ -70,12 +71,19 @@ class _Recordings(dict):
         )
         self.state = self.python_state.snapshot()
 
-    def check_unchanged_by_recording(self) -> None:
+    def check_unchanged_by_recording(self, run_again: Callable[[], object]) -> None:
         """Raise :class:`CaptureError` if the recording run changed the Python state: a model
-        that updates its own attributes while it runs (a counter) cannot be replayed."""
+        that updates its own attributes while it runs (a counter) cannot be replayed. An
+        attribute set from the input (``self.n = len(x)``) is told apart by ``run_again``,
+        a second run on the same input: a counter moves again."""
         before = self.state
         changed = self.python_state.settle(before, self.python_state.snapshot())
         self.state = self.python_state.snapshot()
+        if changed:
+            run_again()
+            again = self.python_state.snapshot()
+            changed = self.python_state.value_changes(self.state, again)
+            self.state = again
         if changed:
             changed = self.python_state.describe(changed)
             raise CaptureError(
@@ -243,7 +251,12 @@ class CompiledPotential(PerDatapointPotential):
                     rec = self._recordings.get(key)
             if rec is None:
                 rec = capture(fn, [u, x_rows], what="the model's log-density")
-            self._recordings.check_unchanged_by_recording()
+
+            def run_again():
+                with fork_rng(), torch.no_grad():
+                    self._evaluate(u.detach(), x_rows, grads=False)
+
+            self._recordings.check_unchanged_by_recording(run_again)
             self._recordings[key] = rec
         return rec
 

@@ -84,8 +84,13 @@ class PythonState:
                 if id(sub) not in seen:
                     seen.add(id(sub))
                     self._modules.append(sub)
-        owners = [getattr(p, "__self__", None) for p in programs]
-        self._objects = [o for o in owners if o is not None and not isinstance(o, nn.Module)]
+        self._objects = []
+        for p in programs:
+            owner = getattr(p, "__self__", None)
+            if owner is None or isinstance(owner, nn.Module):
+                continue
+            if all(owner is not o for o in self._objects):
+                self._objects.append(owner)
         self._functions = [f for p in programs for f in _functions(p)]
         # part -> attribute names left out of snapshots (see ignore)
         self._ignored: dict = {}
@@ -119,7 +124,9 @@ class PythonState:
                 except ValueError:  # an empty cell
                     pass
             out["c", i] = tuple(cells)
-        out["store",] = tuple([id(t) for _, t in pyro.get_param_store().named_parameters()])
+        out["store",] = tuple(
+            [(id(t), t.requires_grad) for _, t in pyro.get_param_store().named_parameters()]
+        )
         return out
 
     def tensor_versions(self) -> tuple:

@@ -446,29 +446,54 @@ CHANGES = {
 }
 
 
-@pytest.mark.parametrize("change", list(CHANGES))
-def test_python_state_changed_between_checks_makes_the_next_step_a_check(change):
-    """Python state the recording holds (attributes, flags, requires_grad, submodules) is
-    compared at every step: a change between two regular checks (here after step 4; the
-    next regular check is step 8) makes the next step run on Pyro's traces, and the
-    objective falls back to stock Pyro there, visibly, instead of replaying the old state."""
-    apply, match = CHANGES[change]
-    torch.manual_seed(0)
-    m, x, objective, stock = _annealed_pair(Switchable)
-    for seed in range(4):
-        _step(objective, x, seed)
-        _step(stock, x, seed)
-    assert objective.path == "compiled" and objective.num_checks == 3
-    apply(m)
-    with pytest.warns(UserWarning, match="at step 5"):
-        loss, grads = _step(objective, x, 4)
-    assert objective.path == "pyro" and match in objective.path_reason, objective.path_reason
-    loss_s, grads_s = _step(stock, x, 4)
+def _assert_same_step(objective, stock, x, seed):
+    loss, grads = _step(objective, x, seed)
+    loss_s, grads_s = _step(stock, x, seed)
     torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
     for a, b in zip(grads, grads_s, strict=True):
         assert (a is None) == (b is None)
         if b is not None:
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_python_state_changed_between_checks_makes_the_next_step_a_check(change):
+    """Python state the recording holds (attributes, flags, requires_grad, submodules) is
+    compared at every step: a change between two regular checks (here after step 4; the
+    next regular check is step 8) makes the next step run on Pyro's traces and the programs
+    are recorded anew (KL annealing by epoch stays compiled); a change again within
+    RECORD_AGAIN_MIN_STEPS steps falls back to stock Pyro, visibly. Every step has the stock
+    numbers."""
+    apply, _ = CHANGES[change]
+    torch.manual_seed(0)
+    m, x, objective, stock = _annealed_pair(Switchable)
+    for seed in range(4):
+        _assert_same_step(objective, stock, x, seed)
+    assert objective.path == "compiled" and objective.num_checks == 3
+    apply(m)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="training on stock Pyro")  # no fallback
+        for seed in range(4, 8):  # step 5: a check; 6: recorded anew; 7: a replay; 8: a check
+            _assert_same_step(objective, stock, x, seed)
+    assert objective.path == "compiled" and objective.num_recorded_again == 1
+    assert objective.num_checks == 5
+    m.noise = 0.3  # again, 4 steps later
+    with pytest.warns(UserWarning, match="at step 9, after a change of Switchable.noise"):
+        _assert_same_step(objective, stock, x, 8)
+    assert objective.path == "pyro"
+    _assert_same_step(objective, stock, x, 9)
+
+
+def test_changes_are_named_when_they_fall_back():
+    for change, (apply, match) in CHANGES.items():
+        m, x, objective, _ = _annealed_pair(Switchable)
+        objective._recorded_again_at = 0  # as if recorded anew just now: no second time
+        for seed in range(4):
+            _step(objective, x, seed)
+        apply(m)
+        with pytest.warns(UserWarning, match="at step 5"):
+            _step(objective, x, 4)
+        assert objective.path == "pyro" and match in objective.path_reason, change
 
 
 def test_eval_mode_between_checks_is_noticed():
@@ -484,6 +509,7 @@ def test_eval_mode_between_checks_is_noticed():
     m, x, objective, _ = _annealed_pair(WithDropout)
     for seed in range(4):
         _step(objective, x, seed)
+    objective._recorded_again_at = 0  # no recording anew: the check falls back
     m.eval()
     with pytest.warns(UserWarning, match="Dropout.training"):
         _step(objective, x, 4)
@@ -525,14 +551,21 @@ def test_a_global_variable_of_a_plain_function_program_is_watched():
             pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
 
     pyro.clear_param_store()
-    objective = ELBO("A").bind(TrainingProgram(model, guide, num_data=50))
+    program = TrainingProgram(model, guide, num_data=50)
+    objective, stock = ELBO("A").bind(program), PyroELBOObjective(program, "A")
     objective.setup(x)
+    stock.setup(x)
     for seed in range(4):
         _step(objective, x, seed)
     globals()["_NOISE"] = 2.0
     try:
+        for seed in (4, 5, 6):
+            _assert_same_step(objective, stock, x, seed)
+        assert objective.path == "compiled" and objective.num_recorded_again == 1
+        objective._recorded_again_at = objective.steps  # no second recording: falls back
+        globals()["_NOISE"] = 1.0
         with pytest.warns(UserWarning, match="global '_NOISE' of model"):
-            _step(objective, x, 4)
+            _step(objective, x, 7)
     finally:
         globals()["_NOISE"] = 0.5
     assert objective.path == "pyro"
@@ -563,11 +596,16 @@ def test_a_tensor_value_read_in_python_and_updated_in_place_is_noticed(how):
     m, x, objective, stock = _annealed_pair(ReadsBuffer)
     for seed in range(4):
         _step(objective, x, seed)
+    for seed in range(4):
+        _step(stock, x, seed)
     (m.factor if how == "in place" else m.factor.data).fill_(3.0)
+    for seed in (4, 5, 6):  # a check, then recorded anew, then a replay
+        _assert_same_step(objective, stock, x, seed)
+    assert objective.path == "compiled" and objective.num_recorded_again == 1
+    objective._recorded_again_at = objective.steps  # no second recording: falls back
+    m.factor.fill_(2.0)
     with pytest.warns(UserWarning, match="a tensor the programs read in Python"):
-        loss, _ = _step(objective, x, 4)
-    loss_s, _ = _step(stock, x, 4)
-    torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+        _assert_same_step(objective, stock, x, 7)
     assert objective.path == "pyro"
 
 
@@ -813,3 +851,55 @@ def test_programs_that_change_their_own_python_state_run_on_stock_pyro():
     loss, _ = _step(objective, x, 0)
     loss_s, _ = _step(stock, x, 0)
     torch.testing.assert_close(loss, loss_s, rtol=1e-12, atol=0)
+
+
+def test_an_attribute_the_programs_set_from_their_input_is_not_a_counter():
+    """``self.batch_size = len(x)`` changes between minibatch shapes (a smaller last batch),
+    but a second run on the same minibatch leaves it: recorded, not refused."""
+
+    class SetsBatchSize(Annealed):
+        def model(self, x):
+            self.batch_size = len(x)
+            super().model(x)
+
+    m, x, objective, stock = _annealed_pair(SetsBatchSize)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="training on stock Pyro")
+        for seed, rows in enumerate([10, 10, 4, 10, 4, 10]):
+            _assert_same_step(objective, stock, x[:rows], seed)
+    assert objective.path == "compiled"
+
+
+def test_kl_annealing_by_epoch_through_fit_stays_compiled_and_equals_stock():
+    """A callback that raises ``beta`` after every epoch: the programs are recorded anew at
+    each change, and the run equals the stock-Pyro run."""
+    states = {}
+    for fast in ("auto", "off"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        m = Annealed().double()
+        m.beta = 0.25
+        x = torch.randn(600, 3, dtype=torch.float64)  # epochs of 60 steps
+
+        def anneal(trainer, record, m=m):
+            m.beta = min(1.0, m.beta + 0.25)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="training on stock Pyro")
+            result = fit(
+                m,
+                x,
+                batch_size=10,
+                num_samples=3 * 600,
+                estimator="A",
+                fast=fast,
+                progress=False,
+                eval_every=600,
+                checkpoint_every_seconds=None,
+                callback=anneal,
+                seed=0,
+            )
+        assert result.path == ("compiled" if fast == "auto" else "pyro"), result.path_reason
+        states[fast] = {k: v.clone() for k, v in m.state_dict().items()}
+    for name, value in states["off"].items():
+        torch.testing.assert_close(states["auto"][name], value, rtol=1e-9, atol=1e-12)

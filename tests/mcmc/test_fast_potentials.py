@@ -427,3 +427,18 @@ def test_a_model_that_changes_its_own_python_state_runs_traced(caplog):
     with caplog.at_level("WARNING", logger="pyro_aevb"):
         _assert_parts_equal(PerDatapointPotential(m.model, x), pot, u, **F64)
     assert pot.path == "traced" and "Counting.calls" in pot.path_reason
+
+
+def test_an_attribute_the_model_sets_from_its_input_stays_compiled():
+    class SetsRows(_Replaceable):
+        def model(self, x):
+            self.rows = x.shape[0]
+            super().model(x)
+
+    pyro.clear_param_store()
+    m = SetsRows()
+    x, u = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    pot = make_potential(m.model, x, num_chains=1)
+    pot.max_rows = 3  # chunks of 3 rows, the last one padded
+    _assert_parts_equal(PerDatapointPotential(m.model, x), pot, u, **F64)
+    assert pot.path == "compiled", pot.path_reason

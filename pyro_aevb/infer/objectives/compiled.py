@@ -31,7 +31,10 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    Pyro's traces instead (its loss and gradients are the stock ones, so nothing is lost),
    and the recording is run on the same draws beside it: if the traced structure differs
    from the recorded one or the numbers disagree, the objective falls back to stock Pyro
-   for the rest of training, with a warning and a new ``path``/``path_reason``. A changed
+   for the rest of training, with a warning and a new ``path``/``path_reason`` -- except
+   after a change of Python state, where the programs are recorded anew (an annealing
+   factor set between epochs), unless such changes come more often than every
+   :data:`RECORD_AGAIN_MIN_STEPS` steps. A changed
    attribute that leaves the numbers equal is not watched again (a counter the user keeps
    on a module). Programs that change their own Python state while running (a counter
    incremented in the model) are not recorded. The runs that are not training steps
@@ -74,6 +77,7 @@ __all__ = [
     "CompiledELBOObjective",
     "ENGINE_CHOICES",
     "INDUCTOR_MIN_STEPS",
+    "RECORD_AGAIN_MIN_STEPS",
     "elbo_loss_particle",
 ]
 
@@ -84,6 +88,9 @@ ENGINE_CHOICES = ("auto", "replay", "inductor")
 INDUCTOR_MIN_STEPS = 10_000
 #: Steps between structure checks after the first few (1, 2, 4, ...).
 CHECK_EVERY = 500
+#: Fewest steps between two changes of the programs' Python state for which the programs are
+#: recorded anew (KL annealing by epoch); changes that come more often run on stock Pyro.
+RECORD_AGAIN_MIN_STEPS = 50
 # Recordings kept per minibatch shape (full batches, a smaller last one, a first minibatch).
 _MAX_RECORDINGS = 4
 # Checkpointed engine codes.
@@ -200,6 +207,9 @@ class CompiledELBOObjective(BoundObjective):
         #: Steps taken on this objective, and how many of them were structure checks.
         self.steps = 0
         self.num_checks = 0
+        #: Times the programs were recorded anew after their Python state changed.
+        self.num_recorded_again = 0
+        self._recorded_again_at: int | None = None
         self.planned_steps: int | None = None
         self._recordings: OrderedDict = OrderedDict()
         self._main_shape = None
@@ -308,7 +318,10 @@ class CompiledELBOObjective(BoundObjective):
             loss, found["structure"] = self._loss_terms(xb)
             if not loss.requires_grad:
                 raise CaptureError("the loss does not depend on any trained parameter")
-            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+            # a frozen parameter (requires_grad_(False)) gets no gradient, as with backward()
+            wanted = [p for p in ps if p.requires_grad]
+            found_grads = iter(torch.autograd.grad(loss, wanted, allow_unused=True))
+            grads = [next(found_grads) if p.requires_grad else None for p in ps]
             found["has_grad"] = [g is not None for g in grads]
             out = [loss.detach()]
             for p, g in zip(ps, grads, strict=True):
@@ -330,6 +343,14 @@ class CompiledELBOObjective(BoundObjective):
                 rec = self._record(x)
             rec.state = self._python_state.snapshot()
             changed = self._python_state.settle(before, rec.state)
+            if changed:
+                # set from the input (self.batch_size = len(x)) or counted? A second run on
+                # the same minibatch tells: a counter moves again
+                with fork_rng(), self._buffers_kept(), torch.no_grad():
+                    self._loss_terms(x)
+                again = self._python_state.snapshot()
+                changed = self._python_state.value_changes(rec.state, again)
+                rec.state = again
             if changed:
                 raise CaptureError(
                     f"the programs change their own Python state while they run "
@@ -447,6 +468,13 @@ class CompiledELBOObjective(BoundObjective):
             return self._replay_failed(x, err)
         loss, structure = self._traced_step(x)
         differs = self._agree(rec, replayed, loss, structure)
+        if differs is not None and (changed or values_read) and self._may_record_again():
+            # the programs' Python state changed (an annealing factor set between epochs):
+            # this step ran on Pyro's traces; the next one records the programs anew
+            self._recordings.clear()
+            self.num_recorded_again += 1
+            self._recorded_again_at = self.steps
+            return loss
         if differs is not None:
             after = [self._python_state.describe(changed)] if changed else []
             if values_read:
@@ -460,6 +488,27 @@ class CompiledELBOObjective(BoundObjective):
         rec.fn.accept_values_read()
         rec.state = self._python_state.snapshot()
         return loss
+
+    def _may_record_again(self) -> bool:
+        """Record anew after a change of Python state, unless changes come more often than
+        every :data:`RECORD_AGAIN_MIN_STEPS` steps (recording costs a few traced steps, and
+        compiling with inductor seconds: the engine drops to replay when changes come more
+        often than every :data:`INDUCTOR_MIN_STEPS` steps)."""
+        last = self._recorded_again_at
+        if last is not None and self.steps - last < RECORD_AGAIN_MIN_STEPS:
+            return False
+        since = self.steps if last is None else self.steps - last
+        if self.engine == "inductor" and since < INDUCTOR_MIN_STEPS:
+            warnings.warn(
+                f"compiled path: the programs' Python state changed at step {self.steps}, "
+                f"{since} steps after the last change; recording again for the replay engine "
+                f"(compiling with inductor at every change would cost more than it saves)",
+                UserWarning,
+                stacklevel=4,
+            )
+            self.engine = "replay"
+            self._update_reason()
+        return True
 
     def _replay_failed(self, x: torch.Tensor, err: RuntimeError) -> torch.Tensor:
         """The recording raised on ``x``: the step on stock Pyro, which raises the programs'
