@@ -15,7 +15,9 @@ replay, so in-place updates (an optimizer's, between Monte Carlo EM's E-steps) a
 a recording holds beyond that -- Python attributes, which modules, parameters and param-store
 tensors the model uses, values it read in Python -- is compared at every evaluation (a
 :class:`~pyro_aevb.poutine.python_state.PythonState` snapshot), and the model is recorded
-again when it changed.
+again when it changed; and evaluations 1, 2, 4, 8, ... and every :data:`CHECK_EVERY`-th
+compare their first chunk with the model traced on it (state the snapshot cannot see: a
+nested attribute, a dict changed in place), recording again on a difference.
 
 **Rows in chunks.** Rows (chains x datapoints) are independent, so a large position is
 evaluated in chunks of at most ``max_rows`` rows (by default as many as keep the recording's
@@ -34,6 +36,7 @@ import math
 import weakref
 from collections.abc import Callable
 
+import pyro
 import pyro.poutine as poutine
 import torch
 
@@ -106,6 +109,28 @@ class _Recordings(dict):
         for key in [k for k, rec in self.items() if rec.values_read_changed()]:
             logger.info("per-datapoint potential: recording again (a value read changed)")
             del self[key]
+
+
+#: Evaluations between comparisons of a chunk with the traced model, after the first few.
+CHECK_EVERY = 1000
+
+
+def _same(out, traced) -> bool:
+    """Whether a recording's outputs equal the traced ones (to float rounding: inductor)."""
+    for a, b in zip(out, traced, strict=True):
+        if a.shape != b.shape:
+            return False
+        rtol = 1e-4 if a.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        finite = torch.isfinite(b)
+        if not torch.equal(finite, torch.isfinite(a)):
+            return False
+        a_bad, b_bad = a[~finite], b[~finite]  # the same infinities, NaN where NaN
+        if not ((a_bad == b_bad) | (a_bad.isnan() & b_bad.isnan())).all():
+            return False
+        scale = float(b[finite].abs().max()) if finite.any() else 0.0
+        if finite.any() and float((a[finite] - b[finite]).abs().max()) > rtol * scale + 1e-30:
+            return False
+    return True
 
 
 def row_chunks(n: int, max_rows: int):
@@ -181,6 +206,10 @@ class CompiledPotential(PerDatapointPotential):
         self.memory_limit = memory_limit
         self.engine = engine
         self._x_spec = (tuple(self.x.shape[1:]), self.x.dtype, self.x.device)
+        #: Evaluations, and how many of them compared a chunk with the traced model (the
+        #: 1st, 2nd, 4th, ... and every CHECK_EVERY-th).
+        self.num_evaluations = 0
+        self.num_checks = 0
         self._recordings = _RECORDINGS.get(self.program)
         if self._recordings is None:
             self._recordings = _RECORDINGS[self.program] = _Recordings(self.program)
@@ -253,12 +282,32 @@ class CompiledPotential(PerDatapointPotential):
                 rec = capture(fn, [u, x_rows], what="the model's log-density")
 
             def run_again():
-                with fork_rng(), torch.no_grad():
+                with fork_rng(), torch.no_grad(), pyro.validation_enabled(self.validate):
                     self._evaluate(u.detach(), x_rows, grads=False)
 
             self._recordings.check_unchanged_by_recording(run_again)
             self._recordings[key] = rec
         return rec
+
+    def _checked(self, rec, out, u, x_rows, grads: bool):
+        """``out`` compared with the model traced on the same chunk; on a difference (Python
+        state the snapshot does not see: a nested attribute, a dict changed in place) the
+        model is recorded again, and if that recording differs too, ``CaptureError``."""
+        self.num_checks += 1
+        traced = self._traced_chunk(u, x_rows, grads)
+        if _same(out, traced):
+            return out
+        logger.info("per-datapoint potential: recording again (the model changed)")
+        self._recordings.clear()
+        out = self._recording(u.shape[0], grads)(u, x_rows)
+        if not _same(out, traced):
+            raise CaptureError("the recording does not compute what the model computes")
+        return out
+
+    def _traced_chunk(self, u, x_rows, grads: bool):
+        with torch.enable_grad(), pyro.validation_enabled(self.validate):
+            u = u.detach().requires_grad_(grads)
+            return [t.detach() for t in self._evaluate(u, x_rows, grads)]
 
     def _x_rows(self, start: int, stop: int, pad: int) -> torch.Tensor:
         """The observations of rows ``start:stop`` (+ ``pad``), without replicating ``x``."""
@@ -275,12 +324,17 @@ class CompiledPotential(PerDatapointPotential):
         n = position.shape[0]
         outs = []
         self._recordings.refresh()
+        self.num_evaluations += 1
+        k = self.num_evaluations
+        check = k & (k - 1) == 0 or k % CHECK_EVERY == 0
         try:
             for start, stop, pad in row_chunks(n, self.max_rows):
                 rec = self._recording(stop - start + pad, grads)
                 u = _padded(position, start, stop, pad)
                 x_rows = self._x_rows(start, stop, pad)
                 out = rec(u, x_rows)
+                if check and start == 0:
+                    out = self._checked(rec, out, u, x_rows, grads)
                 outs.append([t[: stop - start] for t in out])
         except CaptureError as err:
             self._fall_back(str(err))

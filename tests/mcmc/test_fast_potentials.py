@@ -442,3 +442,33 @@ def test_an_attribute_the_model_sets_from_its_input_stays_compiled():
     pot.max_rows = 3  # chunks of 3 rows, the last one padded
     _assert_parts_equal(PerDatapointPotential(m.model, x), pot, u, **F64)
     assert pot.path == "compiled", pot.path_reason
+
+
+def test_a_change_the_snapshot_cannot_see_is_caught_by_the_next_check():
+    """An attribute of a nested plain object (``self.cfg.scale``) is not in the Python-state
+    snapshot; evaluations 1, 2, 4, 8, ... compare a chunk with the traced model and record
+    again on a difference."""
+    from types import SimpleNamespace
+
+    class Nested(_Replaceable):
+        def __init__(self):
+            super().__init__()
+            self.cfg = SimpleNamespace(scale=1.0)
+
+        def model(self, x):
+            self.scale = self.cfg.scale
+            super().model(x)
+
+    pyro.clear_param_store()
+    m = Nested()
+    x, u = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    pot = make_potential(m.model, x)
+    for _ in range(3):
+        pot.potential_and_grad(u)
+    assert (pot.num_evaluations, pot.num_checks) == (3, 2)
+    m.cfg.scale = 2.0
+    stale, _ = pot.potential_and_grad(u)  # evaluation 4: a check
+    ref = PerDatapointPotential(m.model, x)
+    torch.testing.assert_close(stale, ref.potential_and_grad(u)[0], **F64)
+    _assert_parts_equal(ref, pot, u, **F64)
+    assert pot.path == "compiled" and pot.num_checks == 3
