@@ -34,11 +34,11 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    for the rest of training, with a warning and a new ``path``/``path_reason`` -- except
    after a change of Python state, where the programs are recorded anew (an annealing
    factor set between epochs), unless such changes come more often than every
-   :data:`RECORD_AGAIN_MIN_STEPS` steps. A changed
-   attribute that leaves the numbers equal is not watched again (a counter the user keeps
-   on a module). Programs that change their own Python state while running (a counter
-   incremented in the model) are not recorded. The runs that are not training steps
-   (recording, compiling, a check's replay) restore the modules' buffers afterwards, so a
+   :data:`RECORD_AGAIN_MIN_STEPS` steps. A changed attribute that leaves the numbers equal
+   is not watched again (a counter the user keeps on a module). Programs that change their
+   own Python state while running (a counter incremented in the model) are not recorded.
+   The runs that are not training steps (recording, compiling, a check's replay) restore
+   the modules' buffers afterwards, so a
    BatchNorm's running statistics see each step once, as on stock Pyro. A program whose
    Python reads tensor values (``if x.sum() > 0``) cannot be recorded at all and runs on
    stock Pyro from the start (``fast="on"`` makes that an error).
