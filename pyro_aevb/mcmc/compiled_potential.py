@@ -79,14 +79,7 @@ class _Recordings(dict):
         that updates its own attributes while it runs (a counter) cannot be replayed. An
         attribute set from the input (``self.n = len(x)``) is told apart by ``run_again``,
         a second run on the same input: a counter moves again."""
-        before = self.state
-        changed = self.python_state.settle(before, self.python_state.snapshot())
-        self.state = self.python_state.snapshot()
-        if changed:
-            run_again()
-            again = self.python_state.snapshot()
-            changed = self.python_state.value_changes(self.state, again)
-            self.state = again
+        changed, self.state = self.python_state.changed_by_run(self.state, run_again)
         if changed:
             changed = self.python_state.describe(changed)
             raise CaptureError(

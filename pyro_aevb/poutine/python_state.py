@@ -191,6 +191,20 @@ class PythonState:
         self.ignore(c for c in self.changes(before, after) if c not in values)
         return values
 
+    def changed_by_run(self, before: dict, run_again: Callable[[], object]) -> tuple[list, dict]:
+        """After a run of the programs (a recording) that started in state ``before``:
+        ``(changes, state now)``, the changes being the numbers, strings or flags the
+        programs change themselves (:meth:`settle`) and move again when ``run_again``
+        runs them once more on the same input -- a counter, not an attribute set from the
+        input (``self.batch_size = len(x)``)."""
+        after = self.snapshot()
+        changed = self.settle(before, after)
+        if changed:
+            run_again()
+            again = self.snapshot()
+            changed, after = self.value_changes(after, again), again
+        return changed, after
+
     def ignore(self, changes: Iterable) -> None:
         """Leave the attributes of ``changes`` (from :meth:`changes`) out of later snapshots:
         state shown not to change the numbers. Parameters, modules and the param store are

@@ -341,16 +341,12 @@ class CompiledELBOObjective(BoundObjective):
             before = self._python_state.snapshot()
             with self._buffers_kept():
                 rec = self._record(x)
-            rec.state = self._python_state.snapshot()
-            changed = self._python_state.settle(before, rec.state)
-            if changed:
-                # set from the input (self.batch_size = len(x)) or counted? A second run on
-                # the same minibatch tells: a counter moves again
+
+            def run_again():
                 with fork_rng(), self._buffers_kept(), torch.no_grad():
                     self._loss_terms(x)
-                again = self._python_state.snapshot()
-                changed = self._python_state.value_changes(rec.state, again)
-                rec.state = again
+
+            changed, rec.state = self._python_state.changed_by_run(before, run_again)
             if changed:
                 raise CaptureError(
                     f"the programs change their own Python state while they run "
