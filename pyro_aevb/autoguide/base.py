@@ -61,6 +61,7 @@ from ..poutine import (
     plate_frame,
     require_plate,
 )
+from ..poutine.layout import fixed_support
 from ..poutine.plates import ProgramContractError
 from .encoders import check_encoder, make_trunk, trunk_features
 
@@ -207,8 +208,17 @@ def _elementwise(transform: Transform) -> Transform | None:
 
 def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSite:
     fn, value = site["fn"], site["value"]
+    support = fixed_support(fn.support)
+    if support is None:
+        raise ProgramContractError(
+            f"local latent site '{name}' has a support whose bounds differ per row "
+            f"({type(fn).__name__}: they come from another latent or from the data, e.g. "
+            f"Uniform(0, s)); an amortized guide maps each row through one fixed transform, "
+            f"which would keep the first batch's bounds: reparametrise the model (z = s * w "
+            f"with w ~ Uniform(0, 1)) or write the guide by hand"
+        )
     try:
-        transform = biject_to(fn.support)
+        transform = biject_to(support)
     except NotImplementedError as err:
         raise ProgramContractError(
             f"local latent site '{name}' has support {fn.support}, which has no bijection to "

@@ -572,7 +572,7 @@ def _flat_exact_sample(pot: PerDatapointPotential, z, batch: int) -> torch.Tenso
         missing = [s for s in pot.layout.names if s not in z]
         if missing:
             raise ValueError(f"z must hold a value for every latent site; missing {missing}")
-        flat = pot.layout.flatten({s: z[s] for s in pot.layout.names})
+        flat = pot.flatten({s: z[s] for s in pot.layout.names})
     elif isinstance(z, torch.Tensor):
         flat = z
     else:

@@ -231,10 +231,9 @@ class CompiledPotential(PerDatapointPotential):
             logger.warning("per-datapoint potential: %s", self.path_reason)
 
     def _evaluate(self, u: torch.Tensor, x_rows: torch.Tensor, grads: bool):
-        values, log_jac = self.layout.unflatten(u)
         with poutine.block():
             log_prior, log_lik = log_density_per_datapoint(
-                self.model, x_rows, self.layout, values, log_jac
+                self.model, x_rows, self.layout, position=u
             )
         if not grads:
             return log_prior, log_lik

@@ -54,7 +54,10 @@ from ..poutine import (
     ConditionAuxiliary,
     LatentLayout,
     PerDatapointProgram,
+    UnconstrainedCondition,
     as_program,
+    constrain_in_model,
+    flatten_in_model,
     is_auxiliary,
     latent_sites,
     plate_frame,
@@ -82,12 +85,17 @@ def log_density_per_datapoint(
     fn: Callable,
     x: torch.Tensor,
     layout: LatentLayout,
-    values: dict[str, torch.Tensor],
+    values: dict[str, torch.Tensor] | None = None,
     log_jac: dict[str, torch.Tensor] | None = None,
     include_observed: bool = True,
     position: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``fn(x)`` with the latent sites fixed to ``values``; per-datapoint log densities.
+    """Run ``fn(x)`` with the latent sites fixed; per-datapoint log densities.
+
+    Two uses: a model at an unconstrained ``position`` alone (``values`` ``None``: each
+    latent is set to ``T(u)`` where the model runs it, its Jacobian included, see
+    :class:`~pyro_aevb.poutine.UnconstrainedCondition`), or a program at constrained
+    ``values`` (with ``log_jac`` to add, and for a guide ``position`` for its auxiliaries).
 
     Parameters
     ----------
@@ -97,16 +105,17 @@ def log_density_per_datapoint(
         ``(n, ...)`` observations, one row per chain.
     layout : LatentLayout
         The latent sites.
-    values : dict
-        Constrained values of every latent site, batch ``n`` along the data plate.
+    values : dict, optional
+        Constrained values of every latent site, batch ``n`` along the data plate; ``None``
+        to take them from ``position`` inside the run.
     log_jac : dict, optional
         Per-site ``log|det dT/du|`` to add to the latent terms (unconstrained coordinates).
     include_observed : bool
         Sum the observed sites and factors in the data plate too (False for a guide).
     position : torch.Tensor, optional
-        ``(n, D)``: the same latents in unconstrained coordinates. Given for a guide, whose
-        auxiliary sites (:mod:`~pyro_aevb.poutine.auxiliary`) are then set from it
-        (:class:`~pyro_aevb.poutine.ConditionAuxiliary`) and counted in ``log_latent``.
+        ``(n, D)``: the latents in unconstrained coordinates. With ``values``, given for a
+        guide, whose auxiliary sites (:mod:`~pyro_aevb.poutine.auxiliary`) are then set from
+        it (:class:`~pyro_aevb.poutine.ConditionAuxiliary`) and counted in ``log_latent``.
 
     Returns
     -------
@@ -117,7 +126,11 @@ def log_density_per_datapoint(
     n = x.shape[0]
     plate_name = layout.plate_name
     cond = None
-    if position is None:
+    if values is None:
+        at = UnconstrainedCondition(layout, position)
+        trace = poutine.trace(at(fn)).get_trace(x)
+        values, log_jac = at.values, at.log_jac
+    elif position is None:
         trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x)
     else:
         cond = ConditionAuxiliary(layout, position, values)
@@ -277,9 +290,8 @@ class PerDatapointPotential:
     def log_joint_parts(self, position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(log p(u_i) incl. Jacobian, log p(x_i | z_i))``, each ``(n,)``, at ``position``."""
         self._check_position(position)
-        values, log_jac = self.layout.unflatten(position)
         with poutine.block(), pyro.validation_enabled(self.validate):
-            return log_density_per_datapoint(self.model, self.x_rep, self.layout, values, log_jac)
+            return log_density_per_datapoint(self.model, self.x_rep, self.layout, position=position)
 
     def log_joint(self, position: torch.Tensor) -> torch.Tensor:
         """``log p(x_i, u_i)`` in unconstrained coordinates, ``(n,)``."""
@@ -322,7 +334,8 @@ class PerDatapointPotential:
         if self.guide is None:
             raise ValueError("log_guide needs a guide; pass guide= to PerDatapointPotential")
         self._check_position(position)
-        values, log_jac = self.layout.unflatten(position)
+        with pyro.validation_enabled(self.validate):
+            values, log_jac = constrain_in_model(self.model, self.x_rep, self.layout, position)
         cached = self._guide_site()
         if cached is not None:
             # one latent site: its distribution does not depend on the value it is evaluated
@@ -378,7 +391,7 @@ class PerDatapointPotential:
         if missing:
             raise ValueError(f"the guide has no site for the model's latent sites {missing}")
         values = {s: trace.nodes[s]["value"] for s in self.layout.names}
-        position = self.layout.flatten(values)
+        position = self.flatten(values)
         return position, self.log_guide(position)
 
     @torch.no_grad()
@@ -386,7 +399,13 @@ class PerDatapointPotential:
         """One draw per chain from the model's prior over the latents, ``(n, D)``."""
         with poutine.block():
             trace = poutine.trace(self.model).get_trace(self.x_rep)
-        return self.layout.flatten({s: trace.nodes[s]["value"] for s in self.layout.names})
+        return self.flatten({s: trace.nodes[s]["value"] for s in self.layout.names})
+
+    @torch.no_grad()
+    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Constrained latents, one row per chain, -> unconstrained position ``(n, D)``; a
+        site whose bounds are tensors is mapped through its support at these values."""
+        return flatten_in_model(self.model, self.x_rep, self.layout, values)
 
 
 def value_and_grad(

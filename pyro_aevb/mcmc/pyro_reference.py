@@ -29,7 +29,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import HMC, MCMC, NUTS
 
-from ..poutine import LatentLayout, as_program, plate_frame
+from ..poutine import LatentLayout, as_program, flatten_in_model, plate_frame, replicate_rows
 from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .adaptation import check_target_accept
 from .diagnostics import ess_rhat
@@ -194,6 +194,15 @@ def sample_posterior_pyro(
                 f"{tuple(initial_positions.shape)}"
             )
     local_model = _local_only(model, plate_name)
+    varying = [s.name for s in layout.sites if not s.fixed]
+    if varying:
+        logger.warning(
+            "Pyro's MCMC builds each site's transform once, from its first trace: if the "
+            "bounds of %s depend on another latent (Uniform(0, s)), Pyro's draws are not from "
+            "the model's posterior (pyro-aevb's HMC and AIS take the transform where the model "
+            "runs)",
+            varying,
+        )
     draws = {s.name: [] for s in layout.sites}
     flat = []
     accept = torch.zeros(num_chains, batch)
@@ -211,7 +220,7 @@ def sample_posterior_pyro(
                 if initial_positions is not None:
                     initial_params = _unflatten_unconstrained(initial_positions[c, i], layout)
                 elif guide is not None:
-                    initial_params = _initial_params(guide, xi, layout)
+                    initial_params = _initial_params(model, guide, xi, layout)
                 else:
                     initial_params = None
                 kern = _make_kernel(
@@ -238,7 +247,8 @@ def sample_posterior_pyro(
                 v = samples[s.name]  # (S,) + site shape with plate size 1
                 site_draws[s.name].append(v)
                 values[s.name] = _stack_samples(v, s.plate_dim)
-            chain_flat.append(layout.flatten(values))  # (S, D)
+            rows = replicate_rows(xi, num_samples)
+            chain_flat.append(flatten_in_model(model, rows, layout, values))  # (S, D)
             diag = mcmc.diagnostics()
             accept[c, i] = float(diag["acceptance rate"]["chain 0"])
             divs = list(diag["divergences"]["chain 0"])
@@ -309,17 +319,17 @@ def _make_kernel(kernel, model, target_accept, num_steps, trajectory_length, dep
 
 
 @torch.no_grad()
-def _initial_params(guide, xi, layout: LatentLayout) -> dict[str, torch.Tensor]:
+def _initial_params(model, guide, xi, layout: LatentLayout) -> dict[str, torch.Tensor]:
     """A draw from the guide at one datapoint, in Pyro MCMC's unconstrained space."""
     with poutine.block():
         trace = poutine.trace(guide).get_trace(xi)
-    return {s.name: s.transform.inv(trace.nodes[s.name]["value"]) for s in layout.sites}
+    values = {s.name: trace.nodes[s.name]["value"] for s in layout.sites}
+    return _unflatten_unconstrained(flatten_in_model(model, xi, layout, values)[0], layout)
 
 
 def _unflatten_unconstrained(position: torch.Tensor, layout: LatentLayout) -> dict:
     """A flat ``(D,)`` unconstrained position as Pyro MCMC's per-site ``initial_params``."""
-    values = layout.unflatten_constrained(position[None])
-    return {s.name: s.transform.inv(values[s.name]) for s in layout.sites}
+    return {s.name: s.block(position[None]) for s in layout.sites}
 
 
 def _inference_data(constrained: dict, diverging: np.ndarray):

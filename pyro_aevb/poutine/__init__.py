@@ -31,6 +31,7 @@ from .program import (
 )
 from .scaling import DataPlateScale, accepts_num_data, bind_num_data, check_minibatch_trace
 from .training import TrainingProgram
+from .unconstrained import UnconstrainedCondition, constrain_in_model, flatten_in_model
 
 __all__ = [
     "plate_frame",
@@ -59,4 +60,7 @@ __all__ = [
     "ConditionAuxiliary",
     "guide_auxiliary_sites",
     "is_auxiliary",
+    "UnconstrainedCondition",
+    "constrain_in_model",
+    "flatten_in_model",
 ]

@@ -82,7 +82,7 @@ class ConditionAuxiliary(Messenger):
     position : torch.Tensor
         ``(n, D)`` unconstrained coordinates, one row per row of the data plate.
     values : dict of str to torch.Tensor
-        The same latents, constrained (``layout.unflatten(position)[0]``).
+        The same latents, constrained (:func:`~pyro_aevb.poutine.constrain_in_model`).
 
     An auxiliary site that declares :data:`UNCONSTRAINED_OF` is set to the position's
     columns of the sites it names, reshaped to its shape, and marked observed; the latent

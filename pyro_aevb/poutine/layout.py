@@ -10,21 +10,75 @@ datapoint are concatenated into one row::
 Several latent sites of any event shape become one ``(n, D)`` matrix, datapoint-major: row
 ``r`` holds every unconstrained latent of one row of the data plate. This is what HMC, AIS,
 MCEM's chains and the encoder autoguides work in.
+
+**Supports that depend on values.** A support whose bounds are tensors (``Uniform(0, s)``
+with ``s`` another latent, ``Uniform(0, x_i)`` with bounds from the data) has a transform
+that is known only when the model reaches the site: such a site is marked
+:attr:`LatentSite.runtime`, and the potentials take its transform from the site's own
+distribution as the model runs (:class:`~pyro_aevb.poutine.unconstrained.UnconstrainedCondition`).
+Outside a model run (:meth:`LatentLayout.flatten`, :meth:`LatentLayout.unflatten`) a
+runtime site needs its support given, unless all its bounds are one number
+(:attr:`LatentSite.fixed`, e.g. ``Uniform(torch.zeros(n), torch.ones(n))``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 from pyro.distributions.util import sum_rightmost
 from torch.distributions import biject_to
+from torch.distributions.constraints import Constraint
 from torch.distributions.transforms import Transform
 
 from .plates import ProgramContractError, global_latent_error, latent_sites, plate_frame
 
-__all__ = ["LatentSite", "LatentLayout"]
+__all__ = ["LatentSite", "LatentLayout", "fixed_support", "support_has_tensors"]
+
+
+def _constraint_tensors(constraint: Constraint):
+    """The tensor parameters of ``constraint`` (bounds), through nested constraints
+    (``independent(interval(a, b), 1)``)."""
+    for value in vars(constraint).values():
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, Constraint):
+            yield from _constraint_tensors(value)
+
+
+def support_has_tensors(constraint: Constraint) -> bool:
+    """Whether ``constraint`` has tensor parameters: its transform may differ per row, per
+    evaluation (bounds from other latents, the data, parameters)."""
+    return any(True for _ in _constraint_tensors(constraint))
+
+
+def fixed_support(constraint: Constraint) -> Constraint | None:
+    """``constraint`` with every tensor bound replaced by its one value (a 0-dim tensor), or
+    ``None`` if some tensor bound holds different values (bounds per row).
+
+    ``Uniform(torch.zeros(n), torch.ones(n))`` has bounds of shape ``(n,)`` after the data
+    plate; their transform, built once, would not fit another number of rows.
+    """
+    found = list(_constraint_tensors(constraint))
+    if not found:
+        return constraint
+    for t in found:
+        flat = t.detach().reshape(-1)
+        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
+            return None
+    return _one_valued(constraint)
+
+
+def _one_valued(constraint: Constraint) -> Constraint:
+    out = copy.copy(constraint)  # shallow: bounds may be non-leaf tensors (no deepcopy)
+    for key, value in vars(constraint).items():
+        if isinstance(value, torch.Tensor):
+            setattr(out, key, value.detach().reshape(-1)[0].clone())
+        elif isinstance(value, Constraint):
+            setattr(out, key, _one_valued(value))
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,6 +107,12 @@ class LatentSite:
         Negative position of the data-plate dimension in the unconstrained value (differs
         from ``plate_dim`` when the transform changes the number of event dimensions, e.g.
         a Cholesky factor of a correlation matrix ``(d, d)`` <- ``(d (d - 1) / 2,)``).
+    runtime : bool
+        The support has tensor bounds, so the potentials take the transform from the site's
+        distribution as the model runs; ``transform`` is then the first trace's.
+    fixed : bool
+        ``transform`` holds for every row and evaluation: false for a runtime site whose
+        bounds differed between the rows of the first trace (``Uniform(0, s)``).
     """
 
     name: str
@@ -64,10 +124,43 @@ class LatentSite:
     offset: int
     size: int
     u_plate_dim: int | None = None
+    runtime: bool = False
+    fixed: bool = True
 
     def __post_init__(self):
         if self.u_plate_dim is None:
             object.__setattr__(self, "u_plate_dim", self.plate_dim)
+
+    def block(self, position: torch.Tensor) -> torch.Tensor:
+        """This site's columns of ``position`` ``(n, D)``, as its unconstrained value (data
+        plate at :attr:`u_plate_dim`)."""
+        n = position.shape[0]
+        u = position[:, self.offset : self.offset + self.size]
+        return u.reshape((n,) + self.unconstrained_shape).movedim(0, self.u_plate_dim)
+
+    def constrain(
+        self, u: torch.Tensor, transform: Transform | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z = T(u), log|det dT/du|)`` with the site's batch shape (event dims summed).
+
+        ``transform``: the one the site has where it runs (a runtime site); default
+        :attr:`transform`.
+        """
+        t = self.transform if transform is None else transform
+        z = t(u)
+        ladj = t.log_abs_det_jacobian(u, z)
+        # the transform may act on fewer event dims than the site has: sum the rest
+        return z, sum_rightmost(ladj, self.event_dim - t.codomain.event_dim)
+
+    def require_fixed(self, what: str) -> None:
+        """Raise, naming the site, if its transform is known only where the model runs."""
+        if not self.fixed:
+            raise ProgramContractError(
+                f"latent site '{self.name}' has a support whose bounds differ per row (they "
+                f"come from another latent or from the data, e.g. Uniform(0, s)), so its "
+                f"transform to unconstrained space is known only where the model runs; "
+                f"{what}"
+            )
 
 
 class LatentLayout:
@@ -108,7 +201,9 @@ class LatentLayout:
                     f"unconstrained layout need continuous latents; enumerate it out in the "
                     f"model, or use estimators that only sample the guide (elbo, iwae)"
                 )
-            transform = biject_to(fn.support)
+            runtime = support_has_tensors(fn.support)
+            fixed = fixed_support(fn.support)
+            transform = biject_to(fn.support if fixed is None else fixed)
             value = site["value"]
             event_dim = fn.event_dim
             plate_dim = frame.dim - event_dim
@@ -137,6 +232,8 @@ class LatentLayout:
                     offset,
                     size,
                     u_plate_dim,
+                    runtime,
+                    fixed is not None,
                 )
             )
             offset += size
@@ -147,11 +244,27 @@ class LatentLayout:
             )
         return cls(sites, plate_name)
 
-    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Constrained site values -> unconstrained flat position, shape ``(n, D)``."""
+    @property
+    def runtime(self) -> bool:
+        """Whether some site's transform is taken where the model runs (tensor bounds)."""
+        return any(s.runtime for s in self.sites)
+
+    def flatten(
+        self, values: dict[str, torch.Tensor], supports: dict[str, Constraint] | None = None
+    ) -> torch.Tensor:
+        """Constrained site values -> unconstrained flat position, shape ``(n, D)``.
+
+        ``supports``: each runtime site's support at these values (from a trace of the model
+        conditioned on them); required for a site without a fixed transform.
+        """
         blocks = []
         for s in self.sites:
-            u = s.transform.inv(values[s.name])
+            if supports is not None and s.runtime:
+                transform = biject_to(supports[s.name])
+            else:
+                s.require_fixed("pass its support at these values (supports=)")
+                transform = s.transform
+            u = transform.inv(values[s.name])
             u = u.movedim(s.u_plate_dim, 0)
             blocks.append(u.reshape(u.shape[0], -1))
         return torch.cat(blocks, dim=-1)
@@ -162,19 +275,14 @@ class LatentLayout:
         """Flat unconstrained ``(n, D)`` -> (constrained values, per-site ``log|det J|``).
 
         The log-Jacobians have the site's batch shape (event dimensions summed out), ready to
-        be added to the site's ``log_prob``.
+        be added to the site's ``log_prob``. Every site needs a fixed transform; where one
+        does not, constrain inside a model run
+        (:class:`~pyro_aevb.poutine.unconstrained.UnconstrainedCondition`).
         """
         values, log_jac = {}, {}
-        n = position.shape[0]
         for s in self.sites:
-            u = position[:, s.offset : s.offset + s.size].reshape((n,) + s.unconstrained_shape)
-            u = u.movedim(0, s.u_plate_dim)
-            z = s.transform(u)
-            ladj = s.transform.log_abs_det_jacobian(u, z)
-            # the transform may act on fewer event dims than the site has: sum the rest
-            ladj = sum_rightmost(ladj, s.event_dim - s.transform.codomain.event_dim)
-            values[s.name] = z
-            log_jac[s.name] = ladj
+            s.require_fixed("run the model under UnconstrainedCondition to constrain it")
+            values[s.name], log_jac[s.name] = s.constrain(s.block(position))
         return values, log_jac
 
     def unflatten_constrained(self, position: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -97,3 +97,35 @@ def test_wake_sleep_refuses_a_guide_with_auxiliary_sites():
     result = fit(model.model, x, guide=AmortizedNormal(model.model, hidden_dims=(8,)),
                  objective="wake-sleep", num_samples=40, batch_size=20, progress=False)  # fmt: skip
     assert result.path == "wake-sleep"
+
+
+def test_supports_bounded_per_row_are_refused_and_one_valued_bounds_train():
+    def by_latent(x):
+        with pyro.plate("data", x.shape[0]):
+            s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            z = pyro.sample("z", dist.Uniform(0.0, s))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def by_data(x):
+        n = x.shape[0]
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    for model in (by_latent, by_data):
+        # a transform fixed at set-up would keep the first batch's bounds for every batch
+        with pytest.raises(ValueError, match=r"site 'z' has a support whose bounds differ"):
+            AmortizedNormal(model)(torch.randn(4))
+
+    def one_valued(x):
+        n = x.shape[0]
+        with pyro.plate("data", n):
+            z = pyro.sample("z", dist.Uniform(torch.zeros(n), torch.full((n,), 2.0)))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    guide = AmortizedNormal(one_valued)
+    guide(torch.randn(4))
+    trace = pyro.poutine.trace(guide).get_trace(torch.randn(3))  # another number of rows
+    z = trace.nodes["z"]["value"]
+    assert z.shape == (3,) and bool(((z > 0) & (z < 2)).all())

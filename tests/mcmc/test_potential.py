@@ -5,6 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from marginal_helpers import GLOBAL_FACTOR
+from torch.distributions.transforms import AffineTransform
 
 from pyro_aevb.mcmc.potential import PerDatapointPotential
 from pyro_aevb.poutine import LatentLayout, replicate_rows
@@ -242,3 +243,87 @@ def test_log_guide_follows_in_place_updates_of_the_encoder():
             enc.weight.div_(2.0)
         assert not torch.allclose(before, fresh)
         torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
+
+
+def _bounded_by_latent(x):
+    with pyro.plate("data", x.shape[0]):
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        z = pyro.sample("z", dist.Uniform(0.0, s))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _bounded_by_data(x):
+    n = x.shape[0]
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _bounded_guide(x):
+    loc = pyro.param("s_loc", torch.tensor(0.3))
+    with pyro.plate("data", x.shape[0]):
+        s = pyro.sample("s", dist.LogNormal(loc, 0.5))
+        # z = s * w, w ~ Beta(2, 3): inside the model's (0, s)
+        w = dist.Beta(torch.full_like(s, 2.0), 3.0)
+        pyro.sample("z", dist.TransformedDistribution(w, [AffineTransform(0.0, s)]))
+
+
+@pytest.mark.parametrize("fast", ["off", "auto"])
+def test_supports_from_other_latents_or_the_data_are_taken_per_row(fast):
+    from pyro_aevb.mcmc.potentials import make_potential
+
+    x = torch.randn(3)
+    rows = replicate_rows(x, 2)
+    sig = torch.sigmoid
+
+    def by_latent(u):
+        s = u[:, 0].exp()
+        z = s * sig(u[:, 1])
+        return (
+            dist.LogNormal(0.0, 1.0).log_prob(s)
+            + u[:, 0]
+            + dist.Uniform(0.0, s).log_prob(z)
+            + torch.log(s * sig(u[:, 1]) * (1 - sig(u[:, 1])))
+            + dist.Normal(z, 1.0).log_prob(rows)
+        )
+
+    def by_data(u):
+        hi = rows.abs() + 1.0
+        z = hi * sig(u[:, 0])
+        return (
+            -hi.log()
+            + torch.log(hi * sig(u[:, 0]) * (1 - sig(u[:, 0])))
+            + dist.Normal(z, 1.0).log_prob(rows)
+        )
+
+    for model, exact in ((_bounded_by_latent, by_latent), (_bounded_by_data, by_data)):
+        pot = make_potential(model, x, num_chains=2, fast=fast)
+        u = torch.randn(6, pot.dim)
+        value, grad = pot.potential_and_grad(u)
+        uu = u.clone().requires_grad_(True)
+        expected = exact(uu)
+        (g,) = torch.autograd.grad(expected.sum(), uu)
+        torch.testing.assert_close(value, -expected.detach())
+        torch.testing.assert_close(grad, -g)
+        assert pot.path == ("traced" if fast == "off" else "compiled")
+
+
+def test_guide_draws_map_through_the_models_per_row_support():
+    pyro.clear_param_store()
+    x = torch.randn(4)
+    pot = PerDatapointPotential(_bounded_by_latent, x, num_chains=2, guide=_bounded_guide)
+    torch.manual_seed(0)
+    u, log_q = pot.sample_guide()
+    s = u[:, 0].exp()
+    w = torch.sigmoid(u[:, 1])
+    # log q(u) = log q(s) + log|ds/du| + log q(z | s) + log|dz/du|, z = s * sigmoid(u_z):
+    # log q(z | s) = log Beta(w) - log s, log|dz/du| = log(s w (1 - w))
+    expected = (
+        dist.LogNormal(0.3, 0.5).log_prob(s)
+        + u[:, 0]
+        + dist.Beta(2.0, 3.0).log_prob(w)
+        + torch.log(w * (1 - w))
+    )
+    assert bool(torch.isfinite(u).all())
+    torch.testing.assert_close(log_q, expected)
+    torch.testing.assert_close(pot.log_guide(u), log_q)

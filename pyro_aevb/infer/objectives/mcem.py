@@ -35,7 +35,13 @@ import torch
 from ...mcmc import hmc
 from ...mcmc.potentials import make_potential
 from ...models.vae import VAE
-from ...poutine import PerDatapointProgram, TrainingProgram, collect_params
+from ...poutine import (
+    PerDatapointProgram,
+    TrainingProgram,
+    collect_params,
+    constrain_in_model,
+    flatten_in_model,
+)
 from ...validation import check_choice, check_positive_float, check_positive_int
 from .base import FAST_MODES, BoundObjective, Objective
 
@@ -193,7 +199,9 @@ class MonteCarloEMObjective(BoundObjective):
             rows = x[:1].expand(num_data, *x.shape[1:])
             trace = poutine.trace(self.prepared.model).get_trace(rows)
         values = {n: trace.nodes[n]["value"] for n in self.layout.names}
-        self.chains = self.layout.flatten(values).to(x.dtype)
+        with torch.no_grad():
+            flat = flatten_in_model(self.prepared.model, rows, self.layout, values)
+        self.chains = flat.to(x.dtype)
         self.step_size = torch.full(
             (num_data,), self.options.init_step_size, dtype=x.dtype, device=x.device
         )
@@ -234,7 +242,9 @@ class MonteCarloEMObjective(BoundObjective):
             if vae.weight_prior_std is not None:
                 loss = loss - vae.log_weight_prior()
         else:
-            values = self.layout.unflatten_constrained(u)
+            # z held fixed while theta moves: bounds that depend on theta do not move it
+            with torch.no_grad():
+                values = constrain_in_model(self.prepared.model, x, self.layout, u)[0]
             conditioned = poutine.condition(self.program.model_n, data=values)
             loss = -poutine.trace(conditioned).get_trace(x).log_prob_sum()
         loss.backward()
