@@ -13,6 +13,7 @@ from pyro.poutine.util import site_is_subsample
 
 __all__ = [
     "ProgramContractError",
+    "SubsampledPlateError",
     "plate_frame",
     "sum_to_plate",
     "sample_sites",
@@ -26,6 +27,11 @@ __all__ = [
 class ProgramContractError(ValueError):
     """A program breaks a contract of this library (its data plate, its sites); the message
     names the plate or site and says what to change."""
+
+
+class SubsampledPlateError(ProgramContractError):
+    """A plate other than the data plate subsamples: training by SVI works, per-datapoint
+    densities (bounds, log p(x_i), HMC, AIS) do not."""
 
 
 def plate_frame(site: dict, plate_name: str):

@@ -43,7 +43,14 @@ from ..device import fork_rng
 from .auxiliary import is_auxiliary
 from .layout import LatentLayout
 from .params import buffers_kept, row_coupling_modules
-from .plates import ProgramContractError, latent_sites, plate_frame, require_plate, sample_sites
+from .plates import (
+    ProgramContractError,
+    SubsampledPlateError,
+    latent_sites,
+    plate_frame,
+    require_plate,
+    sample_sites,
+)
 
 __all__ = [
     "DataPlateRows",
@@ -265,6 +272,8 @@ class PerDatapointProgram:
                 else:
                     guide_trace, model_trace = None, poutine.trace(model_r).get_trace(x)
         require_plate(model_trace, plate_name, "model")
+        for trace in (model_trace, guide_trace):
+            _check_only_data_plate_subsamples(trace, plate_name)
         _check_site_shapes(model_trace, plate_name)
         _check_observed_rows(model_trace, plate_name, x.shape[0])
         if warn:
@@ -363,6 +372,21 @@ def _check_site_shapes(trace, plate_name: str) -> None:
                 f"its distribution's batch and event shape {shape}; check the shape of x "
                 f"(one datapoint per row) against the model"
             ) from None
+
+
+def _check_only_data_plate_subsamples(trace, plate_name: str) -> None:
+    """No plate but the data plate subsamples: a per-datapoint density summed over a random
+    subset of another plate is a random estimate of it (HMC and AIS would target a different
+    density at every step), and its ``full_size / size`` scale is not applied per datapoint."""
+    for name, site in sample_sites(trace) if trace is not None else ():
+        for f in site["cond_indep_stack"]:
+            if f.name != plate_name and f.full_size not in (None, f.size):
+                raise SubsampledPlateError(
+                    f"site '{name}' is inside the plate '{f.name}', which subsamples {f.size} "
+                    f"of {f.full_size}: per-datapoint densities (bounds, log p(x_i), HMC, AIS) "
+                    f"need every entry of plates other than '{plate_name}'; run the model "
+                    f"with that plate in full (subsample_size=None) for these estimators"
+                )
 
 
 def _warn_scaled_sites(plate_name: str, *traces) -> None:

@@ -47,6 +47,7 @@ from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
 from ..poutine.params import buffers_kept, eval_mode
+from ..poutine.plates import SubsampledPlateError
 from ..validation import (
     check_choice,
     check_data,
@@ -334,10 +335,22 @@ class Trainer:
             self.objective.setup(first)
             # everything the programs touch is checkpointed, trained or not
             self.state_params = self.program.collect_params(first)
+            #: Why the history holds no train/test bound (None: it does, if the objective
+            #: has one).
+            self.bound_unavailable: str | None = None
             if self.objective.has_bound and self.schedule:
                 # fail now, not after training, if the bound cannot be evaluated
-                with torch.no_grad(), self._evaluation_mode():
-                    self.objective.bound(self.train[:2])
+                try:
+                    with torch.no_grad(), self._evaluation_mode():
+                        self.objective.bound(self.train[:2])
+                except SubsampledPlateError as err:
+                    # SVI trains such a model; only the per-datapoint bound is undefined
+                    self.bound_unavailable = str(err)
+                    warnings.warn(
+                        f"the history will hold no train/test bound: {err}",
+                        UserWarning,
+                        stacklevel=3,
+                    )
         # lr=None: the default for a new run, the run's own when resuming (see _restore)
         self._lr_given = None if lr is None else check_positive_float(lr, "lr")
         lr = DEFAULT_LR if lr is None else self._lr_given
@@ -603,7 +616,7 @@ class Trainer:
         with fork_rng(), self._evaluation_mode():
             torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
             for split, data in (("train", self.train), ("test", self.test)):
-                if data is None or not self.objective.has_bound:
+                if data is None or not self.objective.has_bound or self.bound_unavailable:
                     continue
                 subset = data if self.eval_size is None else data[: self.eval_size]
                 with torch.no_grad():
