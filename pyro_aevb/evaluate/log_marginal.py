@@ -38,6 +38,7 @@ import torch
 from ..device import fork_rng, make_generator, place
 from ..infer.per_datapoint import check_per_datapoint
 from ..poutine import PerDatapointProgram, latent_sites, plate_frame
+from ..poutine.params import buffers_kept
 from ..train.distributed import resolve_distributed
 from ..validation import check_choice, check_data, check_seed
 from .ais import INITS, SCHEDULES, ais, bdmc
@@ -248,7 +249,9 @@ def _estimate(
     settings.update({"seed": int_seed, **program.settings})
     upper = upper_stderr = None
     t_start = time.perf_counter()
-    with fork_rng():
+    # modules left in train mode (warned about when the program was made) would update their
+    # BatchNorm statistics at every evaluation: an estimate must not change the model
+    with fork_rng(), buffers_kept(program.called_modules, discover=False):
         torch.manual_seed(int_seed)
         if method == "elbo":
             estimate, stderr = elbo_with_stderr(
