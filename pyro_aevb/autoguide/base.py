@@ -61,7 +61,7 @@ from ..poutine import (
     plate_frame,
     require_plate,
 )
-from ..poutine.layout import fixed_support
+from ..poutine.layout import fixed_support, same_support
 from ..poutine.plates import ProgramContractError
 from .encoders import check_encoder, make_trunk, trunk_features
 
@@ -431,6 +431,8 @@ class AmortizedGuide(PyroModule):
         # a throw-away run of the model: fork the RNG so the caller's draws are not shifted
         with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
             trace = poutine.trace(model).get_trace(*args, **kwargs)
+            # other draws: a local support whose bounds follow a global latent changes
+            again = poutine.trace(model).get_trace(*args, **kwargs)
         require_plate(trace, self.plate_name, "model")
         latents = latent_sites(trace)
         local = [n for n, s in latents.items() if plate_frame(s, self.plate_name)]
@@ -450,6 +452,18 @@ class AmortizedGuide(PyroModule):
         sites, offset = [], 0
         for name in local:
             site = _local_site(name, latents[name], self.plate_name, offset)
+            other = again.nodes.get(name)
+            if other is not None and not same_support(
+                latents[name]["fn"].support, other["fn"].support
+            ):
+                raise ProgramContractError(
+                    f"local latent site '{name}' has a support whose bounds change from run to "
+                    f"run (they follow a latent drawn outside the plate '{self.plate_name}', "
+                    f"e.g. Uniform(0, g) with g global); an amortized guide maps each row "
+                    f"through one fixed transform, which would keep the first run's bounds: "
+                    f"reparametrise the model (z = g * w with w ~ Uniform(0, 1)) or write the "
+                    f"guide by hand"
+                )
             sites.append(site)
             offset += site.size
         dims = {plate_frame(latents[n], self.plate_name).dim for n in local}

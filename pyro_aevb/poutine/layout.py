@@ -35,7 +35,7 @@ from torch.distributions.transforms import Transform
 
 from .plates import ProgramContractError, global_latent_error, latent_sites, plate_frame
 
-__all__ = ["LatentSite", "LatentLayout", "fixed_support", "support_has_tensors"]
+__all__ = ["LatentSite", "LatentLayout", "fixed_support", "same_support", "support_has_tensors"]
 
 
 def _constraint_tensors(constraint: Constraint):
@@ -52,6 +52,16 @@ def support_has_tensors(constraint: Constraint) -> bool:
     """Whether ``constraint`` has tensor parameters: its transform may differ per row, per
     evaluation (bounds from other latents, the data, parameters)."""
     return any(True for _ in _constraint_tensors(constraint))
+
+
+def same_support(a: Constraint, b: Constraint) -> bool:
+    """Whether two supports of one site (from two runs) are of one type with equal bounds."""
+    if type(a) is not type(b):
+        return False
+    ta, tb = list(_constraint_tensors(a)), list(_constraint_tensors(b))
+    return len(ta) == len(tb) and all(
+        x.shape == y.shape and torch.equal(x.detach(), y.detach()) for x, y in zip(ta, tb)
+    )
 
 
 def fixed_support(constraint: Constraint) -> Constraint | None:

@@ -129,3 +129,15 @@ def test_supports_bounded_per_row_are_refused_and_one_valued_bounds_train():
     trace = pyro.poutine.trace(guide).get_trace(torch.randn(3))  # another number of rows
     z = trace.nodes["z"]["value"]
     assert z.shape == (3,) and bool(((z > 0) & (z < 2)).all())
+
+
+def test_a_local_support_that_follows_a_global_latent_is_refused():
+    def model(x):
+        g = pyro.sample("g", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Uniform(0.0, g))  # one bound for every row, new each run
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"site 'z' has a support whose bounds change from run"):
+        AmortizedNormal(model, global_guide="normal")(torch.randn(4))
