@@ -3,7 +3,7 @@ r"""Set a model's local latents from an unconstrained position as the model runs
 A latent whose support has tensor bounds (``z ~ Uniform(0, s)`` with ``s`` another latent,
 ``Uniform(0, x_i)`` with bounds from the data) has a transform ``z = T(u)`` that is known only
 when the model reaches the site, after the latents it depends on have their values. Taking
-``T = biject_to(support)`` from the site's distribution there is what makes the potential
+``T = biject_to(support)`` from the site's distribution there is what makes the potential::
 
     log p(x_i, u_i) = sum_sites [log p(z_s | ...) + log |det dT_s/du_s (u_s)|] + log p(x_i | z_i)
 
