@@ -367,8 +367,12 @@ class PerDatapointPotential:
         if before != self._guide_cache_key:
             self._guide_cache = None
             # fork the RNG: this throw-away draw must not shift the caller's random stream
+            # built as every evaluation runs: validation as the potential's, so a position out
+            # of the guide's support (a diverging trajectory) gives -inf/NaN (a rejected
+            # move), not an error
             with poutine.block(), torch.no_grad(), fork_rng():
-                trace = poutine.trace(self.guide).get_trace(self.x_rep)
+                with pyro.validation_enabled(self.validate):
+                    trace = poutine.trace(self.guide).get_trace(self.x_rep)
             sites = list(latent_sites(trace).values())
             if len(sites) == 1 and sites[0]["name"] == self.layout.names[0]:
                 self._guide_cache = sites[0]

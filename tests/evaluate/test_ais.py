@@ -133,3 +133,32 @@ def test_ais_on_a_latent_bounded_by_another_matches_quadrature():
     err = res.estimate.double() - exact
     assert bool((err.abs() < 4 * res.stderr).all()), (err, res.stderr)
     assert float(res.stderr.max()) < 0.03
+
+
+def test_ais_from_an_exact_single_site_guide_rejects_moves_out_of_its_support():
+    # Gamma-Poisson with the exact Gamma posterior as the guide: log q(u) is evaluated at
+    # every step, also where a trajectory leaves the guide's support (there a rejected move,
+    # not a validation error); every weight is then log p(x) itself
+    torch.manual_seed(1)
+    counts = dist.Poisson(dist.Gamma(2.0, 1.0).sample((4, 1)).expand(4, 5)).sample()
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            r = pyro.sample("r", dist.Gamma(2.0, 1.0))
+            pyro.sample("x", dist.Poisson(r.unsqueeze(-1)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("r", dist.Gamma(2.0 + x.sum(-1), 1.0 + x.shape[-1]))
+
+    a, b, n, s = 2.0, 1.0, counts.shape[1], counts.sum(-1)
+    exact = (
+        a * torch.log(torch.tensor(b))
+        - torch.lgamma(torch.tensor(a))
+        + torch.lgamma(a + s)
+        - (a + s) * torch.log(torch.tensor(b + n))
+        - torch.lgamma(counts + 1).sum(-1)
+    )
+    for fast in ("auto", "off"):
+        res = ais(model, guide, counts, num_chains=16, num_temps=50, fast=fast)
+        torch.testing.assert_close(res.estimate, exact, atol=1e-4, rtol=0)
