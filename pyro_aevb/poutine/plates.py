@@ -65,9 +65,15 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
 
 
 def sample_sites(trace):
-    """``(name, site)`` of every sample site of ``trace`` except plates' subsample sites."""
+    """``(name, site)`` of every sample site of ``trace`` except plates' subsample sites and
+    ``pyro.deterministic`` sites (a record of a value: its ``Delta`` has log-density 0, and its
+    default ``event_dim``, every dim of the value, need not fit the data plate)."""
     for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site_is_subsample(site):
+        if (
+            site["type"] == "sample"
+            and not site_is_subsample(site)
+            and not (site.get("infer") or {}).get("_deterministic")
+        ):
             yield name, site
 
 
