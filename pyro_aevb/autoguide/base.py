@@ -63,6 +63,7 @@ from ..poutine import (
 )
 from ..poutine.layout import fixed_support, same_support
 from ..poutine.plates import ProgramContractError
+from ..poutine.program import site_mask
 from .encoders import check_encoder, make_trunk, trunk_features
 
 __all__ = [
@@ -452,6 +453,15 @@ class AmortizedGuide(PyroModule):
         sites, offset = [], 0
         for name in local:
             site = _local_site(name, latents[name], self.plate_name, offset)
+            if site_mask(latents[name]) is not None:
+                raise ProgramContractError(
+                    f"local latent site '{name}' is masked in the model (some entries carry no "
+                    f"density there; Pyro's obs_mask makes such a site for the missing "
+                    f"entries): an amortized guide cannot know which entries each batch masks, "
+                    f"and would add their entropy to the bound. Mask the likelihood instead "
+                    f"(its .mask(observed) integrates the missing entries out), or write the "
+                    f"guide by hand with pyro.poutine.mask on that site"
+                )
             other = again.nodes.get(name)
             if other is not None and not same_support(
                 latents[name]["fn"].support, other["fn"].support

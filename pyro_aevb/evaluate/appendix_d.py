@@ -366,6 +366,13 @@ def appendix_d(
     num_chains = check_positive_int(num_chains, "num_chains")
     seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
+    if program.masked_names:
+        raise ValueError(
+            f"latent site(s) {list(program.masked_names)} are masked in the model (entries "
+            f"with no density there, as Pyro's obs_mask makes for the missing entries): HMC "
+            f"draws of those entries are an unbounded random walk, so the density Appendix D "
+            f"fits to the draws is not the posterior's; use method 'ais' or 'iwae'"
+        )
     guide = program.guide
     if init_particles is None:
         init_particles = default_init_particles(guide)

@@ -54,6 +54,7 @@ from .plates import (
 
 __all__ = [
     "DataPlateRows",
+    "site_mask",
     "ProgramContractError",
     "first_trace_errors",
     "PerDatapointProgram",
@@ -290,6 +291,8 @@ class PerDatapointProgram:
             )
         latents = latent_sites(model_trace)
         self.local_names = tuple(n for n, s in latents.items() if plate_frame(s, plate_name))
+        #: Latent sites the model masks in part (their masked entries carry no density).
+        self.masked_names = tuple(n for n, s in latents.items() if site_mask(s) is not None)
         self.global_names = tuple(n for n in latents if n not in self.local_names)
         given = dict(global_values or {})
         if guide_trace is not None:
@@ -459,11 +462,46 @@ def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> 
             f"every latent of the model (guide sites: {list(guide_sites)})"
         )
     for n, s in model_latents.items():
+        if n in skip:
+            continue
         if plate_frame(s, plate_name) and not plate_frame(guide_sites[n], plate_name):
             raise ProgramContractError(
                 f"latent site '{n}' is inside the data plate '{plate_name}' in the model but "
                 f"not in the guide; sample it inside pyro.plate('{plate_name}', len(x)) there too"
             )
+        model_mask = site_mask(s)
+        if model_mask is not None and not _same_mask(model_mask, site_mask(guide_sites[n]), s):
+            raise ProgramContractError(
+                f"latent site '{n}' is masked in the model (some of its entries carry no "
+                f"density there; Pyro's obs_mask makes such a site for the missing entries), "
+                f"but the guide does not mask the same entries: the bounds and importance "
+                f"weights would count the guide's density of entries the model does not have. "
+                f"Mask them in the guide too (pyro.poutine.mask(mask=...) around its site), or "
+                f"mask the likelihood instead (its .mask(observed) integrates the missing "
+                f"entries out)"
+            )
+
+
+def site_mask(site: dict) -> torch.Tensor | bool | None:
+    """The site's mask if it masks anything (``False`` or a tensor with a ``False`` entry),
+    else ``None``."""
+    mask = site.get("mask")
+    if mask is None or mask is True:
+        return None
+    if isinstance(mask, torch.Tensor) and bool(mask.all()):
+        return None
+    return mask
+
+
+def _same_mask(a, b, site: dict) -> bool:
+    if b is None:
+        return False
+    shape = tuple(site["fn"].batch_shape)
+    try:
+        a, b = (torch.broadcast_to(torch.as_tensor(m), shape) for m in (a, b))
+    except RuntimeError:
+        return False
+    return torch.equal(a.to(torch.bool), b.to(torch.bool))
 
 
 def as_program(

@@ -145,3 +145,84 @@ def test_another_plate_that_subsamples_is_refused_for_densities_and_trained_with
         )
     assert "train_bound" not in res.history[-1] and res.history[-1]["loss"] is not None
     assert float(pyro.param("a").detach()) != 0.1
+
+
+def test_deterministic_sites_in_the_data_plate_are_records_not_densities():
+    from pyro_aevb.mcmc.potentials import make_potential
+
+    def with_record(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.deterministic("z2", 2 * z)  # default event_dim: every dim of the value
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.7).to_event(1), obs=x)
+
+    def without(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.7).to_event(1), obs=x)
+
+    def g(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    x = torch.randn(5, 3)
+    a = log_marginal(with_record, g, x, "iwae", num_particles=10, seed=1)
+    b = log_marginal(without, g, x, "iwae", num_particles=10, seed=1)
+    torch.testing.assert_close(a.estimate, b.estimate)
+    u = torch.randn(10, 1)
+    for fast in ("auto", "off"):
+        pot = make_potential(with_record, x, num_chains=2, fast=fast)
+        torch.testing.assert_close(pot(u), make_potential(without, x, num_chains=2)(u))
+
+
+def test_masked_latents_need_a_guide_that_masks_the_same_entries():
+    """Pyro's obs_mask makes a latent site 'x_unobserved' whose observed entries carry no
+    density: a guide must mask the same entries, or its density of them is counted; Appendix
+    D and the amortized autoguides refuse such sites, AIS from the prior and IWAE/AIS from a
+    masking guide are exact."""
+    from pyro_aevb import AmortizedNormal
+    from pyro_aevb.poutine.plates import ProgramContractError
+
+    torch.manual_seed(5)
+    b, d = 4, 4
+    x = torch.randn(b, 1) + torch.randn(b, d)  # z ~ N(0, 1), x_j ~ N(z, 1)
+    obs = torch.rand(b, d) > 0.35
+    obs[:, 0] = True
+    cov = torch.ones(d, d) + torch.eye(d)
+    exact = torch.stack(
+        [
+            dist.MultivariateNormal(torch.zeros(int(m.sum())), cov[m][:, m]).log_prob(x[i, m])
+            for i, m in enumerate(obs)
+        ]
+    )
+
+    def model(x):
+        mask = obs.repeat(len(x) // b, 1)  # rows are replicated per chain
+        with pyro.plate("data", len(x), dim=-2):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            with pyro.plate("feat", d, dim=-1):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x, obs_mask=mask)
+
+    def guide(x, masked=True):  # the exact posterior of z
+        mask = obs.repeat(len(x) // b, 1)
+        prec = 1 + mask.sum(-1, keepdim=True)
+        with pyro.plate("data", len(x), dim=-2):
+            z = pyro.sample("z", dist.Normal((x * mask).sum(-1, keepdim=True) / prec, prec**-0.5))
+            with pyro.plate("feat", d, dim=-1), pyro.poutine.mask(mask=~mask if masked else True):
+                pyro.sample("x_unobserved", dist.Normal(z.expand(-1, d), 1.0))
+
+    for method, options in (("iwae", {"num_particles": 50}), ("ais", {"num_temps": 20})):
+        res = log_marginal(model, guide, x, method, seed=0, **options)
+        torch.testing.assert_close(res.estimate, exact, atol=1e-4, rtol=0)
+    res = log_marginal(model, None, x, "ais", seed=0, num_chains=32, num_temps=200)
+    assert bool(((res.estimate - exact).abs() < 4 * res.stderr + 1e-3).all())
+
+    def unmasked(x):
+        guide(x, masked=False)
+
+    with pytest.raises(ProgramContractError, match=r"'x_unobserved' is masked in the model"):
+        log_marginal(model, unmasked, x, "iwae", num_particles=5)
+    with pytest.raises(ValueError, match=r"\['x_unobserved'\] are masked.*use method 'ais'"):
+        log_marginal(model, None, x, "appendix_d", num_samples=5, num_warmup=5)
+    with pytest.raises(ProgramContractError, match=r"site 'x_unobserved' is masked"):
+        AmortizedNormal(model)(x)
