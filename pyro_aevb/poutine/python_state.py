@@ -13,24 +13,29 @@ before each replay and re-checks (training) or re-records (potentials) when it c
   (a tensor, a tuple, an object) by identity -- which parameters, buffers and submodules it
   holds, and each parameter's ``requires_grad``;
 * of the object behind a bound-method program that is not a module: the same attributes;
-* of the programs' functions: the global variables and closure cells they name (likewise);
+* of the programs' functions, the functions and lambdas defined inside them, and the helper
+  functions of their own module they name: the global variables and closure cells they
+  name (likewise; a plain object's public attributes, a small dict's, list's or tuple's
+  entries one level deep);
 * of Pyro's param store: which tensor each name holds.
 
 :meth:`settle` compares the snapshots before and after a recording run: programs that change
 their own numbers or flags while running (a counter incremented inside the model) cannot be
 replayed, and objects they rebuild at every run are not watched. What a snapshot cannot see:
-changes inside a container (a list appended to in place) and state read by helper functions
-the programs call. In-place updates of tensors are not changes (a recording reads tensors by
-reference); the values of tensors read in Python while recording are
-watched by the recording itself
+changes two levels down (``cfg.opts.beta``), inside containers of more than
+:data:`MAX_ENTRIES` entries, and state read by functions of other modules. In-place updates
+of tensors are not changes (a recording reads tensors by reference); the values of tensors
+read in Python while recording are watched by the recording itself
 (:meth:`~pyro_aevb.poutine.compile.RecordedFunction.values_read_changed`).
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterable
 
 import pyro
+import torch
 from torch import nn
 
 from .params import owner_modules
@@ -53,10 +58,77 @@ def _attributes(d: dict, ignored) -> tuple:
     return tuple([(k, v if type(v) in _SCALARS else (id(v),)) for k, v in d.items() if k[0] != "_"])
 
 
+#: Containers (dict, list, tuple) with at most this many entries are watched entry by entry.
+MAX_ENTRIES = 64
+#: At most this many functions are watched (the programs' and the helpers they name).
+MAX_FUNCTIONS = 32
+
+
+def _plain_object(value) -> bool:
+    """An instance of a user's class (its attributes are watched one level deep)."""
+    return (
+        hasattr(value, "__dict__")
+        and not isinstance(
+            value,
+            (type, types.ModuleType, types.FunctionType, types.MethodType, nn.Module, torch.Tensor),
+        )
+        and type(value).__module__ not in ("builtins", "functools")
+    )
+
+
+def _shallow(value):
+    """:func:`_value`, and one level into a small container or a plain object: a rebound
+    ``cfg.beta``, ``params["w"]`` or ``scales[0]`` read by a program is a change."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict and len(value) <= MAX_ENTRIES:
+        return (id(value), tuple([(k, _value(v)) for k, v in value.items() if type(k) in _SCALARS]))
+    if kind in (list, tuple) and len(value) <= MAX_ENTRIES:
+        return (id(value), tuple([_value(v) for v in value]))
+    if _plain_object(value):
+        return (id(value), _attributes(value.__dict__, None))
+    return (id(value),)
+
+
 def _functions(program: Callable) -> list:
     """The plain functions behind a program (a function, a bound method's function)."""
     fn = getattr(program, "__func__", program)
     return [fn] if hasattr(fn, "__code__") and hasattr(fn, "__globals__") else []
+
+
+def _names(code: types.CodeType) -> tuple:
+    """The global names ``code`` and the functions and lambdas defined in it may read."""
+    names = dict.fromkeys(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(dict.fromkeys(_names(const)))
+    return tuple(names)
+
+
+def _with_helpers(functions: list) -> list:
+    """``functions`` and the functions of their own module they name (transitively)."""
+    out = list(functions)
+    i = 0
+    while i < len(out) and len(out) < MAX_FUNCTIONS:
+        fn = out[i]
+        i += 1
+        glob = fn.__globals__
+        cells = []
+        for cell in fn.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        for value in [glob.get(n) for n in _names(fn.__code__)] + cells:
+            if (
+                isinstance(value, types.FunctionType)
+                and value.__module__ == fn.__module__
+                and all(value is not f for f in out)
+                and len(out) < MAX_FUNCTIONS
+            ):
+                out.append(value)
+    return out
 
 
 class PythonState:
@@ -91,7 +163,8 @@ class PythonState:
                 continue
             if all(owner is not o for o in self._objects):
                 self._objects.append(owner)
-        self._functions = [f for p in programs for f in _functions(p)]
+        self._functions = _with_helpers([f for p in programs for f in _functions(p)])
+        self._global_names = [_names(f.__code__) for f in self._functions]
         # part -> attribute names left out of snapshots (see ignore)
         self._ignored: dict = {}
 
@@ -115,12 +188,16 @@ class PythonState:
             glob = fn.__globals__
             skip = ign.get(("g", i)) or ()
             out["g", i] = tuple(
-                [(n, _value(glob[n])) for n in fn.__code__.co_names if n in glob and n not in skip]
+                [
+                    (n, _shallow(glob[n]))
+                    for n in self._global_names[i]
+                    if n in glob and n not in skip
+                ]
             )
             cells = []
             for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
                 try:
-                    cells.append((name, _value(cell.cell_contents)))
+                    cells.append((name, _shallow(cell.cell_contents)))
                 except ValueError:  # an empty cell
                     pass
             out["c", i] = tuple(cells)

@@ -472,3 +472,55 @@ def test_a_change_the_snapshot_cannot_see_is_caught_by_the_next_check():
     torch.testing.assert_close(stale, ref.potential_and_grad(u)[0], **F64)
     _assert_parts_equal(ref, pot, u, **F64)
     assert pot.path == "compiled" and pot.num_checks == 3
+
+
+class _Holder:
+    pass
+
+
+_HELD = _Holder()
+_HELD.scale = 1.0
+_WEIGHTS = {"scale": 1.0}
+_GLOBAL_SCALE = 1.0
+
+
+def _read_weights():
+    return _WEIGHTS["scale"]
+
+
+def _set_global(value):
+    global _GLOBAL_SCALE
+    _GLOBAL_SCALE = value
+
+
+_REBINDINGS = {
+    "module global read by a lambda": lambda: _set_global(2.0),
+    "attribute of a plain object": lambda: setattr(_HELD, "scale", 3.0),
+    "dict entry read by a helper": lambda: _WEIGHTS.__setitem__("scale", 0.5),
+}
+
+
+@pytest.mark.parametrize("change", list(_REBINDINGS))
+def test_state_read_through_helpers_plain_objects_and_dicts_is_seen_at_once(change):
+    """Rebound between two evaluations that are not checks (the 4th and 5th): the 5th is
+    recorded anew, not replayed stale."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            scale = (lambda: _GLOBAL_SCALE)() * _HELD.scale * _read_weights()
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) * scale, 0.7).to_event(1), obs=x)
+
+    _set_global(1.0)
+    _HELD.scale, _WEIGHTS["scale"] = 1.0, 1.0
+    x, u = torch.randn(4, 1, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    pot = make_potential(model, x)
+    for _ in range(4):
+        pot.potential_and_grad(u)
+    checks = pot.num_checks
+    _REBINDINGS[change]()
+    value, grad = pot.potential_and_grad(u)  # evaluation 5: not a regular check
+    ref_value, ref_grad = PerDatapointPotential(model, x).potential_and_grad(u)
+    torch.testing.assert_close(value, ref_value, **F64)
+    torch.testing.assert_close(grad, ref_grad, **F64)
+    assert pot.path == "compiled" and pot.num_checks == checks

@@ -79,9 +79,44 @@ def test_globals_and_closure_variables_of_plain_functions():
     assert state.describe(state.changes(before, state.snapshot())) == (
         "closure variable 'shift' of model"
     )
-    # a container changed in place is not seen (documented)
+    # a small container's entries are seen, one level deep (documented)
     before = state.snapshot()
     offset[0] = 1.0
+    assert state.describe(state.changes(before, state.snapshot())) == (
+        "closure variable 'offset' of model"
+    )
+
+
+class _Config:
+    def __init__(self):
+        self.beta = 1.0
+        self.opts = {"scale": 2.0}
+
+
+_CFG = _Config()
+_TABLE = {"w": 1.0}
+
+
+def _helper_scale():
+    return _TABLE["w"] * _CFG.beta
+
+
+def test_helpers_lambdas_plain_objects_and_dicts_the_programs_read():
+    def model(x):
+        w = (lambda: _CFG.beta)()  # a lambda defined inside: its names are watched too
+        pyro.sample("z", dist.Normal(x * w * _helper_scale(), 1.0).to_event(1))
+
+    state = PythonState([model])
+    assert _changed(state, lambda: setattr(_CFG, "beta", 0.5)) == (
+        "global '_CFG' of model, global '_CFG' of _helper_scale"
+    )
+    before = state.snapshot()
+    _TABLE["w"] = 3.0  # read by a helper function of the same module
+    assert "global '_TABLE' of _helper_scale" in state.describe(
+        state.changes(before, state.snapshot())
+    )
+    before = state.snapshot()
+    _CFG.opts["scale"] = 5.0  # two levels down: not seen (documented)
     assert state.snapshot() == before
 
 
