@@ -97,9 +97,49 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
             raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
         check_fully_reparametrized(guide_site)
         kl = site_kl(name, guide_site, model_site)
-        kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
-        elbo_particle = elbo_particle - kl.sum()
+        if _same_weight(model_site, guide_site):
+            kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])
+            elbo_particle = elbo_particle - kl.sum()
+            continue
+        # The model weighs its term otherwise than the guide (a KL weight written with
+        # poutine.scale or a mask around the model's site only): what estimator A estimates,
+        # s_m E_q[log p] - s_g E_q[log q], is in closed form -s_m KL + (s_g - s_m) H(q)
+        # (E_q[log p] = -KL - H), each part with its own site's scale and mask.
+        try:
+            entropy = guide_site["fn"].entropy()
+        except NotImplementedError:
+            raise AnalyticKLError(
+                f"estimator B: latent site '{name}' is scaled or masked in the model "
+                f"otherwise than in the guide (poutine.scale / mask around one of them), and "
+                f"the guide's {type(guide_site['fn']).__name__} has no closed-form entropy to "
+                f"weigh them apart; put the same scale on both sites or use estimator 'A'"
+            ) from None
+        model_part = scale_and_mask(-kl - entropy, model_site["scale"], model_site["mask"])
+        guide_part = scale_and_mask(entropy, guide_site["scale"], guide_site["mask"])
+        elbo_particle = elbo_particle + model_part.sum() + guide_part.sum()
     return elbo_particle
+
+
+def _same_weight(model_site: dict, guide_site: dict) -> bool:
+    """Whether the two sites carry the same scale and mask (the usual case, in which the
+    site's term is ``-scale * KL``, masked)."""
+    for key in ("scale", "mask"):
+        a, b = model_site[key], guide_site[key]
+        if a is b:
+            continue
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            if a != b:
+                return False
+            continue
+        a = torch.as_tensor(True if a is None else a)
+        b = torch.as_tensor(True if b is None else b)
+        try:
+            a, b = torch.broadcast_tensors(a, b)
+        except RuntimeError:
+            return False
+        if not torch.equal(a, b):
+            return False
+    return True
 
 
 class AnalyticKL_ELBO(TraceMeanField_ELBO):

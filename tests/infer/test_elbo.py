@@ -155,3 +155,41 @@ def test_per_datapoint_bound_validates_arguments():
         elbo_per_datapoint(vae.model, vae.guide, x, num_particles=0)
     with pytest.raises(ValueError, match="plate named 'batch'"):
         elbo_per_datapoint(vae.model, vae.guide, x, plate_name="batch")
+
+
+def test_estimator_b_weighs_a_scale_or_mask_on_the_models_site_as_estimator_a_does():
+    """A KL weight written around the model's latent only (beta-VAE, annealing): estimator A
+    estimates beta E_q[log p(z)] - E_q[log q(z)] + E_q[log p(x | z)]; B must compute the same
+    in closed form, -beta KL + (1 - beta) H(q), not drop the model's scale."""
+    beta, x = 0.25, torch.randn(3, 2, dtype=torch.float64)
+    keep = torch.tensor([True, False, True])
+
+    def model(x, mask=False):
+        with pyro.plate("data", 3):
+            with pyro.poutine.scale(scale=beta), pyro.poutine.mask(mask=keep if mask else True):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(3, 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(x, mask=False):
+        with pyro.plate("data", 3):
+            pyro.sample("z", dist.Normal(x / 2, 0.6).to_event(1))
+
+    q = dist.Normal(x / 2, 0.6).to_event(1)
+    kl = torch.distributions.kl_divergence(q, dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+    for mask in (False, True):
+        torch.manual_seed(7)
+        got = -AnalyticKL_ELBO().differentiable_loss(model, guide, x, mask)
+        torch.manual_seed(7)  # the same draw of z
+        guide_tr = pyro.poutine.trace(guide).get_trace(x, mask)
+        z = guide_tr.nodes["z"]["value"]
+        lik = dist.Normal(z, 1.0).to_event(1).log_prob(x).sum()
+        w = keep.double() if mask else torch.ones(3, dtype=torch.float64)
+        expected = lik + (w * beta * (-kl - q.entropy())).sum() + q.entropy().sum()
+        torch.testing.assert_close(got, expected)
+        # and A, averaged over many draws, estimates the same value as B
+        opts = {"num_particles": 4000, "vectorize_particles": True, "max_plate_nesting": 1}
+        losses = [
+            e.loss(model, guide, x, mask)
+            for e in (pyro.infer.Trace_ELBO(**opts), AnalyticKL_ELBO(**opts))
+        ]
+        assert abs(losses[0] - losses[1]) < 0.15, losses
