@@ -19,6 +19,7 @@ the position in it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -626,6 +627,7 @@ class Trainer:
             record.update(self.objective.diagnostics())
             if self.callback is not None:  # gradients allowed: it may run HMC
                 self.callback(self, record)
+                _check_json_record(record)
         # only now: an evaluation that fails leaves the running mean for its retry on resume
         self._loss_sum, self._loss_count = 0.0, 0
         if self.parallel is not None:
@@ -900,6 +902,22 @@ def _unpack_data(train, test, dataset_name):
             raise ValueError("pass either a Dataset as train, or train and test tensors")
         return train.train, train.test, dataset_name or train.name
     return train, test, dataset_name
+
+
+def _check_json_record(record: dict) -> None:
+    """The entries a callback put in a history record must be JSON numbers, strings, lists
+    or dicts of them: the record goes into the checkpoint and ``history.json``, and one that
+    cannot be written would make every later save, and the resume, fail."""
+    for key in list(record):
+        try:
+            json.dumps({key: record[key]}, allow_nan=True)
+        except (TypeError, ValueError) as err:
+            value = record.pop(key)
+            raise TypeError(
+                f"the callback left {key!r} = {type(value).__name__} in the history record, "
+                f"which cannot be written as JSON ({err}); add a number, string or list "
+                f"(e.g. float(t) or t.tolist() for a tensor)"
+            ) from None
 
 
 def fit(model, train, test=None, **kwargs) -> FitResult:

@@ -357,3 +357,19 @@ def test_resume_restores_buffers_of_modules_reached_only_through_pyro_module(tmp
     del state["buffers"]  # a checkpoint saved before buffers were
     with pytest.warns(UserWarning, match="holds no values for the buffers"):
         params.load_state_dict(state)
+
+
+def test_a_callback_that_leaves_a_value_json_cannot_hold_is_named_and_the_run_resumes(tmp_path):
+    x = binary_data(100)
+
+    def bad(trainer, record):
+        record["extra"] = torch.tensor(1.0)
+
+    with pytest.raises(TypeError, match=r"callback left 'extra' = Tensor in the history record"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=300, batch_size=20, eval_every=100,
+            out_dir=tmp_path, progress=False, callback=bad)  # fmt: skip
+    # the progress was saved without that record; a resume redoes the evaluation
+    assert json.loads((tmp_path / "history.json").read_text()) == []
+    res = fit(mlp_vae(30, 2, (8,)), x, num_samples=300, batch_size=20, eval_every=100,
+              out_dir=tmp_path, progress=False, resume=True)  # fmt: skip
+    assert [r["samples"] for r in res.history] == [100, 200, 300]
