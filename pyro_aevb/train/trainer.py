@@ -572,6 +572,17 @@ class Trainer:
             return None  # in a data-parallel run rank 0 writes the run's files
         if not all_finite(self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
+        bad = self._non_finite_optimizer_state()
+        if bad:
+            self._fail(
+                float("nan"),
+                what=(
+                    f"the optimizer's state became non-finite by {self.samples} training "
+                    f"samples ({bad}): a gradient whose square overflows float32 (about 1e19 "
+                    f"or more) makes Adagrad's / Adam's updates zero, so that parameter had "
+                    f"stopped training; the checkpoint was not overwritten"
+                ),
+            )
         # the compiled path may have fallen back to stock Pyro since the start
         self.config["path"], self.config["path_reason"] = (
             self.objective.path,
@@ -756,8 +767,26 @@ class Trainer:
     def _save_progress_after_failure(self) -> None:
         # Training progress is kept even if an evaluation fails; the record is not lost: on
         # resume the missing evaluation point is evaluated first.
-        if self.out_dir is not None and all_finite(self.objective.params):
+        if (
+            self.out_dir is not None
+            and all_finite(self.objective.params)
+            and not self._non_finite_optimizer_state()
+        ):
             self.save()
+
+    def _non_finite_optimizer_state(self) -> str:
+        """The optimizer's non-finite state entries, e.g. ``"'sum' of a parameter of shape
+        ()"``, or ``""``."""
+        bad = []
+        for param, entry in self.optimizer.state.items():
+            for key, value in entry.items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and not bool(torch.isfinite(value).all())
+                ):
+                    bad.append(f"'{key}' of a parameter of shape {tuple(param.shape)}")
+        return ", ".join(bad[:3])
 
     def _stop_if_interrupted(self, interrupts: DeferredInterrupts, saved: bool) -> None:
         received = interrupts.received is not None

@@ -373,3 +373,32 @@ def test_a_callback_that_leaves_a_value_json_cannot_hold_is_named_and_the_run_re
     res = fit(mlp_vae(30, 2, (8,)), x, num_samples=300, batch_size=20, eval_every=100,
               out_dir=tmp_path, progress=False, resume=True)  # fmt: skip
     assert [r["samples"] for r in res.history] == [100, 200, 300]
+
+
+@pytest.mark.parametrize("fast", ["auto", "off"])
+def test_an_optimizer_state_overflowed_by_a_huge_gradient_stops_the_run(tmp_path, fast):
+    """A finite gradient of 1e20 overflows Adagrad's sum of squares to inf in float32: the
+    parameter's updates become zero (it stops training) while the loss stays finite. That
+    state is not written to a checkpoint; the run stops with the reason."""
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        a = pyro.param("a_huge", lambda: torch.tensor(1.0))
+        pyro.factor("big", -1e20 * a)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    pyro.clear_param_store()
+    with pytest.raises(NonFiniteLossError, match=r"optimizer's state became non-finite.*'sum'"):
+        fit(model, torch.randn(200), guide=guide, num_samples=400, batch_size=50,
+            out_dir=tmp_path, fast=fast, progress=False, eval_every=200)  # fmt: skip
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        if (tmp_path / name).exists():
+            state = load_checkpoint(tmp_path / name)["optimizer_state"]["state"]
+            assert all(torch.isfinite(v).all() for e in state.values() for v in e.values())
