@@ -449,17 +449,27 @@ class Trainer:
             remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():
+                previous = None if checkpoint is None else previous_checkpoint_path(checkpoint)
+                hint = "pass the out_dir of the run to continue"
+                if previous is not None and previous.is_file():
+                    hint = (
+                        f"the run's previous checkpoint {previous.name} is there: rename it to "
+                        f"{CHECKPOINT_NAME} to continue from it (it is one checkpoint older)"
+                    )
                 raise FileNotFoundError(
-                    f"resume=True but there is no checkpoint at {checkpoint}; pass the out_dir "
-                    f"of the run to continue"
+                    f"resume=True but there is no checkpoint at {checkpoint}; {hint}"
                 )
             self._restore(load_checkpoint(checkpoint), checkpoint)
         else:
-            if checkpoint is not None and checkpoint.exists():
-                raise FileExistsError(
-                    f"{checkpoint} holds an earlier run; pass resume=True to continue it or "
-                    f"choose another out_dir (nothing was overwritten)"
-                )
+            if checkpoint is not None:
+                own = [*names, HISTORY_NAME, CONFIG_NAME]
+                found = [n for n in own if (self.out_dir / n).exists()]
+                if found:
+                    raise FileExistsError(
+                        f"{self.out_dir} holds an earlier run ({', '.join(found)}); pass "
+                        f"resume=True to continue it or choose another out_dir (nothing was "
+                        f"overwritten)"
+                    )
             torch.manual_seed(self.seed)
 
     def close(self) -> None:

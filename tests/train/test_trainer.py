@@ -402,3 +402,18 @@ def test_an_optimizer_state_overflowed_by_a_huge_gradient_stops_the_run(tmp_path
         if (tmp_path / name).exists():
             state = load_checkpoint(tmp_path / name)["optimizer_state"]["state"]
             assert all(torch.isfinite(v).all() for e in state.values() for v in e.values())
+
+
+def test_a_run_whose_checkpoint_is_gone_is_neither_overwritten_nor_resumed_silently(tmp_path):
+    x = binary_data(100)
+    fit(mlp_vae(30, 2, (8,)), x, num_samples=200, batch_size=20, eval_every=50,
+        out_dir=tmp_path, progress=False)  # fmt: skip
+    (tmp_path / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    assert "checkpoint.prev.pt" in before
+    with pytest.raises(FileExistsError, match=r"holds an earlier run \(checkpoint.prev.pt, his"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=200, out_dir=tmp_path, progress=False)
+    with pytest.raises(FileNotFoundError, match=r"previous checkpoint checkpoint.prev.pt is th"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=400, out_dir=tmp_path, progress=False, resume=True)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    assert after == before
