@@ -498,6 +498,14 @@ def data_parallel(
     else:
         shards = world_size
     if fast:
+        if shards != world_size and saved_shards is None:
+            logger.warning(
+                "shards=%d is not used on the paper VAE's fast path: it draws the whole "
+                "minibatch's noise at once, in %d process(es); pass fast='off' for sharded "
+                "stock-Pyro draws",
+                shards,
+                world_size,
+            )
         shards = world_size  # the fast path draws the global batch's noise: no streams needed
     if world_size == 1 and shards == 1:
         return None, {}

@@ -296,6 +296,13 @@ class Trainer:
             self.test = self.test.to(device=self.device, dtype=self.train.dtype)
         self.num_train = self.train.shape[0]
         self.batch_size = min(check_positive_int(batch_size, "batch_size"), self.num_train)
+        if batch_size > self.num_train:
+            warnings.warn(
+                f"batch_size={batch_size} is larger than the {self.num_train} training rows: "
+                f"each step uses all of them (batch_size={self.num_train})",
+                UserWarning,
+                stacklevel=3,
+            )
         if (num_samples is None) == (epochs is None):
             raise ValueError("give exactly one training budget: num_samples or epochs")
         if num_samples is not None:
@@ -319,6 +326,13 @@ class Trainer:
             raise TypeError(f"callback must be callable(trainer, record), got {callback!r}")
         self.callback = callback
         self.out_dir = None if out_dir is None else Path(out_dir)
+        if self.out_dir is None and checkpoint_every is not None:
+            warnings.warn(
+                f"checkpoint_every={checkpoint_every} has no effect without out_dir: no "
+                f"checkpoint is written",
+                UserWarning,
+                stacklevel=3,
+            )
         self.seed = check_seed(seed)
 
         # The programs, the objective bound to them, and a first look at a minibatch: the
@@ -329,6 +343,13 @@ class Trainer:
             model_fn, guide_fn, num_data=self.num_train, plate_name=plate_name, modules=modules
         )
         self.objective: BoundObjective = objective.bind(self.program, fast)
+        if not self.objective.has_bound and (test is not None or eval_size != 1000):
+            warnings.warn(
+                f"the '{objective.name}' objective has no bound to evaluate: test= and "
+                f"eval_size= are not used (the history records the training loss)",
+                UserWarning,
+                stacklevel=3,
+            )
         self.objective.plan(math.ceil(self.total / self.batch_size))
         first = self.train[: self.batch_size]
         with fork_rng():

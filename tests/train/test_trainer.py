@@ -417,3 +417,20 @@ def test_a_run_whose_checkpoint_is_gone_is_neither_overwritten_nor_resumed_silen
         fit(mlp_vae(30, 2, (8,)), x, num_samples=400, out_dir=tmp_path, progress=False, resume=True)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".")}
     assert after == before
+
+
+def test_settings_that_cannot_apply_are_said_not_silently_dropped(caplog):
+    import logging
+
+    x = binary_data(60)
+    with pytest.warns(UserWarning, match=r"batch_size=500 is larger than the 60 training rows"):
+        res = fit(mlp_vae(30, 2, (8,)), x, num_samples=120, batch_size=500, progress=False)
+    assert res.history[-1]["samples"] == 120
+    with pytest.warns(UserWarning, match=r"checkpoint_every=60 has no effect without out_dir"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=60, checkpoint_every=60, progress=False)
+    with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=60, batch_size=20, shards=3, progress=False)
+    assert "shards=3 is not used on the paper VAE's fast path" in caplog.text
+    with pytest.warns(UserWarning, match=r"the 'mcem' objective has no bound to evaluate: test="):
+        fit(mlp_vae(30, 2, (8,)), x, x[:10], objective="mcem", num_samples=20, batch_size=20,
+            progress=False)  # fmt: skip
