@@ -343,13 +343,6 @@ class Trainer:
             model_fn, guide_fn, num_data=self.num_train, plate_name=plate_name, modules=modules
         )
         self.objective: BoundObjective = objective.bind(self.program, fast)
-        if not self.objective.has_bound and (test is not None or eval_size != 1000):
-            warnings.warn(
-                f"the '{objective.name}' objective has no bound to evaluate: test= and "
-                f"eval_size= are not used (the history records the training loss)",
-                UserWarning,
-                stacklevel=3,
-            )
         self.objective.plan(math.ceil(self.total / self.batch_size))
         first = self.train[: self.batch_size]
         with fork_rng():

@@ -431,6 +431,3 @@ def test_settings_that_cannot_apply_are_said_not_silently_dropped(caplog):
     with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
         fit(mlp_vae(30, 2, (8,)), x, num_samples=60, batch_size=20, shards=3, progress=False)
     assert "shards=3 is not used on the paper VAE's fast path" in caplog.text
-    with pytest.warns(UserWarning, match=r"the 'mcem' objective has no bound to evaluate: test="):
-        fit(mlp_vae(30, 2, (8,)), x, x[:10], objective="mcem", num_samples=20, batch_size=20,
-            progress=False)  # fmt: skip
