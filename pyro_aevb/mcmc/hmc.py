@@ -41,6 +41,7 @@ from pyro.ops.integrator import velocity_verlet
 from .potential import value_and_grad
 
 __all__ = [
+    "NonFinitePotentialError",
     "HMCState",
     "HMCInfo",
     "PotentialFn",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 PotentialFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class NonFinitePotentialError(ValueError):
+    """The potential is not finite where chains start (the model has no density there)."""
 
 
 class HMCState(NamedTuple):
@@ -108,7 +113,7 @@ def init(potential_fn: PotentialFn, position: torch.Tensor) -> HMCState:
         )
     if not bool(torch.isfinite(potential).all()):
         bad = (~torch.isfinite(potential)).nonzero()[0].item()
-        raise ValueError(
+        raise NonFinitePotentialError(
             f"the potential is not finite at the initial position of chain {bad}; start the "
             f"chains where the model has positive density"
         )

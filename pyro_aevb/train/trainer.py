@@ -45,6 +45,7 @@ from ..device import (
     set_device_rng_state,
 )
 from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
+from ..mcmc.hmc import NonFinitePotentialError
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
 from ..poutine.params import buffers_kept, eval_mode
@@ -726,10 +727,19 @@ class Trainer:
             )
         violation = constraint_violation(err)
         # before any update the parameters are the initial ones: a bug, not a divergence
-        if violation is not None and self.step > 0:
+        # (MCEM updates several times within one step: the optimizer counts them)
+        updated = self.step > 0 or any(
+            float(st.get("step", 0)) > 0 for st in self.optimizer.state.values()
+        )
+        if isinstance(err, NonFinitePotentialError) and updated:
             return (
-                f"after {self.samples} training samples (step {self.step}) the parameters "
-                f"make a distribution's argument invalid ({violation})"
+                f"by step {self.step + 1} ({self.samples} training samples before it) the "
+                f"parameters give the model no finite density where the chains are ({err})"
+            )
+        if violation is not None and updated:
+            return (
+                f"by step {self.step + 1} ({self.samples} training samples before it) the "
+                f"parameters make a distribution's argument invalid ({violation})"
             )
         return None
 

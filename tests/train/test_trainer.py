@@ -431,3 +431,25 @@ def test_settings_that_cannot_apply_are_said_not_silently_dropped(caplog):
     with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
         fit(mlp_vae(30, 2, (8,)), x, num_samples=60, batch_size=20, shards=3, progress=False)
     assert "shards=3 is not used on the paper VAE's fast path" in caplog.text
+
+
+def test_mcem_diverging_within_its_first_step_is_a_divergence_not_a_raw_error():
+    """MCEM makes several optimizer updates within one training step: a parameter made
+    invalid by them is a divergence (NonFiniteLossError), as it is for the other objectives."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_aevb import MonteCarloEM
+
+    def model(x):
+        a = pyro.param("a_mcem", lambda: torch.tensor(3.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z + torch.log(a), 1.0), obs=x)
+        pyro.factor("pull", torch.log(a) - 5.0 * a)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteLossError, match=r"training diverged: by step 1"):
+        fit(model, torch.randn(200), objective=MonteCarloEM(), optimizer="adagrad", lr=5.0,
+            num_samples=2000, batch_size=20, progress=False)  # fmt: skip
