@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
 import warnings
@@ -274,6 +275,12 @@ class Trainer:
     ):
         model_fn, guide_fn, module = resolve_programs(model, guide)
         self.module = module
+        if isinstance(modules, nn.Module) or not all(isinstance(m, nn.Module) for m in modules):
+            raise TypeError(
+                f"modules must be a sequence of torch.nn.Module objects, got {modules!r}"
+            )
+        if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+            raise TypeError(f"out_dir must be a path (str or os.PathLike), got {out_dir!r}")
         # the programs' modules (and the data, below) go to the device and dtype asked for
         owners = place_modules(
             [module, *modules, model_fn, guide_fn], resolve_device(device), resolve_dtype(dtype)
@@ -466,6 +473,8 @@ class Trainer:
             if checkpoint is None or not checkpoint.is_file():
                 previous = None if checkpoint is None else previous_checkpoint_path(checkpoint)
                 hint = "pass the out_dir of the run to continue"
+                if checkpoint is not None and checkpoint.exists():
+                    hint = f"{checkpoint} is not a file (a directory?)"
                 if previous is not None and previous.is_file():
                     hint = (
                         f"the run's previous checkpoint {previous.name} is there: rename it to "

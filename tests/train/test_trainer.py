@@ -453,3 +453,15 @@ def test_mcem_diverging_within_its_first_step_is_a_divergence_not_a_raw_error():
     with pytest.raises(NonFiniteLossError, match=r"training diverged: by step 1"):
         fit(model, torch.randn(200), objective=MonteCarloEM(), optimizer="adagrad", lr=5.0,
             num_samples=2000, batch_size=20, progress=False)  # fmt: skip
+
+
+def test_arguments_of_the_wrong_kind_are_named(tmp_path):
+    x = binary_data(40)
+    with pytest.raises(TypeError, match=r"modules must be a sequence of torch.nn.Module"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=20, modules=[1], progress=False)
+    with pytest.raises(TypeError, match=r"out_dir must be a path"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=20, out_dir=5, progress=False)
+    (tmp_path / "checkpoint.pt").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"checkpoint.pt is not a file"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=20, out_dir=tmp_path, resume=True,
+            progress=False)  # fmt: skip
