@@ -42,6 +42,7 @@ plate from ``x``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pyro
@@ -388,7 +389,7 @@ class PerDatapointPotential:
         """
         if self.guide is None:
             raise ValueError("sample_guide needs a guide; pass guide= to PerDatapointPotential")
-        with poutine.block():
+        with poutine.block(), self._guide_on_replicated_rows():
             trace = poutine.trace(self.guide).get_trace(self.x_rep)
         require_plate(trace, self.plate_name, "guide")
         missing = [s for s in self.layout.names if s not in trace.nodes]
@@ -397,6 +398,24 @@ class PerDatapointPotential:
         values = {s: trace.nodes[s]["value"] for s in self.layout.names}
         position = self.flatten(values)
         return position, self.log_guide(position)
+
+    @contextlib.contextmanager
+    def _guide_on_replicated_rows(self):
+        """Name the cause when a guide fails on the rows replicated once per chain: a guide
+        with a parameter per datapoint (``pyro.param`` of shape ``(len(x), ...)``) cannot
+        serve ``num_chains * len(x)`` rows."""
+        try:
+            yield
+        except (ValueError, RuntimeError) as err:
+            if self.num_chains == 1:
+                raise
+            raise ValueError(
+                f"the guide failed on x replicated once per chain ({self.num_chains} chains x "
+                f"{self.batch_size} datapoints = {self.num_rows} rows): a guide with one "
+                f"parameter per datapoint (pyro.param of shape (len(x), ...)) cannot draw for "
+                f"several chains; use an amortized guide (an encoder of x) or start from the "
+                f"prior (AIS: init='prior') ({type(err).__name__}: {str(err).splitlines()[0]})"
+            ) from err
 
     @torch.no_grad()
     def sample_prior(self) -> torch.Tensor:

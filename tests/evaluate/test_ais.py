@@ -162,3 +162,21 @@ def test_ais_from_an_exact_single_site_guide_rejects_moves_out_of_its_support():
     for fast in ("auto", "off"):
         res = ais(model, guide, counts, num_chains=16, num_temps=50, fast=fast)
         torch.testing.assert_close(res.estimate, exact, atol=1e-4, rtol=0)
+
+
+def test_a_guide_with_a_parameter_per_datapoint_is_named_when_chains_need_more_rows():
+    def model(x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.7).to_event(1), obs=x)
+
+    def guide(x):
+        loc = pyro.param("loc_per_row", torch.zeros(len(x)))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    pyro.clear_param_store()
+    x = torch.randn(5, 3)
+    with pytest.raises(ValueError, match=r"replicated once per chain \(4 chains x 5 datapoints"):
+        ais(model, guide, x, num_chains=4, num_temps=5)
+    assert ais(model, None, x, init="prior", num_chains=4, num_temps=5).estimate.shape == (5,)
