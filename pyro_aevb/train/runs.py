@@ -21,6 +21,7 @@ from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
 from .checkpoint import load_checkpoint
 from .payload import MalformedCheckpointError, check_module_states, check_training_payload
+from .resume import config_differences
 
 __all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "CONFIG_NAME", "Run", "load_run"]
 
@@ -87,6 +88,12 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     MalformedCheckpointError
         The checkpoint's payload lacks entries or its weights do not fit the model (checked
         on the meta device for a preset, so an absurd config allocates nothing).
+    ValueError
+        ``model`` (or an amortized autoguide passed as ``guide``) records a config (a preset
+        model, :attr:`pyro_aevb.models.VAE.config`) that differs from the run's: its weights
+        would be loaded into another model. Every differing setting is named, as on resume
+        (the initialisation scale may differ: the checkpoint overwrites it). A model without a
+        config of its own (a user's module or function) is checked by parameter shapes only.
     """
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME
@@ -107,6 +114,8 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
                 f"model=...)"
             )
         model = _build_checked(config["model"], state, checkpoint)
+    else:
+        _check_configs(run_dir, config, model, guide)
     module = model if isinstance(model, nn.Module) else None
     has_programs = callable(getattr(model, "model", None))
     if guide is None and config.get("guide"):
@@ -140,6 +149,22 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
         directory=run_dir,
         guide=None if own else guide,
     )
+
+
+def _check_configs(run_dir: Path, config: dict[str, Any], model, guide) -> None:
+    """Refuse a ``model`` (or ``guide``) whose recorded config differs from the run's, with
+    the comparison :func:`fit` makes on resume; objects without a config are not compared."""
+    owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
+    given = {"model": getattr(owner, "config", None), "guide": getattr(guide, "config", None)}
+    saved = {key: config.get(key) for key, value in given.items() if value is not None}
+    differ = config_differences(saved, {key: given[key] for key in saved})
+    if differ:
+        raise ValueError(
+            f"cannot load run {run_dir} into the model given: these settings differ from the "
+            f"run's (checkpoint: the run's value; now: the one given): {'; '.join(differ)}. "
+            f"Build it the way the run did "
+            f"(or, for a preset, leave model= out: load_run rebuilds it from the run's config)"
+        )
 
 
 def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Path) -> nn.Module:

@@ -1,6 +1,8 @@
 """Monte Carlo EM: E-step chains target the exact posterior; M-step climbs to the known
 maximum-likelihood solution of probabilistic PCA."""
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from marginal_helpers import bound_objective
@@ -101,3 +103,67 @@ def test_mcem_runs_in_the_trainer_and_resumes(tmp_path):
     result = fit(mlp_vae(20, 2, 8), x, num_samples=400, resume=True, **kw)
     assert result.path == "mcem" and "train_bound" not in result.history[-1]
     assert 0 < result.history[-1]["accept_prob"] <= 1
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    [
+        ("num_leapfrog", 0, ValueError),
+        ("num_transitions", "2", TypeError),
+        ("num_m_steps", 1.5, TypeError),
+        ("target_accept", 1.0, ValueError),
+        ("init_step_size", float("nan"), ValueError),
+        ("adapt_gain", -0.1, ValueError),
+        ("step_size_jitter", 1.0, ValueError),
+    ],
+)
+def test_bad_options_are_refused_when_built_naming_the_option(option, value, error):
+    with pytest.raises(error, match=option):
+        MonteCarloEM(**{option: value})
+
+
+class _Branches(torch.nn.Module):
+    """Local latents only, but reads a value of its latent: its potential cannot be recorded."""
+
+    def model(self, x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            if float(z.sum()) > 1e9:
+                z = z + 1
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+class _Linear(torch.nn.Module):
+    """A recordable user model: one local latent per row, a trained offset."""
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(()))
+
+    def model(self, x):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            pyro.sample("x", dist.Normal(z + self.b, 1.0), obs=x)
+
+
+def test_fast_on_needs_a_recorded_e_step_potential():
+    torch.manual_seed(0)
+    x = torch.randn(6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="Monte Carlo EM's E-step: fast='on'.*cannot be compiled"):
+        bound_objective(MonteCarloEM(), _Branches(), 6, x, fast="on")
+    with pytest.raises(ValueError, match="fast='on'"):
+        fit(_Branches(), x, algorithm="mcem", fast="on", num_samples=12, progress=False)
+    # "auto" runs the same model traced, and says it may
+    auto = bound_objective(MonteCarloEM(), _Branches(), 6, x, fast="auto")
+    assert "where the model allows" in auto.path_reason
+    auto._init_chains(x)
+    auto.e_step(x, torch.arange(6))
+    assert bool(torch.isfinite(auto.chains).all())
+    # a recordable model runs with "on", its potential recorded, and the run says so
+    model = _Linear().double()
+    strict = bound_objective(MonteCarloEM(), model, 6, x, fast="on")
+    assert not strict.direct and "required by fast='on'" in strict.path_reason
+    strict._init_chains(x)
+    assert strict._potential_fn(x).path == "compiled"
+    result = fit(model, x, algorithm="mcem", fast="on", num_samples=12, progress=False)
+    assert "recorded once" in result.path_reason

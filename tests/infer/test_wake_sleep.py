@@ -97,3 +97,46 @@ def test_wake_sleep_training_uses_the_trainer_history_and_checkpoints(tmp_path):
         progress=False,
     )
     assert resumed.samples == 3000
+
+
+@pytest.mark.parametrize(
+    "num_particles, error", [(0, ValueError), (-2, ValueError), ("x", TypeError), (1.5, TypeError)]
+)
+def test_bad_num_particles_is_refused_when_built(num_particles, error):
+    with pytest.raises(error, match="num_particles must be an int >= 1"):
+        WakeSleep(num_particles=num_particles)
+    assert WakeSleep(num_particles=3).settings() == {"estimator": "B", "num_particles": 3}
+
+
+def test_fast_on_refuses_a_pair_the_direct_path_cannot_run_and_auto_runs_it_traced():
+    torch.manual_seed(0)
+    m = LinearGaussian(5, 2).double()
+    x = m.marginal().sample((8,))
+    with pytest.raises(ValueError, match="fast='on' but the direct wake-sleep path.*not a pyro"):
+        bound_objective(WakeSleep(), m, 8, x, fast="on")
+    auto = bound_objective(WakeSleep(), m, 8, x, fast="auto")
+    assert not auto.direct and auto.path_reason.startswith("Pyro traces")
+
+    vae = mlp_vae(12, 3, 8).double()
+    xv = torch.rand(6, 12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="fast='on'.*plate_name is 'rows'"):
+        bound_objective(WakeSleep(), vae, 60, xv, fast="on", plate="rows")
+
+    class Subclass(type(vae)):
+        pass
+
+    sub = Subclass(vae.encoder, vae.decoder, "bernoulli", 3, 12)
+    with pytest.raises(ValueError, match="fast='on'.*Subclass is a subclass of VAE"):
+        bound_objective(WakeSleep(), sub, 60, xv, fast="on")
+    # where it can run, "on" takes the direct path
+    assert bound_objective(WakeSleep(), vae, 60, xv, fast="on").direct
+
+
+def test_fit_with_fast_on_refuses_a_user_model_before_training():
+    torch.manual_seed(0)
+    m = LinearGaussian(5, 2)
+    x = m.marginal().sample((20,))
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(ValueError, match="fast='on' but the direct wake-sleep path"):
+        fit(m, x, algorithm="wake-sleep", fast="on", num_samples=40, progress=False)
+    assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))

@@ -78,6 +78,12 @@ class MonteCarloEM(Objective):
         Each transition integrates with ``eps * U(1 - j, 1 + j)``, so that a fixed trajectory
         length cannot lock onto a period of a near-Gaussian posterior (the chain would then
         never move); a step size drawn independently of the state keeps the target invariant.
+
+    ``fast=`` of :meth:`bind`: the paper's :class:`~pyro_aevb.models.VAE` runs both steps on
+    its networks; any other model takes the E-step's potential recorded once and replayed
+    (:mod:`pyro_aevb.mcmc.compiled_potential`, traced with a warning if the model cannot be
+    recorded) and the M-step on Pyro traces. ``"on"`` makes a model whose potential cannot be
+    recorded an error saying why (on the first minibatch); ``"off"`` traces everything.
     """
 
     name = "mcem"
@@ -128,9 +134,19 @@ class MonteCarloEMObjective(BoundObjective):
         self.options = options
         vae = getattr(program.model, "__self__", None)
         self.vae = vae if type(vae) is VAE and program.plate_name == "data" else None
+        check_choice(fast, "fast", FAST_MODES)
         self.direct = fast != "off" and self.vae is not None
         self.fast = fast
-        self.path_reason = "direct VAE arithmetic" if self.direct else "Pyro traces"
+        if self.direct:
+            self.path_reason = "direct VAE arithmetic"
+        elif fast == "off":
+            self.path_reason = "Pyro traces: fast='off'"
+        else:
+            self.path_reason = (
+                "E-step potential recorded once and replayed"
+                + (" (required by fast='on')" if fast == "on" else " where the model allows")
+                + ", M-step on Pyro traces"
+            )
         self.chains: torch.Tensor | None = None  # (N, D) persistent unconstrained positions
         self.step_size: torch.Tensor | None = None  # (N,)
         self.layout = None
@@ -150,6 +166,12 @@ class MonteCarloEMObjective(BoundObjective):
             )
         self.prepared = prepared
         self.layout = prepared.layout
+        if self.fast == "on" and not self.direct:
+            # records the potential on these rows: a model that cannot be is refused here
+            try:
+                make_potential(prepared, x, fast="on")
+            except ValueError as err:
+                raise ValueError(f"Monte Carlo EM's E-step: {err}") from err
         if self.vae is not None:
             modules = [self.vae.decoder]
             self.params = collect_params([], modules=modules)
@@ -191,6 +213,14 @@ class MonteCarloEMObjective(BoundObjective):
         # recorded once (compiled) and replayed at every E-step, unless fast="off"
         return make_potential(self.prepared, x, fast="off" if self.fast == "off" else "auto")
 
+    def _check_recorded(self, potential) -> None:
+        """With ``fast="on"``, refuse a potential that fell back to tracing the model."""
+        if self.fast == "on" and getattr(potential, "path", None) == "traced":
+            raise ValueError(
+                f"Monte Carlo EM's E-step: fast='on' but its potential is "
+                f"{potential.path_reason}; use fast='auto' to run it traced"
+            )
+
     def _init_chains(self, x: torch.Tensor) -> None:
         # Chains start from the prior of every local site (through its transform): the same
         # draw the model's own prior would make.
@@ -213,6 +243,7 @@ class MonteCarloEMObjective(BoundObjective):
             self.chains, self.step_size = self.chains.to(x.device), self.step_size.to(x.device)
         potential = self._potential_fn(x)
         state = hmc.init(potential, self.chains[idx])
+        self._check_recorded(potential)  # recorded (or not) at its first evaluation
         eps = self.step_size[idx]
         for _ in range(opt.num_transitions):
             state, info = hmc.step(
@@ -227,6 +258,7 @@ class MonteCarloEMObjective(BoundObjective):
                 eps = (eps.log() + opt.adapt_gain * (accept - opt.target_accept)).exp()
             self._accept_sum += float(info.accept_prob.nan_to_num(0.0).mean())
             self._accept_count += 1
+        self._check_recorded(potential)
         self.chains[idx] = state.position
         self.step_size[idx] = eps
         return state.position

@@ -39,7 +39,7 @@ from ...poutine import (
     plate_frame,
     sample_sites,
 )
-from ...validation import check_choice
+from ...validation import check_choice, check_positive_int
 from ..elbo import ESTIMATORS
 from .base import FAST_MODES, BoundObjective, Objective
 from .fast_vae import FastVAE
@@ -56,13 +56,17 @@ class WakeSleep(Objective):
         The estimator of the ELBO recorded in the history (wake-sleep optimises no bound).
     num_particles : int
         Draws per datapoint for that ELBO.
+
+    With ``fast="on"`` (:meth:`bind`) training must take the direct path on the VAE's own
+    networks (a :class:`~pyro_aevb.models.VAE`, not a subclass, with its own guide); any
+    other model/guide pair is an error saying why (``"auto"`` runs it on Pyro traces).
     """
 
     name = "wake-sleep"
 
     def __init__(self, estimator: str = "B", num_particles: int = 1):
         self.estimator = check_choice(estimator, "estimator", ESTIMATORS)
-        self.num_particles = num_particles
+        self.num_particles = check_positive_int(num_particles, "num_particles")
 
     def settings(self) -> dict:
         return {"estimator": self.estimator, "num_particles": self.num_particles}
@@ -86,21 +90,41 @@ class WakeSleepObjective(BoundObjective):
 
     def __init__(self, program, estimator="B", num_particles=1, fast="auto"):
         super().__init__(program, estimator, num_particles)
+        check_choice(fast, "fast", FAST_MODES)
         vae = getattr(program.model, "__self__", None)
         self.vae = vae if isinstance(vae, VAE) else None
-        self.direct = (
-            fast != "off"
-            and type(self.vae) is VAE
-            and getattr(program.guide, "__self__", None) is self.vae
-            and program.plate_name == "data"
-        )
+        reason = "fast='off'" if fast == "off" else self.unsupported_reason(program)
+        self.direct = reason is None
+        if fast == "on" and not self.direct:
+            raise ValueError(
+                f"fast='on' but the direct wake-sleep path does not support this model: "
+                f"{reason}; use fast='auto' (Pyro traces)"
+            )
         # the fused bound runs the VAE's own encoder: only when that is the guide
         own_guide = getattr(program.guide, "__self__", None) is self.vae
         fast_ok = self.vae is not None and own_guide and fast != "off"
         self.kernel = None
         if fast_ok and FastVAE.unsupported_reason(self.vae, estimator, num_particles) is None:
             self.kernel = FastVAE(self.vae, estimator, num_particles)
-        self.path_reason = "direct VAE arithmetic" if self.direct else "Pyro traces"
+        self.path_reason = "direct VAE arithmetic" if self.direct else f"Pyro traces: {reason}"
+
+    @staticmethod
+    def unsupported_reason(program: TrainingProgram) -> str | None:
+        """``None`` if the direct path (the VAE's networks, no Pyro trace) computes this
+        program's wake and sleep phases, else why not."""
+        vae = getattr(program.model, "__self__", None)
+        if not isinstance(vae, VAE) or getattr(program.model, "__func__", None) is not VAE.model:
+            return "the model is not a pyro_aevb VAE's model method"
+        if type(vae) is not VAE:
+            return (
+                f"{type(vae).__name__} is a subclass of VAE (the direct path computes VAE's "
+                f"own programs)"
+            )
+        if getattr(program.guide, "__self__", None) is not vae:
+            return "the guide is not the VAE's own guide method"
+        if program.plate_name != "data":
+            return f"plate_name is {program.plate_name!r}; the VAE's plate is 'data'"
+        return None
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:
