@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from .evaluate import (
     simulate_data,
 )
 from .infer import AnalyticKLError
-from .infer.objectives import ALGORITHMS, IWAE, MCEM_OPTIONS, MonteCarloEM, SemiAmortized
+from .infer.objectives import ALGORITHMS, MCEM_OPTIONS
 from .models import conv_vae, paper_vae
 from .plots import (
     plot_gaps,
@@ -135,22 +136,96 @@ def write_figures(module, dataset, history, out_dir: Path, guide=None) -> list[P
     return figures
 
 
-def _objective(args):
-    """The objective the training options ask for."""
-    particles = getattr(args, "particles", None)
-    if getattr(args, "dreg", False) and args.algorithm != "iwae":
-        raise ValueError(f"--dreg applies to --objective iwae only, not {args.algorithm}")
-    if args.algorithm == "mcem":
-        if particles is not None:
-            raise ValueError("--particles does not apply to Monte Carlo EM (it has no guide)")
-        return MonteCarloEM(**{k: getattr(args, f"mcem_{k}") for k in MCEM_OPTIONS})
-    if args.algorithm == "sa-vae":
-        if particles is not None:
-            raise ValueError("--particles does not apply to sa-vae; use --sa-steps / --sa-lr")
-        return SemiAmortized(refine_steps=args.sa_steps, refine_lr=args.sa_lr)
-    if args.algorithm == "iwae":
-        return IWAE(*(() if particles is None else (particles,)), dreg=args.dreg)
-    return ALGORITHMS[args.algorithm](args.estimator, 1 if particles is None else particles)
+# The objective's options on the command line: destination -> (flag, the objective's keyword,
+# the objectives it applies to). They default to None: left out, they take the run's value on
+# --resume, else the objective's default; given for another objective, they are an error.
+_OBJECTIVE_OPTIONS = {
+    "estimator": ("--estimator", "estimator", ("aevb", "wake-sleep")),
+    "particles": ("--particles", "num_particles", ("aevb", "wake-sleep", "iwae")),
+    "dreg": ("--dreg", "dreg", ("iwae",)),
+    "sa_steps": ("--sa-steps", "refine_steps", ("sa-vae",)),
+    "sa_lr": ("--sa-lr", "refine_lr", ("sa-vae",)),
+    **{f"mcem_{key}": (f"--mcem-{key.replace('_', '-')}", key, ("mcem",)) for key in MCEM_OPTIONS},
+}
+# Why an option does not apply to an objective, where the message should say more.
+_DOES_NOT_APPLY = {
+    ("--estimator", "iwae"): "the IWAE bound has no estimator (its log weights are estimator "
+    "A's terms); set K with --particles",
+    ("--particles", "mcem"): "Monte Carlo EM has no guide to draw from",
+    ("--particles", "sa-vae"): "use --sa-steps / --sa-lr",
+}
+
+
+def _objective(args, saved: dict | None = None):
+    """The objective the training options ask for. ``saved``: the ``training`` entry of the
+    config of the run to resume; its objective and that objective's options are the defaults
+    of those left out (so that ``--resume`` alone continues the run as it is)."""
+    saved = saved or {}
+    algorithm = args.algorithm or saved.get("algorithm") or "aevb"
+    whose = " (the run's objective)" if args.algorithm is None and saved else ""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"the run trained the objective {algorithm!r}, which the command line cannot "
+            f"rebuild (known: {', '.join(sorted(ALGORITHMS))})"
+        )
+    cls = ALGORITHMS[algorithm]
+    options = {}
+    if algorithm == saved.get("algorithm"):
+        # the run's options, as recorded by its objective's settings() (its keywords)
+        keywords = inspect.signature(cls).parameters
+        options = {k: v for k, v in (saved.get("objective") or {}).items() if k in keywords}
+    for dest, (flag, keyword, algorithms) in _OBJECTIVE_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if algorithm not in algorithms:
+            why = _DOES_NOT_APPLY.get((flag, algorithm))
+            raise ValueError(
+                f"{flag} applies to --objective {' / '.join(algorithms)} only, not "
+                f"{algorithm}{whose}{f': {why}' if why else ''}"
+            )
+        options[keyword] = value
+    return cls(**options)
+
+
+def _budget(args) -> dict:
+    """``num_samples=`` or ``epochs=`` of fit: exactly one, as fit takes."""
+    if args.epochs is not None and args.num_samples is not None:
+        raise ValueError(
+            f"give one training budget, --num-samples or --epochs, not both (got --num-samples "
+            f"{args.num_samples} and --epochs {args.epochs})"
+        )
+    if args.epochs is not None:
+        return {"epochs": args.epochs}
+    return {
+        "num_samples": args.default_num_samples if args.num_samples is None else args.num_samples
+    }
+
+
+def _training_settings(args, run=None) -> dict:
+    """fit's training settings from the options. Those left out take the run's recorded
+    values on --resume (``run``), else the command's defaults; those given are passed as given,
+    so that fit(resume=True) refuses any that differ from the run (the step size may be
+    lowered)."""
+    saved = None if run is None else run.config.get("training") or {}
+
+    def pick(value, key: str, default):
+        if value is not None:
+            return value
+        if saved is not None and key in saved:
+            return saved[key]
+        return default
+
+    return {
+        "objective": _objective(args, saved),
+        "optimizer": pick(args.optimizer, "optimizer", args.default_optimizer),
+        # the command's default for a new run; fit takes the run's own on resume
+        "lr": args.lr if args.lr is not None or run is not None else args.default_lr,
+        "batch_size": pick(args.batch_size, "batch_size", 100),
+        "seed": pick(args.seed, "seed", 0),
+        "eval_size": pick(args.eval_size, "eval_size", 1000),
+        **_budget(args),
+    }
 
 
 def _model_option_differences(args, saved: dict) -> list[str]:
@@ -169,11 +244,10 @@ def _model_option_differences(args, saved: dict) -> list[str]:
     return out
 
 
-def _resumed_run(args, out_dir: Path):
+def _resumed_run(args, run, out_dir: Path):
     """The run's model and guide (``None``: the model's own), rebuilt from its checkpoint;
     model and guide options given on the command line must agree with them (a resumed run
     never silently keeps another model)."""
-    run = load_run(out_dir)
     saved = run.config.get("model") or {}
     differ = _model_option_differences(args, saved)
     arch = "conv" if saved.get("preset") == "conv_vae" else "mlp"
@@ -200,6 +274,7 @@ def _model_and_guide(args, dataset):
     VAE's own encoder)."""
     prior = None if args.no_weight_prior else 1.0
     latent_dim = args.default_latent_dim if args.latent_dim is None else args.latent_dim
+    hidden = args.default_hidden if args.hidden is None else args.hidden
     if args.arch == "conv":
         if args.hidden is not None:
             raise ValueError(
@@ -213,7 +288,7 @@ def _model_and_guide(args, dataset):
             weight_prior_std=prior,
         )
     else:
-        module = paper_vae(dataset, latent_dim, args.hidden, weight_prior_std=prior)
+        module = paper_vae(dataset, latent_dim, hidden, weight_prior_std=prior)
     if args.guide in (None, "vae"):
         return module, None
     # the same trunk as the VAE's own encoder (the paper's tanh MLP, or the conv example)
@@ -225,40 +300,36 @@ def _model_and_guide(args, dataset):
     return module, GUIDE_FAMILIES[args.guide](module.model, **options)
 
 
-def _train(args, dataset, out_dir: Path) -> dict:
-    torch.manual_seed(args.seed)
-    if args.resume:
-        module, guide = _resumed_run(args, out_dir)
+def _run_to_resume(args):
+    """The run in ``--out`` when ``--resume`` is given, else ``None``."""
+    return load_run(args.out) if args.resume else None
+
+
+def _train(args, dataset, out_dir: Path, run, settings: dict) -> dict:
+    """Train (``run``: the run to resume, or ``None``) with ``settings``, fit's training
+    settings (:func:`_training_settings`)."""
+    torch.manual_seed(settings["seed"])
+    if run is not None:
+        module, guide = _resumed_run(args, run, out_dir)
     else:
         module, guide = _model_and_guide(args, dataset)
     if len(module.event_shape) > 1:
         dataset = dataset.as_images()
-    objective = _objective(args)
-    budget = (
-        {"epochs": args.epochs} if args.epochs is not None else {"num_samples": args.num_samples}
-    )
-    # lr: the command's default for a new run, the run's own on resume (unless given)
-    lr = args.lr if args.lr is not None or args.resume else args.default_lr
+    objective = settings["objective"]
     minutes = args.checkpoint_minutes
     t0 = time.perf_counter()
     result = fit(
         module,
         dataset,
         guide=guide,
-        objective=objective,
-        optimizer=args.optimizer,
-        lr=lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        eval_size=args.eval_size,
         checkpoint_every=args.checkpoint_every,
         checkpoint_every_seconds=None if minutes is None else 60.0 * minutes,
         out_dir=out_dir,
-        resume=args.resume,
+        resume=run is not None,
         fast=args.fast,
         progress=not args.no_progress,
         device=args.device,
-        **budget,
+        **settings,
     )
     seconds = time.perf_counter() - t0
     if world()[0] != 0:
@@ -276,10 +347,10 @@ def _train(args, dataset, out_dir: Path) -> dict:
         "source": dataset.source,
         "model": module.config,
         "guide": None if guide is None else guide.config,
-        "algorithm": args.algorithm,
-        "estimator": None if args.algorithm == "iwae" else args.estimator,
+        "algorithm": objective.name,
+        "estimator": objective.settings().get("estimator"),
         "objective": objective.settings(),
-        "optimizer": f"{args.optimizer} (lr {result.config['training']['lr']})",
+        "optimizer": f"{settings['optimizer']} (lr {result.config['training']['lr']})",
         "path": result.path,
         "path_reason": result.path_reason,
         "device": result.config.get("device"),
@@ -299,10 +370,17 @@ def _print_summary(summary: dict) -> None:
     print(f"dataset           {summary['dataset']}  ({summary['source']})")
     path, estimator, optimizer = summary["path"], summary["estimator"], summary["optimizer"]
     why = f" ({summary['path_reason']})" if summary.get("path_reason") else ""
+    settings = summary["objective"]
     if summary["algorithm"] == "iwae":  # no estimator: K particles, plain or DReG gradients
-        settings = summary["objective"]
         grads = "DReG" if settings["dreg"] else "plain"
         estimator = f"K = {settings['num_particles']} ({grads} gradients)"
+    elif summary["algorithm"] == "mcem":  # no guide, no estimator: an HMC E-step
+        estimator = (
+            f"HMC E-step ({settings['num_transitions']} x {settings['num_leapfrog']} leapfrog "
+            f"steps), {settings['num_m_steps']} M-steps"
+        )
+    elif summary["algorithm"] == "sa-vae":
+        estimator = f"{settings['refine_steps']} refinement steps (lr {settings['refine_lr']})"
     else:
         estimator = f"estimator {estimator}"
     print(f"algorithm         {summary['algorithm']}, {estimator}, {optimizer}")
@@ -319,27 +397,44 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train(args) -> int:
+    run = _run_to_resume(args)
+    settings = _training_settings(args, run)  # bad combinations fail before the data load
     if args.dataset is None:
         # a resumed run continues on its own data set; a new one trains on MNIST
-        args.dataset = (load_run(args.out).dataset if args.resume else None) or "mnist"
+        args.dataset = (None if run is None else run.dataset) or "mnist"
     dataset = load_dataset(args.dataset, data_dir=args.data_dir)
-    summary = _train(args, dataset, Path(args.out))
+    summary = _train(args, dataset, Path(args.out), run, settings)
     if summary is not None:
         _print_summary(summary)
     return 0
 
 
 def cmd_demo(args) -> int:
+    run = _run_to_resume(args)
+    settings = _training_settings(args, run)
     dataset = load_dataset("embedded-mnist")
     args.dataset = dataset.name
-    latent_dim = args.latent_dim or args.default_latent_dim
-    if world()[0] == 0:
-        print(
-            f"pyro-aevb demo: training a 784-{args.hidden}-{latent_dim} VAE on "
-            f"{dataset.num_train} embedded MNIST digits for {args.num_samples:,} samples "
-            f"({args.optimizer}, lr {args.lr or args.default_lr})"
+    budget = (
+        f"{settings['num_samples']:,} samples"
+        if "num_samples" in settings
+        else f"{settings['epochs']:g} epochs"
+    )
+    if world()[0] == 0 and run is None:
+        latent_dim = args.latent_dim or args.default_latent_dim
+        hidden = args.hidden or args.default_hidden
+        vae = (
+            f"convolutional VAE (N_z = {latent_dim})"
+            if args.arch == "conv"
+            else f"784-{hidden}-{latent_dim} VAE"
         )
-    summary = _train(args, dataset, Path(args.out))
+        print(
+            f"pyro-aevb demo: training a {vae} on "
+            f"{dataset.num_train} embedded MNIST digits for {budget} "
+            f"({settings['optimizer']}, lr {settings['lr']})"
+        )
+    elif world()[0] == 0:
+        print(f"pyro-aevb demo: continuing the run in {args.out} to {budget}")
+    summary = _train(args, dataset, Path(args.out), run, settings)
     if summary is not None:
         _print_summary(summary)
     return 0
@@ -381,12 +476,25 @@ def _method_options(method: str, pairs: list[str]) -> dict:
     return options
 
 
+def _first_rows(dataset, split: str, n: int | None, default: int) -> torch.Tensor:
+    """The first ``n`` rows of the split (``None``: ``default``, or all of a smaller split);
+    an ``n`` beyond the split's rows is an error, not fewer rows than asked."""
+    data = dataset.train if split == "train" else dataset.test
+    if n is None:
+        return data[:default]
+    if n > data.shape[0]:
+        raise ValueError(
+            f"--n {n}: the {split} split of {dataset.name} has {data.shape[0]} rows; give "
+            f"--n <= {data.shape[0]} (or leave it out: the first {default} rows, or all of a "
+            f"smaller split)"
+        )
+    return data[:n]
+
+
 def cmd_evaluate(args) -> int:
     run = load_run(args.run_dir)
     dataset = _run_dataset(run, args.data_dir)
-    data = dataset.train if args.split == "train" else dataset.test
-    if args.n is not None:
-        data = data[: args.n]
+    data = _first_rows(dataset, args.split, args.n, default=1000)
     module = run.module
     guide = None if run.algorithm == "mcem" else (run.guide or module.guide)
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
@@ -454,10 +562,7 @@ def cmd_gap(args) -> int:
     if run.algorithm == "mcem":
         raise ValueError(f"run {run.directory} trained Monte Carlo EM: it has no encoder to refine")
     dataset = _run_dataset(run, args.data_dir)
-    data = dataset.train if args.split == "train" else dataset.test
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    x = data[: args.n]
+    x = _first_rows(dataset, args.split, args.n, default=100)
     module = run.module
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
@@ -488,40 +593,68 @@ def _add_training_options(
     optimizer: str = "adagrad",
     lr: float = 0.02,
 ) -> None:
-    # Model options default to None: on --resume, those given must match the run's model.
+    # Options that set the run default to None: on --resume, those left out take the run's
+    # values and those given must match the run (fit refuses the others); for a new run, the
+    # defaults below (set_defaults) or the objective's own.
     p.add_argument(
         "--latent-dim", type=_positive_int, default=None, help=f"N_z (default {latent_dim})"
     )
     p.add_argument(
         "--hidden",
         type=_positive_int,
-        default=hidden,
-        help="hidden units (paper: 500 MNIST, 200 Frey Face)",
+        default=None,
+        help="hidden units (default "
+        + ("the paper's: 500 MNIST, 200 Frey Face" if hidden is None else str(hidden))
+        + ")",
     )
-    p.set_defaults(default_latent_dim=latent_dim, default_lr=lr)
+    p.set_defaults(
+        default_latent_dim=latent_dim,
+        default_hidden=hidden,
+        default_lr=lr,
+        default_optimizer=optimizer,
+        default_num_samples=num_samples,
+    )
+    on_resume = "; on --resume the run's"
     p.add_argument(
         "--algorithm",
         "--objective",
         dest="algorithm",
         choices=sorted(ALGORITHMS),
-        default="aevb",
+        default=None,
         help="AEVB (default), the wake-sleep baseline, Monte Carlo EM, the importance-weighted "
-        "bound (iwae), or the semi-amortized VAE (sa-vae)",
+        f"bound (iwae), or the semi-amortized VAE (sa-vae){on_resume}",
     )
-    p.add_argument("--estimator", choices=["A", "B"], default="B")
-    p.add_argument("--sa-steps", type=int, default=5, help="sa-vae: refinement steps")
-    p.add_argument("--sa-lr", type=float, default=0.1, help="sa-vae: refinement step size")
+    p.add_argument(
+        "--estimator",
+        choices=["A", "B"],
+        default=None,
+        help=f"aevb and wake-sleep: the ELBO's estimator (default B{on_resume})",
+    )
+    p.add_argument(
+        "--sa-steps",
+        type=_positive_int,
+        default=None,
+        help=f"sa-vae: refinement steps (default 5{on_resume})",
+    )
+    p.add_argument(
+        "--sa-lr",
+        type=_positive_float,
+        default=None,
+        help=f"sa-vae: refinement step size (default 0.1{on_resume})",
+    )
     p.add_argument(
         "--particles",
-        type=int,
+        type=_positive_int,
         default=None,
         help="draws of z per datapoint and step: L for aevb/wake-sleep (default 1), K for iwae "
-        "(default 5)",
+        f"(default 5){on_resume}",
     )
     p.add_argument(
         "--dreg",
         action="store_true",
-        help="iwae: doubly reparameterized gradients for the encoder (Tucker et al. 2019)",
+        default=None,
+        help="iwae: doubly reparameterized gradients for the encoder (Tucker et al. 2019; on "
+        "--resume the run's)",
     )
     p.add_argument(
         "--arch",
@@ -544,10 +677,15 @@ def _add_training_options(
             f"--mcem-{key.replace('_', '-')}",
             dest=f"mcem_{key}",
             type=kind,
-            default=default,
-            help=f"Monte Carlo EM: {key} (default {default})",
+            default=None,
+            help=f"Monte Carlo EM: {key} (default {default}{on_resume})",
         )
-    p.add_argument("--optimizer", choices=["adagrad", "adam"], default=optimizer)
+    p.add_argument(
+        "--optimizer",
+        choices=["adagrad", "adam"],
+        default=None,
+        help=f"default {optimizer}{on_resume}",
+    )
     p.add_argument(
         "--lr",
         type=_positive_float,
@@ -555,11 +693,28 @@ def _add_training_options(
         help=f"step size (default {lr}; on --resume the run's, and only a smaller one may be "
         f"given, recorded in the history)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=100)
-    p.add_argument("--num-samples", type=_positive_number, default=num_samples)
-    p.add_argument("--epochs", type=_positive_float, default=None, help="budget in epochs instead")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--eval-size", type=_positive_int, default=1000)
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help=f"M (default 100{on_resume})"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=_positive_number,
+        default=None,
+        help=f"budget in training samples, the total on --resume (default {num_samples:,})",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_float,
+        default=None,
+        help="budget in epochs instead (not with --num-samples)",
+    )
+    p.add_argument("--seed", type=_seed, default=None, help=f"default 0{on_resume}")
+    p.add_argument(
+        "--eval-size",
+        type=_positive_int,
+        default=None,
+        help=f"train and test points the bound is evaluated on (default 1000{on_resume})",
+    )
     p.add_argument(
         "--checkpoint-minutes",
         type=_positive_float,
@@ -642,8 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-points",
         dest="n",
         type=_positive_int,
-        default=1000,
-        help="first N points of the split (spell it --num-points after torchrun)",
+        default=None,
+        help="first N points of the split (default 1000, or all of a smaller split; at most "
+        "the split's rows; spell it --num-points after torchrun)",
     )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--seed", type=_seed, default=0)
@@ -671,7 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
         "gap", help="approximation and amortization gaps of a trained run (Cremer et al. 2018)"
     )
     p.add_argument("run_dir")
-    p.add_argument("--n", type=int, default=100, help="first N points of the split")
+    p.add_argument(
+        "--n",
+        type=_positive_int,
+        default=None,
+        help="first N points of the split (default 100, or all of a smaller split; at most the "
+        "split's rows)",
+    )
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--method", choices=["ais", "iwae"], default="ais", help="log p(x) estimator")
     p.add_argument(

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from pyro_aevb.cli import main
 
 
@@ -188,3 +190,181 @@ def test_sigterm_outside_a_training_step_stops_the_command_in_one_line(monkeypat
     assert cli.main(["figures", "some-run"]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err.strip().splitlines()[-1] == "pyro-aevb: interrupted by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+TINY = ["--dataset", "embedded-mnist", "--latent-dim", "2", "--hidden", "16", "--no-progress",
+        "--no-figures"]  # fmt: skip
+
+
+def _training(out) -> dict:
+    return json.loads((out / "config.json").read_text())["training"]
+
+
+def test_resume_takes_the_runs_settings_for_the_options_left_out(tmp_path, capsys):
+    """The README's `train --out RUN --num-samples N --resume` continues a run trained with
+    non-default settings as that run: the resumed run is the uninterrupted one."""
+    settings = ["--optimizer", "adam", "--lr", "1e-3", "--estimator", "A", "--batch-size", "50",
+                "--eval-size", "40", "--seed", "3", "--particles", "2"]  # fmt: skip
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(["train", *TINY, *settings, "--num-samples", "600", "--out", str(whole)]) == 0
+    assert main(["train", *TINY, *settings, "--num-samples", "300", "--out", str(split)]) == 0
+    before = _training(split)
+    resume = ["train", "--out", str(split), "--resume", "--no-progress", "--no-figures"]
+    assert main([*resume, "--num-samples", "600"]) == 0
+    assert _training(split) == before == _training(whole)
+    assert before["optimizer"] == "adam" and before["batch_size"] == 50
+    assert before["objective"] == {"estimator": "A", "num_particles": 2}
+    assert before["seed"] == 3 and before["eval_size"] == 40 and before["lr"] == 1e-3
+    resumed = json.loads((split / "history.json").read_text())[-1]
+    uninterrupted = json.loads((whole / "history.json").read_text())[-1]
+    assert resumed["samples"] == uninterrupted["samples"] == 600
+    assert resumed["test_bound"] == uninterrupted["test_bound"]
+    summary = json.loads((split / "summary.json").read_text())
+    assert summary["estimator"] == "A" and summary["optimizer"] == "adam (lr 0.001)"
+    capsys.readouterr()
+    # options given must still match the run: each refusal names the setting that differs
+    for extra, says in (
+        (["--batch-size", "100"], "training.batch_size (checkpoint: 50; now: 100)"),
+        (["--optimizer", "adagrad"], "training.optimizer (checkpoint: 'adam'; now: 'adagrad')"),
+        (["--estimator", "B"], "training.objective.estimator (checkpoint: 'A'; now: 'B')"),
+        (["--seed", "0"], "training.seed (checkpoint: 3; now: 0)"),
+        (["--eval-size", "1000"], "training.eval_size (checkpoint: 40; now: 1000)"),
+        (["--particles", "1"], "training.objective.num_particles (checkpoint: 2; now: 1)"),
+        (["--objective", "iwae"], "training.algorithm (checkpoint: 'aevb'; now: 'iwae')"),
+        (["--lr", "1"], "cannot resume with lr 1.0: the run trained with lr 0.001"),
+    ):
+        assert main([*resume, "--num-samples", "700", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, (extra, err)
+        assert "eval_size" not in err or extra[0] == "--eval-size"  # no default leaks in
+    # the run's own values, given, continue it; so does a smaller step size
+    same = ["--batch-size", "50", "--optimizer", "adam", "--estimator", "A", "--seed", "3"]
+    assert main([*resume, "--num-samples", "700", *same, "--lr", "5e-4"]) == 0
+    assert _training(split)["lr"] == 5e-4
+    assert json.loads((split / "history.json").read_text())[-1]["samples"] == 700
+
+
+def test_resume_keeps_the_options_of_the_runs_objective(tmp_path, capsys):
+    """Left out on --resume, the objective and its options (--mcem-*, --sa-*, --particles,
+    --dreg) are the run's; given and different, the resume is refused naming them."""
+    runs = {
+        "mcem": ["--objective", "mcem", "--mcem-num-leapfrog", "3", "--mcem-num-m-steps", "1",
+                 "--mcem-init-step-size", "0.05"],
+        "sa-vae": ["--objective", "sa-vae", "--sa-steps", "2", "--sa-lr", "0.05"],
+        "iwae": ["--objective", "iwae", "--particles", "3", "--dreg"],
+    }  # fmt: skip
+    expected = {
+        "mcem": {"num_leapfrog": 3, "num_m_steps": 1, "init_step_size": 0.05},
+        "sa-vae": {"refine_steps": 2, "refine_lr": 0.05},
+        "iwae": {"num_particles": 3, "dreg": True},
+    }
+    differ = {
+        "mcem": (["--mcem-num-leapfrog", "4"], "training.objective.num_leapfrog (checkpoint: 3"),
+        "sa-vae": (["--sa-steps", "5"], "training.objective.refine_steps (checkpoint: 2; now: 5)"),
+        "iwae": (["--particles", "5"], "training.objective.num_particles (checkpoint: 3; now: 5"),
+    }
+    for name, options in runs.items():
+        out = tmp_path / name
+        base = ["train", *TINY, "--eval-size", "20", "--out", str(out)]
+        assert main([*base, *options, "--num-samples", "100"]) == 0
+        saved = _training(out)
+        assert saved["algorithm"] == name
+        assert expected[name].items() <= saved["objective"].items()
+        resume = ["train", "--out", str(out), "--resume", "--no-progress", "--no-figures"]
+        capsys.readouterr()
+        assert main([*resume, "--num-samples", "200"]) == 0, capsys.readouterr().err
+        assert _training(out) == saved
+        assert json.loads((out / "history.json").read_text())[-1]["samples"] == 200
+        extra, says = differ[name]
+        assert main([*resume, "--num-samples", "300", *extra]) == 2
+        err = capsys.readouterr().err
+        assert says in err, err
+        assert main([*resume, "--num-samples", "300", "--objective", "aevb"]) == 2
+        assert f"training.algorithm (checkpoint: '{name}'; now: 'aevb')" in capsys.readouterr().err
+    # an option of another objective than the run's is an error naming it, not ignored
+    iwae = ["train", "--out", str(tmp_path / "iwae"), "--resume", "--num-samples", "300"]
+    assert main([*iwae, "--estimator", "A"]) == 2
+    err = capsys.readouterr().err
+    assert "--estimator applies to --objective aevb / wake-sleep only, not iwae (the run's" in err
+    mcem_summary = json.loads((tmp_path / "mcem" / "summary.json").read_text())
+    assert mcem_summary["estimator"] is None and mcem_summary["algorithm"] == "mcem"
+
+
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (["--objective", "iwae", "--estimator", "A"],
+         "--estimator applies to --objective aevb / wake-sleep only, not iwae"),
+        (["--objective", "mcem", "--estimator", "A"],
+         "--estimator applies to --objective aevb / wake-sleep only, not mcem"),
+        (["--objective", "sa-vae", "--estimator", "B"],
+         "--estimator applies to --objective aevb / wake-sleep only, not sa-vae"),
+        (["--mcem-num-leapfrog", "50"],
+         "--mcem-num-leapfrog applies to --objective mcem only, not aevb"),
+        (["--objective", "iwae", "--mcem-adapt-gain", "0.1"],
+         "--mcem-adapt-gain applies to --objective mcem only, not iwae"),
+        (["--sa-steps", "50"], "--sa-steps applies to --objective sa-vae only, not aevb"),
+        (["--objective", "wake-sleep", "--sa-lr", "0.5"],
+         "--sa-lr applies to --objective sa-vae only, not wake-sleep"),
+        (["--objective", "mcem", "--particles", "2"],
+         "--particles applies to --objective aevb / wake-sleep / iwae only, not mcem"),
+        (["--dreg"], "--dreg applies to --objective iwae only, not aevb"),
+        (["--epochs", "0.1", "--num-samples", "300"],
+         "give one training budget, --num-samples or --epochs, not both"),
+    ],
+)  # fmt: skip
+def test_options_that_would_be_ignored_are_errors(tmp_path, capsys, options, says):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--num-samples", "100", *options]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything was trained or written
+
+
+def test_the_budget_is_the_one_given(tmp_path):
+    for budget, samples in ((["--epochs", "0.04"], 200), (["--num-samples", "300"], 300)):
+        out = tmp_path / budget[0]
+        assert main(["train", *TINY, "--eval-size", "20", "--out", str(out), *budget]) == 0
+        assert json.loads((out / "history.json").read_text())[-1]["samples"] == samples
+
+
+def test_demo_resumes_with_its_own_settings(tmp_path, capsys):
+    # the demo's defaults (--hidden 500, --eval-size 1000) must not replace the run's
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--no-progress", "--no-figures"]
+    assert main([*args, "--hidden", "16", "--eval-size", "30", "--num-samples", "200"]) == 0
+    saved = _training(out)
+    assert main([*args, "--num-samples", "400", "--resume"]) == 0
+    assert "continuing the run" in capsys.readouterr().out
+    assert _training(out) == saved and saved["optimizer"] == "adam"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hidden_dims"] in (16, [16])
+    assert json.loads((out / "history.json").read_text())[-1]["samples"] == 400
+
+
+def test_evaluate_and_gap_refuse_more_points_than_the_split_has(tmp_path, capsys):
+    out = tmp_path / "run"
+    train = ["train", *TINY, "--eval-size", "20", "--num-samples", "100", "--out", str(out)]
+    assert main(train) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--method", "elbo", "--n", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--n 100000: the test split of embedded-mnist has 1000 rows; give --n <= 1000" in err
+    assert not (out / "evaluate-elbo-test.json").exists()
+    assert main(["gap", str(out), "--method", "iwae", "--n", "5001", "--split", "train"]) == 2
+    assert "the train split of embedded-mnist has 5000 rows" in capsys.readouterr().err
+    # the whole split, asked for by its size, is evaluated
+    assert main(["evaluate", str(out), "--method", "elbo", "--n", "1000"]) == 0
+    assert json.loads((out / "evaluate-elbo-test.json").read_text())["n"] == 1000
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    from pyro_aevb import __version__
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pyro_aevb", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"pyro-aevb {__version__}"
