@@ -27,6 +27,7 @@ from torch.distributions import kl_divergence
 
 from ..distributions import distribution_name
 from ..poutine import UNCONSTRAINED_OF
+from ..poutine.plates import same_weight
 
 __all__ = [
     "AnalyticKL_ELBO",
@@ -123,23 +124,7 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
 def _same_weight(model_site: dict, guide_site: dict) -> bool:
     """Whether the two sites carry the same scale and mask (the usual case, in which the
     site's term is ``-scale * KL``, masked)."""
-    for key in ("scale", "mask"):
-        a, b = model_site[key], guide_site[key]
-        if a is b:
-            continue
-        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
-            if a != b:
-                return False
-            continue
-        a = torch.as_tensor(True if a is None else a)
-        b = torch.as_tensor(True if b is None else b)
-        try:
-            a, b = torch.broadcast_tensors(a, b)
-        except RuntimeError:
-            return False
-        if not torch.equal(a, b):
-            return False
-    return True
+    return all(same_weight(model_site[k], guide_site[k]) for k in ("scale", "mask"))
 
 
 class AnalyticKL_ELBO(TraceMeanField_ELBO):

@@ -21,6 +21,7 @@ __all__ = [
     "max_plate_nesting",
     "require_plate",
     "global_latent_error",
+    "same_weight",
 ]
 
 
@@ -62,6 +63,21 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
         value = value.reshape((1,) * (-frame.dim - value.dim()) + tuple(value.shape))
     value = value.movedim(frame.dim, 0)
     return value.reshape(value.shape[0], -1).sum(-1)
+
+
+def same_weight(a, b) -> bool:
+    """Whether two scales, or two masks, of a site are equal entry by entry once broadcast
+    (numbers, bools or tensors; a mask of ``None`` masks nothing)."""
+    if a is b:
+        return True
+    a, b = (True if v is None else v for v in (a, b))
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return a == b
+    try:
+        a, b = torch.broadcast_tensors(torch.as_tensor(a), torch.as_tensor(b))
+    except RuntimeError:
+        return False
+    return torch.equal(a, b)
 
 
 def sample_sites(trace):

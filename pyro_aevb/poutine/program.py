@@ -49,6 +49,7 @@ from .plates import (
     latent_sites,
     plate_frame,
     require_plate,
+    same_weight,
     sample_sites,
 )
 
@@ -470,7 +471,7 @@ def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> 
                 f"not in the guide; sample it inside pyro.plate('{plate_name}', len(x)) there too"
             )
         model_mask = site_mask(s)
-        if model_mask is not None and not _same_mask(model_mask, site_mask(guide_sites[n]), s):
+        if model_mask is not None and not same_weight(model_mask, site_mask(guide_sites[n])):
             raise ProgramContractError(
                 f"latent site '{n}' is masked in the model (some of its entries carry no "
                 f"density there; Pyro's obs_mask makes such a site for the missing entries), "
@@ -491,17 +492,6 @@ def site_mask(site: dict) -> torch.Tensor | bool | None:
     if isinstance(mask, torch.Tensor) and bool(mask.all()):
         return None
     return mask
-
-
-def _same_mask(a, b, site: dict) -> bool:
-    if b is None:
-        return False
-    shape = tuple(site["fn"].batch_shape)
-    try:
-        a, b = (torch.broadcast_to(torch.as_tensor(m), shape) for m in (a, b))
-    except RuntimeError:
-        return False
-    return torch.equal(a.to(torch.bool), b.to(torch.bool))
 
 
 def as_program(
