@@ -206,3 +206,19 @@ def counting(cls):
             super().model(x)
 
     return Counting
+
+
+def bounded_by_latent(x):
+    """``z ~ Uniform(0, s)`` with ``s`` another latent: z's support differs per row and draw."""
+    with pyro.plate("data", x.shape[0]):
+        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+        z = pyro.sample("z", dist.Uniform(0.0, s))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def bounded_by_data(x):
+    """``z ~ Uniform(0, |x_i| + 1)``: z's support differs per row, from the data."""
+    n = x.shape[0]
+    with pyro.plate("data", n):
+        z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)

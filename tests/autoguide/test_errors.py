@@ -6,7 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from marginal_helpers import PPCA
-from user_models import GlobalNoiseModel, TwoLatentModel
+from user_models import GlobalNoiseModel, TwoLatentModel, bounded_by_data, bounded_by_latent
 
 from pyro_aevb import WakeSleep, fit
 from pyro_aevb.autoguide import (
@@ -100,19 +100,7 @@ def test_wake_sleep_refuses_a_guide_with_auxiliary_sites():
 
 
 def test_supports_bounded_per_row_are_refused_and_one_valued_bounds_train():
-    def by_latent(x):
-        with pyro.plate("data", x.shape[0]):
-            s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
-            z = pyro.sample("z", dist.Uniform(0.0, s))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    def by_data(x):
-        n = x.shape[0]
-        with pyro.plate("data", n):
-            z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-    for model in (by_latent, by_data):
+    for model in (bounded_by_latent, bounded_by_data):
         # a transform fixed at set-up would keep the first batch's bounds for every batch
         with pytest.raises(ValueError, match=r"site 'z' has a support whose bounds differ"):
             AmortizedNormal(model)(torch.randn(4))

@@ -2,6 +2,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from user_models import bounded_by_latent
 
 from pyro_aevb.evaluate.ais import ais, annealing_schedule, bdmc, simulate_data
 
@@ -106,12 +107,6 @@ def test_ais_on_a_latent_bounded_by_another_matches_quadrature():
     import numpy as np
     from scipy import integrate, stats
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
-            z = pyro.sample("z", dist.Uniform(0.0, s))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
     x = torch.tensor([0.3, 1.5, -0.7], dtype=torch.float64)
 
     def marginal(xi):
@@ -122,7 +117,7 @@ def test_ais_on_a_latent_bounded_by_another_matches_quadrature():
 
     exact = torch.tensor([marginal(float(xi)) for xi in x])
     res = ais(
-        model,
+        bounded_by_latent,
         None,
         x.float(),
         init="prior",

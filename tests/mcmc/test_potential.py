@@ -6,6 +6,7 @@ import pytest
 import torch
 from marginal_helpers import GLOBAL_FACTOR
 from torch.distributions.transforms import AffineTransform
+from user_models import bounded_by_data, bounded_by_latent
 
 from pyro_aevb.mcmc.potential import PerDatapointPotential
 from pyro_aevb.poutine import LatentLayout, replicate_rows
@@ -245,20 +246,6 @@ def test_log_guide_follows_in_place_updates_of_the_encoder():
         torch.testing.assert_close(after, fresh, rtol=1e-12, atol=1e-12)
 
 
-def _bounded_by_latent(x):
-    with pyro.plate("data", x.shape[0]):
-        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
-        z = pyro.sample("z", dist.Uniform(0.0, s))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
-def _bounded_by_data(x):
-    n = x.shape[0]
-    with pyro.plate("data", n):
-        z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-
-
 def _bounded_guide(x):
     loc = pyro.param("s_loc", torch.tensor(0.3))
     with pyro.plate("data", x.shape[0]):
@@ -296,7 +283,7 @@ def test_supports_from_other_latents_or_the_data_are_taken_per_row(fast):
             + dist.Normal(z, 1.0).log_prob(rows)
         )
 
-    for model, exact in ((_bounded_by_latent, by_latent), (_bounded_by_data, by_data)):
+    for model, exact in ((bounded_by_latent, by_latent), (bounded_by_data, by_data)):
         pot = make_potential(model, x, num_chains=2, fast=fast)
         u = torch.randn(6, pot.dim)
         value, grad = pot.potential_and_grad(u)
@@ -311,7 +298,7 @@ def test_supports_from_other_latents_or_the_data_are_taken_per_row(fast):
 def test_guide_draws_map_through_the_models_per_row_support():
     pyro.clear_param_store()
     x = torch.randn(4)
-    pot = PerDatapointPotential(_bounded_by_latent, x, num_chains=2, guide=_bounded_guide)
+    pot = PerDatapointPotential(bounded_by_latent, x, num_chains=2, guide=_bounded_guide)
     torch.manual_seed(0)
     u, log_q = pot.sample_guide()
     s = u[:, 0].exp()

@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from torch.distributions import constraints
+from user_models import bounded_by_latent
 
 from pyro_aevb.poutine import (
     LatentLayout,
@@ -15,13 +16,6 @@ from pyro_aevb.poutine import (
 )
 from pyro_aevb.poutine.layout import fixed_support, support_has_tensors
 from pyro_aevb.poutine.plates import ProgramContractError
-
-
-def bounded_by_latent(x):
-    with pyro.plate("data", x.shape[0]):
-        s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
-        z = pyro.sample("z", dist.Uniform(0.0, s))
-        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
 
 def _layout(model, x):
