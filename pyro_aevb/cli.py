@@ -45,6 +45,7 @@ from .plots import (
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.interrupt import exit_status, signal_name
+from .train.trainer import Trainer
 from .validation import check_seed
 from .version import __version__
 
@@ -136,6 +137,11 @@ def write_figures(module, dataset, history, out_dir: Path, guide=None) -> list[P
     return figures
 
 
+#: fit's defaults: what a new run takes for the options left out.
+_FIT_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(Trainer.__init__).parameters.items()
+}
+
 # The objective's options on the command line: destination -> (flag, the objective's keyword,
 # the objectives it applies to). They default to None: left out, they take the run's value on
 # --resume, else the objective's default; given for another objective, they are an error.
@@ -221,9 +227,9 @@ def _training_settings(args, run=None) -> dict:
         "optimizer": pick(args.optimizer, "optimizer", args.default_optimizer),
         # the command's default for a new run; fit takes the run's own on resume
         "lr": args.lr if args.lr is not None or run is not None else args.default_lr,
-        "batch_size": pick(args.batch_size, "batch_size", 100),
-        "seed": pick(args.seed, "seed", 0),
-        "eval_size": pick(args.eval_size, "eval_size", 1000),
+        "batch_size": pick(args.batch_size, "batch_size", _FIT_DEFAULTS["batch_size"]),
+        "seed": pick(args.seed, "seed", _FIT_DEFAULTS["seed"]),
+        "eval_size": pick(args.eval_size, "eval_size", _FIT_DEFAULTS["eval_size"]),
         **_budget(args),
     }
 
@@ -694,7 +700,10 @@ def _add_training_options(
         f"given, recorded in the history)",
     )
     p.add_argument(
-        "--batch-size", type=_positive_int, default=None, help=f"M (default 100{on_resume})"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"M (default {_FIT_DEFAULTS['batch_size']}{on_resume})",
     )
     p.add_argument(
         "--num-samples",
@@ -708,12 +717,15 @@ def _add_training_options(
         default=None,
         help="budget in epochs instead (not with --num-samples)",
     )
-    p.add_argument("--seed", type=_seed, default=None, help=f"default 0{on_resume}")
+    p.add_argument(
+        "--seed", type=_seed, default=None, help=f"default {_FIT_DEFAULTS['seed']}{on_resume}"
+    )
     p.add_argument(
         "--eval-size",
         type=_positive_int,
         default=None,
-        help=f"train and test points the bound is evaluated on (default 1000{on_resume})",
+        help="train and test points the bound is evaluated on (default "
+        f"{_FIT_DEFAULTS['eval_size']}{on_resume})",
     )
     p.add_argument(
         "--checkpoint-minutes",
