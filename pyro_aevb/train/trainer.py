@@ -334,10 +334,15 @@ class Trainer:
             raise TypeError(f"callback must be callable(trainer, record), got {callback!r}")
         self.callback = callback
         self.out_dir = None if out_dir is None else Path(out_dir)
-        if self.out_dir is None and checkpoint_every is not None:
+        # The wall-time default is on for every run; only a value the user chose is worth a
+        # warning when there is nowhere to write.
+        ignored = [f"checkpoint_every={checkpoint_every}"] if checkpoint_every is not None else []
+        if checkpoint_every_seconds not in (None, DEFAULT_CHECKPOINT_SECONDS):
+            ignored.append(f"checkpoint_every_seconds={checkpoint_every_seconds}")
+        if self.out_dir is None and ignored:
             warnings.warn(
-                f"checkpoint_every={checkpoint_every} has no effect without out_dir: no "
-                f"checkpoint is written",
+                f"{' and '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no effect "
+                f"without out_dir: no checkpoint is written",
                 UserWarning,
                 stacklevel=3,
             )

@@ -428,6 +428,8 @@ def test_settings_that_cannot_apply_are_said_not_silently_dropped(caplog):
     assert res.history[-1]["samples"] == 120
     with pytest.warns(UserWarning, match=r"checkpoint_every=60 has no effect without out_dir"):
         fit(mlp_vae(30, 2, (8,)), x, num_samples=60, checkpoint_every=60, progress=False)
+    with pytest.warns(UserWarning, match=r"checkpoint_every_seconds=5.0 has no effect without"):
+        fit(mlp_vae(30, 2, (8,)), x, num_samples=60, checkpoint_every_seconds=5.0, progress=False)
     with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
         fit(mlp_vae(30, 2, (8,)), x, num_samples=60, batch_size=20, shards=3, progress=False)
     assert "shards=3 is not used on the paper VAE's fast path" in caplog.text
