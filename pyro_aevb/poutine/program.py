@@ -52,6 +52,7 @@ from .plates import (
     same_weight,
     sample_sites,
 )
+from .supports import check_guide_supports
 
 __all__ = [
     "DataPlateRows",
@@ -462,6 +463,7 @@ def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> 
             f"model latent site(s) {missing} have no site in the guide; the guide must sample "
             f"every latent of the model (guide sites: {list(guide_sites)})"
         )
+    check_guide_supports({n: s for n, s in model_latents.items() if n not in skip}, guide_sites)
     for n, s in model_latents.items():
         if n in skip:
             continue

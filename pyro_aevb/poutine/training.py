@@ -122,6 +122,11 @@ class TrainingProgram:
                     guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)
                 else:
                     guide_trace, model_trace = None, poutine.trace(self.model_n).get_trace(x)
+            if guide_trace is not None:
+                # before Pyro's ELBOs meet them: a missing site is a bare KeyError there, an
+                # extra one a warning and a term without a model counterpart; a support
+                # mismatch is said before a draw outside the model's support fails below
+                _check_guide_matches(model_trace, guide_trace, self.plate_name)
             _check_log_densities(model_trace, "model")
             if guide_trace is not None:
                 _check_log_densities(guide_trace, "guide")
@@ -134,10 +139,6 @@ class TrainingProgram:
             "model",
             scaled_by_us=not accepts_num_data(self.model),
         )
-        if guide_trace is not None:
-            # before Pyro's ELBOs meet them: a missing site is a bare KeyError there, an extra
-            # one a warning and a term without a model counterpart
-            _check_guide_matches(model_trace, guide_trace, self.plate_name)
         local = [n for n, s in latent_sites(model_trace).items() if plate_frame(s, self.plate_name)]
         if guide_trace is not None and local:
             check_minibatch_trace(
