@@ -146,18 +146,31 @@ def place(
     """``(x on the device, the device)`` after moving the programs' modules there.
 
     ``device=None`` keeps the modules where they are and moves ``x`` to them (to ``x``'s own
-    device if no module is involved); ``dtype=None`` keeps the dtypes. Programs that are
-    plain functions cannot be moved: they must create their tensors on the device of the data
-    they are given (``x.new_zeros(...)``), as the package's models do.
+    device if no module is involved); ``dtype=None`` keeps the modules' dtype and converts a
+    floating ``x`` to it (float64 data for a float32 model), or keeps ``x``'s without modules.
+    Programs that are plain functions cannot be moved: they must create their tensors on the
+    device of the data they are given (``x.new_zeros(...)``), as the package's models do.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     modules = place_modules(programs, device, dtype)
     if device is None:
         device = module_device(modules) or (x.device if isinstance(x, torch.Tensor) else None)
+    if dtype is None and isinstance(x, torch.Tensor) and x.is_floating_point():
+        dtype = module_dtype(modules)  # float64 data for float32 modules: the modules' dtype
     if isinstance(x, torch.Tensor):
         x = x.to(device=device, dtype=dtype if dtype is not None else x.dtype)
     return x, device
+
+
+def module_dtype(modules: Iterable[nn.Module]) -> torch.dtype | None:
+    """The dtype of the first floating parameter (or buffer) of ``modules``, ``None`` if they
+    have none."""
+    for m in modules:
+        for t in (*m.parameters(), *m.buffers()):
+            if t.is_floating_point():
+                return t.dtype
+    return None
 
 
 def make_generator(seed: int, device: torch.device | None = None) -> torch.Generator:

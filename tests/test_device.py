@@ -136,3 +136,41 @@ def test_cli_train_with_device_cpu(tmp_path, capsys):
     assert "test bound" in capsys.readouterr().out
     assert main([*args, "--device", "nope", "--out", str(tmp_path / "b")]) == 2
     assert "device must be" in capsys.readouterr().err
+
+
+def test_float64_data_meets_a_float32_users_model_in_its_dtype():
+    """Bound-method programs: the data takes the modules' dtype (fit and log_marginal give
+    what float32 data gives); plain functions, whose modules cannot be found: a named hint."""
+    import pyro
+    import pyro.distributions as dist
+    from user_models import GlobalNoiseModel
+
+    torch.manual_seed(0)
+    m = GlobalNoiseModel()
+    x = torch.randn(12, 6)
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    want = log_marginal(m.model, m.guide, x, method="iwae", num_particles=10).estimate
+    pyro.clear_param_store()
+    torch.manual_seed(1)
+    got = log_marginal(m.model, m.guide, x.double(), method="iwae", num_particles=10).estimate
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)
+    res = fit(m.model, x.double(), guide=m.guide, num_samples=24, batch_size=12, progress=False)
+    assert res.history[-1]["samples"] == 24
+
+    net = torch.nn.Linear(6, 6)
+
+    def model(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 6), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(net(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(net(x), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"The data x is torch.float64: the programs' param"):
+        fit(model, x.double(), guide=guide, num_samples=24, progress=False)

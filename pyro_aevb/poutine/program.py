@@ -80,19 +80,28 @@ def replicate_rows(x: torch.Tensor, num_copies: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def first_trace_errors(shape, what: str = "the model and guide"):
+def first_trace_errors(shape, what: str = "the model and guide", dtype=None):
     """Turn an error raised while first running the user's programs into one that says what
-    was run on what, so that a raw torch or Pyro shape error never reaches the user alone."""
+    was run on what, so that a raw torch or Pyro shape error never reaches the user alone.
+    ``dtype``: the data's, named in the hint for a dtype mismatch (float64 data, float32
+    parameters)."""
     try:
         yield
     except ProgramContractError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as err:
+        hint = ""
+        if dtype is not None and "dtype" in str(err).lower():
+            hint = (
+                f" The data x is {dtype}: the programs' parameters or constants may be of "
+                f"another dtype; convert x (x.float() / x.double()) or the modules "
+                f"(module.to(x.dtype)), or pass dtype= to put the modules and the data in one"
+            )
         raise ValueError(
             f"running {what} on x of shape {tuple(shape)} failed: {type(err).__name__}: "
             f"{err}. The programs are called as fn(x) with a batch x of shape "
             f"(batch, *event_shape), one datapoint per row, and per-datapoint sites inside "
-            f"the data plate"
+            f"the data plate.{hint}"
         ) from err
 
 
@@ -268,7 +277,7 @@ class PerDatapointProgram:
         guide_r = None if guide is None else _with_rows(guide, plate_name)
         # Traced on the rows the estimator will use: a guide with per-datapoint parameters
         # (pyro.param of shape (len(x), ...)) creates them here, so they must have that size.
-        with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
+        with first_trace_errors(x.shape, dtype=x.dtype), poutine.block(), torch.no_grad():
             with fork_rng(), buffers_kept() as called:
                 if guide_r is not None:
                     guide_trace, model_trace = trace_guide_and_model(model_r, guide_r, x)

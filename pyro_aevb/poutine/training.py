@@ -116,7 +116,7 @@ class TrainingProgram:
         forked, so this never shifts the training draws.
         """
         batch = x.shape[0]
-        with first_trace_errors(x.shape), poutine.block(), torch.no_grad():
+        with first_trace_errors(x.shape, dtype=x.dtype), poutine.block(), torch.no_grad():
             with fork_rng(), buffers_kept(self.modules) as called:
                 if self.guide_n is not None:
                     guide_trace, model_trace = trace_guide_and_model(self.model_n, self.guide_n, x)

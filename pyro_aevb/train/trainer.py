@@ -40,6 +40,7 @@ from ..device import (
     device_rng_state,
     fork_rng,
     module_device,
+    module_dtype,
     place_modules,
     resolve_device,
     resolve_dtype,
@@ -292,7 +293,8 @@ class Trainer:
             raise TypeError(f"plate_name must be a non-empty str, got {plate_name!r}")
         train, test, dataset_name = _unpack_data(train, test, dataset_name)
         params = list(module.parameters()) if module is not None else []
-        dtype = params[0].dtype if params else resolve_dtype(dtype)
+        # the data in the modules' dtype (also those of bound-method and pyro.module programs)
+        dtype = params[0].dtype if params else module_dtype(owners) or resolve_dtype(dtype)
         unit = bool(getattr(getattr(module, "likelihood", None), "unit_interval", False))
         event_shape = getattr(module, "event_shape", None)
         self.train = check_data(train, "train", event_shape, unit_interval=unit)
