@@ -96,7 +96,20 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
         guide_site = guide_trace.nodes.get(name)
         if guide_site is None:
             raise AnalyticKLError(f"latent site '{name}' of the model is not in the guide")
-        check_fully_reparametrized(guide_site)
+        try:
+            check_fully_reparametrized(guide_site)
+        except NotImplementedError:
+            fn = guide_site["fn"]
+            try:
+                kind = " (discrete)" if fn.support.is_discrete else ""
+            except NotImplementedError:  # a distribution of the user's without .support
+                kind = ""
+            raise AnalyticKLError(
+                f"estimator B needs a reparameterized guide draw at every latent site, but "
+                f"site '{name}' has guide distribution {type(fn).__name__}{kind} without "
+                f"rsample. Use estimator 'A' (Trace_ELBO: a score-function gradient "
+                f"for that site), or enumerate a discrete site out of the model"
+            ) from None
         kl = site_kl(name, guide_site, model_site)
         if _same_weight(model_site, guide_site):
             kl = scale_and_mask(kl, scale=guide_site["scale"], mask=guide_site["mask"])

@@ -193,3 +193,41 @@ def test_estimator_b_weighs_a_scale_or_mask_on_the_models_site_as_estimator_a_do
             for e in (pyro.infer.Trace_ELBO(**opts), AnalyticKL_ELBO(**opts))
         ]
         assert abs(losses[0] - losses[1]) < 0.15, losses
+
+
+def test_estimator_b_names_a_guide_site_without_rsample_and_the_fix():
+    """A discrete guide site under estimator B (the default): fit refuses it at set-up,
+    naming the site and estimator A, with no fallback warning first (Pyro's own error names
+    neither)."""
+    import warnings
+
+    import pyro.distributions as dist
+
+    from pyro_aevb import fit
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(torch.ones(x.shape[0], 3) / 3))
+            pyro.sample("x", dist.Normal(c.float(), 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.ones(3) / 3, constraint=dist.constraints.simplex)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(p.expand(x.shape[0], 3)))
+
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(AnalyticKLError, match=r"site 'c' has guide distribution Categorical"):
+            fit(model, torch.randn(20), guide=guide, num_samples=40, batch_size=20, progress=False)
+    pyro.clear_param_store()
+    res = fit(
+        model,
+        torch.randn(20),
+        guide=guide,
+        estimator="A",
+        num_samples=40,
+        batch_size=20,
+        progress=False,
+    )
+    assert res.history[-1]["samples"] == 40
