@@ -288,6 +288,7 @@ class PerDatapointProgram:
             _check_only_data_plate_subsamples(trace, plate_name)
         _check_site_shapes(model_trace, plate_name)
         _check_observed_rows(model_trace, plate_name, x.shape[0])
+        check_rows_stay_in_plate(model_r, x, model_trace, plate_name)
         if warn:
             _warn_scaled_sites(plate_name, model_trace, guide_trace)
         coupling = row_coupling_modules(called) if warn else []
@@ -432,6 +433,50 @@ def _warn_scaled_sites(plate_name: str, *traces) -> None:
             f"log-densities of each datapoint, so these scales are not applied",
             UserWarning,
             stacklevel=3,
+        )
+
+
+def check_rows_stay_in_plate(model: Callable, x: torch.Tensor, trace, plate_name: str) -> None:
+    """No site outside the data plate has a shape that follows the number of rows.
+
+    Such a site holds the rows without the plate knowing: an observation ``x`` sampled after
+    the plate (or in a second plate over the same rows) is left out of every per-datapoint
+    density and gets no minibatch scale ``N/M``; a per-row latent sampled outside the plate
+    would be taken for a global one and conditioned on a point estimate. ``trace`` is the
+    model's trace on ``x``; the model is run once more, alone, on one row fewer (one more
+    for a single row) and the shapes compared. A program that cannot run on another number of
+    rows (a parameter sized to the rows) is not checked further.
+    """
+    rows = x.shape[0]
+    other_x = x[:-1] if rows >= 2 else torch.cat([x, x])
+    try:
+        with poutine.block(), torch.no_grad(), fork_rng(), buffers_kept():
+            other = poutine.trace(model).get_trace(other_x)
+    except Exception:  # the check needs the second run only; the first one worked
+        return
+    for name, site in sample_sites(trace):
+        if plate_frame(site, plate_name) is not None:
+            continue
+        again = other.nodes.get(name)
+        if again is None or again["type"] != "sample":
+            continue
+        shape, shape_again = tuple(site["value"].shape), tuple(again["value"].shape)
+        if shape == shape_again:
+            continue
+        seen = f"shape {shape} for {rows} rows, {shape_again} for {other_x.shape[0]}"
+        if site["is_observed"] or site_is_factor(site):
+            raise ProgramContractError(
+                f"observed site '{name}' is outside the data plate '{plate_name}' but its "
+                f"shape follows the rows of x ({seen}): per-datapoint densities count only "
+                f"the sites inside the plate, and the minibatch scale N/M applies only there. "
+                f"Observe it inside pyro.plate('{plate_name}', len(x)) (its per-row dims as "
+                f".to_event)"
+            )
+        raise ProgramContractError(
+            f"latent site '{name}' is outside the data plate '{plate_name}' but its shape "
+            f"follows the rows of x ({seen}): it would be taken for a global latent shared by "
+            f"all rows. Sample it inside pyro.plate('{plate_name}', len(x)) (its per-row dims "
+            f"as .to_event)"
         )
 
 

@@ -23,7 +23,12 @@ from torch import nn
 from ..device import fork_rng
 from .params import ProgramParams, buffers_kept, collect_params, owner_modules
 from .plates import ProgramContractError, latent_sites, plate_frame
-from .program import _check_guide_matches, first_trace_errors, trace_guide_and_model
+from .program import (
+    _check_guide_matches,
+    check_rows_stay_in_plate,
+    first_trace_errors,
+    trace_guide_and_model,
+)
 from .scaling import accepts_num_data, bind_num_data, check_minibatch_trace
 
 __all__ = ["TrainingProgram"]
@@ -139,6 +144,8 @@ class TrainingProgram:
             "model",
             scaled_by_us=not accepts_num_data(self.model),
         )
+        with buffers_kept(self.modules):
+            check_rows_stay_in_plate(self.model_n, x, model_trace, self.plate_name)
         local = [n for n, s in latent_sites(model_trace).items() if plate_frame(s, self.plate_name)]
         if guide_trace is not None and local:
             check_minibatch_trace(

@@ -226,3 +226,75 @@ def test_masked_latents_need_a_guide_that_masks_the_same_entries():
         log_marginal(model, None, x, "appendix_d", num_samples=5, num_warmup=5)
     with pytest.raises(ProgramContractError, match=r"site 'x_unobserved' is masked"):
         AmortizedNormal(model)(x)
+
+
+def test_sites_outside_the_data_plate_that_hold_the_rows_are_refused_by_name():
+    """An observation sampled after the plate, or in a second plate over the same rows, would
+    be left out of every per-datapoint density and of the N/M scale; a per-row latent
+    outside the plate would be conditioned on as a global. Each is an error naming the site,
+    in evaluation and in training; a true global (its shape independent of the rows) is not."""
+    from pyro_aevb import fit
+    from pyro_aevb.poutine.plates import ProgramContractError
+
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+    def obs_after_plate(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand_as(x), 1.0).to_event(2), obs=x)
+
+    def obs_in_second_plate(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample(
+                "x", dist.Normal(z.sum(-1, keepdim=True).expand_as(x), 1.0).to_event(1), obs=x
+            )
+
+    def latent_outside(x):
+        z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample(
+                "x", dist.Normal(z.sum(-1, keepdim=True).expand_as(x), 1.0).to_event(1), obs=x
+            )
+
+    def guide_outside(x):
+        loc = pyro.param("loc", torch.zeros(2))
+        pyro.sample("z", dist.Normal(loc.expand(x.shape[0], 2), 1.0).to_event(2))
+
+    def true_global(x):
+        s = pyro.sample("s", dist.LogNormal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True) + s, 1.0).to_event(1), obs=x)
+
+    def global_guide(x):
+        guide(x)
+        pyro.sample("s", dist.LogNormal(torch.zeros(3), 1.0).to_event(1))
+
+    x = torch.randn(12, 3)
+    cases = [
+        (obs_after_plate, guide, "observed site 'x' is outside the data plate 'data'"),
+        (obs_in_second_plate, guide, "observed site 'x' is outside the data plate 'data'"),
+        (latent_outside, guide_outside, "latent site 'z' is outside the data plate 'data'"),
+    ]
+    for model, g, match in cases:
+        pyro.clear_param_store()
+        with pytest.raises(ProgramContractError, match=match):
+            log_marginal(model, g, x, method="iwae", num_particles=4)
+        with pytest.raises(ProgramContractError, match=match):
+            fit(model, x, guide=g, estimator="A", num_samples=12, batch_size=4, progress=False)
+    pyro.clear_param_store()
+    log_marginal(true_global, global_guide, x, method="iwae", num_particles=4)
+    fit(
+        true_global,
+        x,
+        guide=global_guide,
+        estimator="A",
+        num_samples=12,
+        batch_size=4,
+        progress=False,
+    )
