@@ -29,7 +29,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer import HMC, MCMC, NUTS
 
+from ..device import fork_rng
 from ..poutine import LatentLayout, as_program, flatten_in_model, plate_frame, replicate_rows
+from ..poutine.layout import same_support
 from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .adaptation import check_target_accept
 from .diagnostics import ess_rhat
@@ -106,6 +108,22 @@ def _local_only(model: Callable, plate_name: str) -> Callable:
 def _stack_samples(values: torch.Tensor, plate_dim: int) -> torch.Tensor:
     """``(S,) + site_shape`` (plate size 1) -> the site shape with the plate dim of size S."""
     return torch.cat(list(values), dim=plate_dim)
+
+
+def _bounds_following_latents(model: Callable, x: torch.Tensor, names: list) -> list:
+    """The sites among ``names`` (latents whose support has tensor bounds) whose bounds change
+    between two runs of ``model`` on the same ``x`` with other draws: bounds that follow
+    another latent. Bounds from the data or the parameters are the same in both runs (and
+    per datapoint, Pyro's transform built once is right for them)."""
+    if not names:
+        return []
+    with poutine.block(), torch.no_grad(), fork_rng():
+        first, second = (poutine.trace(model).get_trace(x) for _ in range(2))
+    return [
+        n
+        for n in names
+        if not same_support(first.nodes[n]["fn"].support, second.nodes[n]["fn"].support)
+    ]
 
 
 def sample_posterior_pyro(
@@ -194,14 +212,14 @@ def sample_posterior_pyro(
                 f"{tuple(initial_positions.shape)}"
             )
     local_model = _local_only(model, plate_name)
-    varying = [s.name for s in layout.sites if not s.fixed]
-    if varying:
-        logger.warning(
-            "Pyro's MCMC builds each site's transform once, from its first trace: if the "
-            "bounds of %s depend on another latent (Uniform(0, s)), Pyro's draws are not from "
-            "the model's posterior (pyro-aevb's HMC and AIS take the transform where the model "
-            "runs)",
-            varying,
+    following = _bounds_following_latents(model, x, [s.name for s in layout.sites if not s.fixed])
+    if following:
+        raise ValueError(
+            f"the support bounds of latent site(s) {following} follow another latent "
+            f"(Uniform(0, s)): Pyro's MCMC builds each site's transform once, from its first "
+            f"trace, so its draws would not come from the posterior. Use pyro-aevb's own "
+            f"sampler (sampler='hmc' in appendix_d, pyro_aevb.mcmc.sample), which takes the "
+            f"transform where the model runs"
         )
     draws = {s.name: [] for s in layout.sites}
     flat = []

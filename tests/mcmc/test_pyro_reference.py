@@ -84,3 +84,17 @@ def test_batched_hmc_and_pyro_nuts_agree_on_a_vae_posterior(mnist_vae, mnist_tes
     sd_nuts = nuts.samples[:, :, 0].reshape(-1, 3).std(0)
     sd_hmc = res.by_chain(res.samples)[:, :, 0].reshape(-1, 3).std(0)
     assert torch.allclose(sd_hmc, sd_nuts, rtol=0.25), (sd_hmc, sd_nuts)
+
+
+def test_bounds_that_follow_another_latent_are_refused_and_bounds_from_the_data_are_not():
+    """Pyro builds each site's transform once: for z ~ Uniform(0, s) with s a latent its
+    draws would not be the posterior's, so the reference refuses the model up front, naming
+    the site; bounds from the data hold per datapoint and run."""
+    from user_models import bounded_by_data, bounded_by_latent
+
+    x = torch.randn(2)
+    with pytest.raises(ValueError, match=r"latent site\(s\) \['z'\] follow another latent"):
+        sample_posterior_pyro(bounded_by_latent, x, num_samples=2, num_warmup=2)
+    res = sample_posterior_pyro(bounded_by_data, x, num_samples=5, num_warmup=5)
+    z = res.constrained["z"]
+    assert bool(((z > 0) & (z < x.abs() + 1.0)).all())
