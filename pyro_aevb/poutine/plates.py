@@ -58,7 +58,16 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
     if mask is False:  # poutine.mask(mask=False): Pyro takes a plain bool too
         value = torch.zeros_like(value)
     elif isinstance(mask, torch.Tensor):
-        value = torch.where(mask, value, value.new_zeros(()))
+        try:
+            value = torch.where(mask, value, value.new_zeros(()))
+        except RuntimeError:
+            raise ProgramContractError(
+                f"the mask of site '{site['name']}' has shape {tuple(mask.shape)}, which does "
+                f"not broadcast to its log-density of shape {tuple(value.shape)}. A mask with "
+                f"one entry per row of the data held outside the program does not follow the "
+                f"rows the model is run on (several chains or particles run it on stacked "
+                f"copies of x, a minibatch on a subset): compute it from the program's x"
+            ) from None
     if value.dim() < -frame.dim:
         value = value.reshape((1,) * (-frame.dim - value.dim()) + tuple(value.shape))
     value = value.movedim(frame.dim, 0)

@@ -298,3 +298,24 @@ def test_sites_outside_the_data_plate_that_hold_the_rows_are_refused_by_name():
         batch_size=4,
         progress=False,
     )
+
+
+def test_a_mask_sized_to_the_data_outside_the_program_is_named_when_rows_are_stacked():
+    """AIS runs the model on chains x rows stacked: a mask held in a closure with one entry
+    per row of x cannot follow them, and the error says which site and why."""
+    from pyro import poutine
+
+    from pyro_aevb.poutine.plates import ProgramContractError
+
+    x = torch.randn(6)
+    keep = torch.ones(6, dtype=torch.bool)
+    keep[:2] = False
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            with poutine.mask(mask=keep):
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    with pytest.raises(ProgramContractError, match=r"the mask of site 'x' has shape \(6,\)"):
+        log_marginal(model, None, x, method="ais", num_chains=2, num_temps=3, pilot_chains=1)
