@@ -472,9 +472,16 @@ class Trainer:
     def _open_run(self, resume: bool) -> None:
         """Start a new run in ``out_dir`` or restore the one there (``resume``)."""
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
-        if self.out_dir is not None:
-            # the lock is held: temporaries of the run's own files are a killed run's
-            names = [CHECKPOINT_NAME, previous_checkpoint_path(checkpoint).name]
+        names = (
+            []
+            if checkpoint is None
+            else [CHECKPOINT_NAME, previous_checkpoint_path(checkpoint).name]
+        )
+        if self._lock is not None:
+            # the lock is held: temporaries of the run's own files are a killed run's. Only
+            # the lock's holder may say so: the other ranks of a data-parallel job hold no
+            # lock, and their job may have been refused one held by a live run, whose
+            # temporaries are being written.
             remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():

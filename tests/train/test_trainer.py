@@ -467,3 +467,25 @@ def test_arguments_of_the_wrong_kind_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint.pt is not a file"):
         fit(mlp_vae(30, 2, (8,)), x, num_samples=20, out_dir=tmp_path, resume=True,
             progress=False)  # fmt: skip
+
+
+def test_only_the_lock_holder_removes_temporaries_of_the_run_files(tmp_path):
+    """The other ranks of a data-parallel job hold no lock, and their job may have been
+    refused the lock of a live run: a temporary there is that run's checkpoint being written,
+    and must survive. The lock's holder removes a killed run's temporaries."""
+    from pyro_aevb.train.trainer import Trainer
+
+    x = binary_data(40)
+    trainer = Trainer(mlp_vae(30, 2, (8,)), x, num_samples=40, out_dir=tmp_path, progress=False)
+    live = tmp_path / ".checkpoint.pt.abc123.tmp"
+    live.write_bytes(b"a checkpoint being written")
+    lock, trainer._lock = trainer._lock, None  # a rank that holds no lock
+    try:
+        trainer._open_run(resume=False)
+        assert live.exists()
+        trainer._lock = lock
+        trainer._open_run(resume=False)
+        assert not live.exists()
+    finally:
+        trainer._lock = lock
+        trainer.close()
