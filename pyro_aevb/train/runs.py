@@ -171,13 +171,22 @@ def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Pa
     """The preset model of ``config``, after checking on the meta device (no memory) that its
     parameters have the shapes the checkpoint holds: a config that does not describe the
     saved weights (or asks for absurd sizes) is refused before anything is allocated."""
+    # the model's own state comes first (an autoguide's, if any, follows; checked later)
+    saved = state["modules"][:1]
+    # a run trained in float64 (fit(dtype=...)): the preset is rebuilt in its dtype
+    dtypes = {
+        v.dtype
+        for sd in saved
+        for v in (sd.values() if isinstance(sd, dict) else ())
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    }
+    dtype = dtypes.pop() if dtypes in ({torch.float32}, {torch.float64}) else None
     try:
         with torch.device("meta"):
-            skeleton = build_model(config)
+            skeleton = build_model(config).to(dtype)
     except (TypeError, ValueError, KeyError) as err:
         raise MalformedCheckpointError(
             f"checkpoint {checkpoint}: its model config cannot be built: {err}"
         ) from err
-    # the model's own state comes first (an autoguide's, if any, follows; checked later)
-    check_module_states({"modules": state["modules"][:1]}, [skeleton], checkpoint)
-    return build_model(config)
+    check_module_states({"modules": saved}, [skeleton], checkpoint)
+    return build_model(config).to(dtype)

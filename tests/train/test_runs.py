@@ -78,3 +78,28 @@ def test_a_model_without_a_config_is_checked_by_parameter_shapes(tmp_path):
     assert load_run(tmp_path, model=again).module is again and _same_weights(again, trained)
     with pytest.raises(MalformedCheckpointError):
         load_run(tmp_path, model=LinearGaussian(5, 3))
+
+
+@pytest.mark.parametrize("with_guide", [False, True])
+def test_a_float64_run_of_a_preset_loads_in_float64_with_its_weights(tmp_path, with_guide):
+    """fit(dtype=torch.float64) saves float64 weights: load_run rebuilds the preset (and its
+    autoguide) in that dtype, not the float32 default, and holds the trained weights."""
+    x = (torch.rand(120, 30, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    vae = mlp_vae(30, 2, (8,))
+    guide = AmortizedNormal(vae.model, hidden_dims=(8,)) if with_guide else None
+    fit(
+        vae,
+        x,
+        guide=guide,
+        dtype=torch.float64,
+        num_samples=120,
+        batch_size=40,
+        progress=False,
+        out_dir=tmp_path,
+    )
+    run = load_run(tmp_path)
+    for (name, p), q in zip(vae.named_parameters(), run.module.parameters(), strict=True):
+        assert q.dtype == torch.float64, name
+        assert torch.equal(p, q), name
+    if with_guide:
+        assert all(p.dtype == torch.float64 for p in run.guide.parameters())
