@@ -14,6 +14,7 @@ from pyro.poutine.util import site_is_subsample
 __all__ = [
     "ProgramContractError",
     "SubsampledPlateError",
+    "RowsOutsidePlateError",
     "plate_frame",
     "sum_to_plate",
     "sample_sites",
@@ -33,6 +34,12 @@ class ProgramContractError(ValueError):
 class SubsampledPlateError(ProgramContractError):
     """A plate other than the data plate subsamples: training by SVI works, per-datapoint
     densities (bounds, log p(x_i), HMC, AIS) do not."""
+
+
+class RowsOutsidePlateError(ProgramContractError):
+    """A site outside the data plate has a shape that follows the rows of ``x``: SVI trains
+    such a model on the whole data set at once (no minibatch scale is needed), per-datapoint
+    densities and minibatch training do not."""
 
 
 def plate_frame(site: dict, plate_name: str):

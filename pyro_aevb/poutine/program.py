@@ -45,6 +45,7 @@ from .layout import LatentLayout
 from .params import buffers_kept, row_coupling_modules
 from .plates import (
     ProgramContractError,
+    RowsOutsidePlateError,
     SubsampledPlateError,
     latent_sites,
     plate_frame,
@@ -445,7 +446,8 @@ def check_rows_stay_in_plate(model: Callable, x: torch.Tensor, trace, plate_name
     would be taken for a global one and conditioned on a point estimate. ``trace`` is the
     model's trace on ``x``; the model is run once more, alone, on one row fewer (one more
     for a single row) and the shapes compared. A program that cannot run on another number of
-    rows (a parameter sized to the rows) is not checked further.
+    rows (a parameter sized to the rows) is not checked further. Raises
+    :class:`~pyro_aevb.poutine.plates.RowsOutsidePlateError`.
     """
     rows = x.shape[0]
     other_x = x[:-1] if rows >= 2 else torch.cat([x, x])
@@ -465,14 +467,14 @@ def check_rows_stay_in_plate(model: Callable, x: torch.Tensor, trace, plate_name
             continue
         seen = f"shape {shape} for {rows} rows, {shape_again} for {other_x.shape[0]}"
         if site["is_observed"] or site_is_factor(site):
-            raise ProgramContractError(
+            raise RowsOutsidePlateError(
                 f"observed site '{name}' is outside the data plate '{plate_name}' but its "
                 f"shape follows the rows of x ({seen}): per-datapoint densities count only "
                 f"the sites inside the plate, and the minibatch scale N/M applies only there. "
                 f"Observe it inside pyro.plate('{plate_name}', len(x)) (its per-row dims as "
                 f".to_event)"
             )
-        raise ProgramContractError(
+        raise RowsOutsidePlateError(
             f"latent site '{name}' is outside the data plate '{plate_name}' but its shape "
             f"follows the rows of x ({seen}): it would be taken for a global latent shared by "
             f"all rows. Sample it inside pyro.plate('{plate_name}', len(x)) (its per-row dims "

@@ -51,7 +51,7 @@ from ..mcmc.hmc import NonFinitePotentialError
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
 from ..poutine.params import buffers_kept, eval_mode
-from ..poutine.plates import SubsampledPlateError
+from ..poutine.plates import RowsOutsidePlateError, SubsampledPlateError
 from ..validation import (
     check_choice,
     check_data,
@@ -373,7 +373,7 @@ class Trainer:
                 try:
                     with torch.no_grad(), self._evaluation_mode():
                         self.objective.bound(self.train[:2])
-                except SubsampledPlateError as err:
+                except (SubsampledPlateError, RowsOutsidePlateError) as err:
                     # SVI trains such a model; only the per-datapoint bound is undefined
                     self.bound_unavailable = str(err)
                     warnings.warn(

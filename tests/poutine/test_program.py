@@ -287,6 +287,19 @@ def test_sites_outside_the_data_plate_that_hold_the_rows_are_refused_by_name():
             log_marginal(model, g, x, method="iwae", num_particles=4)
         with pytest.raises(ProgramContractError, match=match):
             fit(model, x, guide=g, estimator="A", num_samples=12, batch_size=4, progress=False)
+    # on the whole data set at once SVI is right (no N/M scale); only the bound is undefined
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match="the history will hold no train/test bound"):
+        res = fit(
+            obs_after_plate,
+            x,
+            guide=guide,
+            estimator="A",
+            num_samples=24,
+            batch_size=12,
+            progress=False,
+        )
+    assert res.history[-1]["samples"] == 24 and "train_bound" not in res.history[-1]
     pyro.clear_param_store()
     log_marginal(true_global, global_guide, x, method="iwae", num_particles=4)
     fit(
