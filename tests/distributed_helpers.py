@@ -145,3 +145,40 @@ def eval_worker(rank: int, out: Path) -> None:
         for m, r in results.items()
     }
     torch.save(saved, out / f"eval-rank{rank}.pt")
+
+
+class BatchNormModel(torch.nn.Module):
+    """``z_i ~ N(0, I_2)``, ``x_i ~ N(W z_i, I)``; the guide's encoder has a BatchNorm layer."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        self.W = torch.nn.Linear(2, d)
+        self.enc = torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.BatchNorm1d(8))
+        self.head = torch.nn.Linear(8, 2)
+
+    def model(self, x):
+        import pyro.distributions as pdist
+
+        pyro.module("bn_model", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pdist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", pdist.Normal(self.W(z), 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        import pyro.distributions as pdist
+
+        pyro.module("bn_model", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", pdist.Normal(self.head(self.enc(x)), 0.5).to_event(1))
+
+
+def batchnorm_worker(rank: int, out: Path) -> None:
+    """8 steps of the BatchNorm model on 2 ranks; each rank saves its BatchNorm buffers."""
+    from pyro_aevb import fit
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m = BatchNormModel()
+    x = torch.randn(80, 6, generator=torch.Generator().manual_seed(0))
+    fit(m.model, x, guide=m.guide, num_samples=80, batch_size=10, progress=False, distributed=True)
+    torch.save(dict(m.enc[1].named_buffers()), out / f"bn-rank{rank}.pt")

@@ -78,6 +78,7 @@ from ..infer.objectives import (
     PyroELBOObjective,
 )
 from ..poutine import plate_frame
+from ..poutine.params import buffers_kept
 from ..validation import check_positive_int
 
 __all__ = [
@@ -332,7 +333,8 @@ class DataParallelObjective:
     def _make_ddp(self, x: torch.Tensor) -> None:
         """Wrap the modules in DistributedDataParallel (on the first step, which tells whether
         every parameter gets a gradient: DDP must be told when some do not)."""
-        with fork_rng(), torch.enable_grad():  # a throw-away pass: no draw is shifted
+        # a throw-away pass: no draw is shifted, no BatchNorm statistic updated
+        with fork_rng(), buffers_kept(self.inner.program.modules), torch.enable_grad():
             loss = self._loss_module(x, 1.0)
             grads = torch.autograd.grad(loss, self._module_params, allow_unused=True)
         unused = torch.tensor([float(any(g is None for g in grads))], device=self._comm_device())
@@ -483,7 +485,8 @@ def data_parallel(
     use_group = resolve_distributed(distributed)
     rank, world_size = world() if use_group else (0, 1)
     fast = isinstance(objective, FastVAEObjective)
-    saved_shards = (saved or {}).get("shards")
+    # a checkpoint without the entry was trained in one process, unsharded
+    saved_shards = None if saved is None else int(saved.get("shards", 1))
     if shards is not None:
         shards = check_positive_int(shards, "shards")
         if saved_shards is not None and shards != saved_shards and not fast:
@@ -494,7 +497,17 @@ def data_parallel(
                 saved_shards,
             )
     elif saved_shards is not None and not fast:
-        shards = int(saved_shards)
+        shards = saved_shards
+        if shards % world_size:
+            logger.warning(
+                "the run was trained with shards=%d, which %d ranks cannot split: continuing "
+                "with shards=%d, so the stock-Pyro draws after the resume differ from an "
+                "uninterrupted run (they are still valid draws); pass shards= to choose",
+                shards,
+                world_size,
+                world_size,
+            )
+            shards = world_size
     else:
         shards = world_size
     if fast:

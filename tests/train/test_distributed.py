@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from distributed_helpers import run_ranks, train_case, train_worker
+from distributed_helpers import batchnorm_worker, case_model, run_ranks, train_case, train_worker
 
 from pyro_aevb import fit, mlp_vae
 from pyro_aevb.infer.objectives import WakeSleep
@@ -174,3 +174,50 @@ def test_fast_path_shards_average_to_the_whole_minibatch():
         assert torch.allclose(g, e, rtol=1e-11, atol=1e-13)
     with pytest.raises(ValueError, match="noise_rows=\\(30, 37\\) does not hold the 10 rows"):
         kernel.loss_and_grads(x[:10], 400, noise_rows=(30, 37))
+
+
+def test_a_one_process_run_resumed_under_ranks_that_cannot_split_it_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    """A checkpoint without a data_parallel entry was trained unsharded (shards=1): two ranks
+    cannot continue its streams, so the resume takes 2 shards and warns that the draws
+    differ from an uninterrupted run (it used to switch silently)."""
+    import logging
+
+    x = torch.randn(60, 6)
+    m = case_model("pyro")
+    fit(m.model, x, guide=m.guide, num_samples=60, batch_size=20, out_dir=tmp_path, progress=False)
+
+    class Taken(Exception):
+        pass
+
+    def stub(objective, *, shards, **kwargs):
+        raise Taken(shards)
+
+    monkeypatch.setattr(distributed_module, "world", lambda: (0, 2))
+    monkeypatch.setattr(distributed_module, "resolve_distributed", lambda d, name="": True)
+    monkeypatch.setattr(distributed_module, "_check_same_settings", lambda *s: None)
+    monkeypatch.setattr(distributed_module, "DataParallelObjective", stub)
+    with caplog.at_level(logging.WARNING, logger="pyro_aevb"), pytest.raises(Taken) as taken:
+        fit(
+            m.model,
+            x,
+            guide=m.guide,
+            num_samples=120,
+            batch_size=20,
+            out_dir=tmp_path,
+            resume=True,
+            progress=False,
+        )
+    assert taken.value.args == (2,)
+    assert "trained with shards=1, which 2 ranks cannot split" in caplog.text
+
+
+def test_two_ranks_update_batchnorm_statistics_once_per_step(tmp_path):
+    """DDP's set-up pass (which finds the parameters without a gradient) leaves the buffers
+    alone: 8 steps update BatchNorm's statistics 8 times (the pass made it 9 on every new
+    Trainer, so a resumed run was not its uninterrupted self)."""
+    run_ranks(batchnorm_worker, tmp_path, tmp_path)
+    for rank in (0, 1):
+        buffers = torch.load(tmp_path / f"bn-rank{rank}.pt")
+        assert int(buffers["num_batches_tracked"]) == 8
