@@ -182,3 +182,32 @@ def batchnorm_worker(rank: int, out: Path) -> None:
     x = torch.randn(80, 6, generator=torch.Generator().manual_seed(0))
     fit(m.model, x, guide=m.guide, num_samples=80, batch_size=10, progress=False, distributed=True)
     torch.save(dict(m.enc[1].named_buffers()), out / f"bn-rank{rank}.pt")
+
+
+def mismatch_worker(rank: int, out: Path) -> None:
+    """Ranks given different data (rank 1's rows reversed: the same size) or different
+    estimators: each saves the error it gets (all ranks raise together, none waits)."""
+    from pyro_aevb import fit
+
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    errors = {}
+    for case, data, estimator in (
+        ("data", x if rank == 0 else x.flip(0), "A"),
+        ("estimator", x, "A" if rank == 0 else "B"),
+    ):
+        pyro.clear_param_store()
+        m = case_model("pyro")
+        try:
+            fit(
+                m.model,
+                data,
+                guide=m.guide,
+                estimator=estimator,
+                num_samples=40,
+                batch_size=10,
+                progress=False,
+                distributed=True,
+            )
+        except ValueError as err:
+            errors[case] = str(err)
+    torch.save(errors, out / f"mismatch-rank{rank}.pt")

@@ -556,7 +556,15 @@ def data_parallel(
             f"N mod batch_size is 0 or at least {shards}"
         )
     if world_size > 1:
-        _check_same_settings(num_train, batch_size, seed, shards, type(objective).__name__)
+        check_same_settings(
+            {
+                "num_train": num_train,
+                "batch_size": batch_size,
+                "seed": seed,
+                "shards": shards,
+                "objective": type(objective).__name__,
+            }
+        )
     wrapper = DataParallelObjective(
         objective,
         rank=rank,
@@ -571,15 +579,26 @@ def data_parallel(
     return wrapper, {"world_size": world_size, "shards": wrapper.shards, "backend": backend}
 
 
-def _check_same_settings(*settings) -> None:
-    """Every rank must train the same data set size, batch, seed, shards and path: otherwise
-    the ranks would average gradients of different computations (or wait for each other
-    forever). All ranks see all settings, so all of them raise together."""
+def check_same_settings(settings: dict, what: str = "settings") -> None:
+    """Every rank must be given the same ``settings`` (names to values): otherwise the ranks
+    would average gradients of different computations (or wait for each other forever at
+    collectives that only some of them reach). All ranks see all settings, so all of them
+    raise together, naming each setting that differs and its value on every rank."""
     everyone = all_gather_objects(settings)
-    if any(s != everyone[0] for s in everyone[1:]):
-        names = ("num_train", "batch_size", "seed", "shards", "objective")
-        table = "; ".join(f"rank {r}: {dict(zip(names, s))}" for r, s in enumerate(everyone))
+    differ = sorted(
+        {
+            k
+            for s in everyone[1:]
+            for k in set(s) | set(everyone[0])
+            if s.get(k) != everyone[0].get(k)
+        }
+    )
+    if differ:
+        table = "; ".join(
+            f"{k}: " + ", ".join(f"rank {r} {s.get(k)!r}" for r, s in enumerate(everyone))
+            for k in differ
+        )
         raise ValueError(
-            f"the data-parallel ranks were given different settings ({table}): call fit with "
+            f"the data-parallel ranks were given different {what} ({table}): call fit with "
             f"the same data and arguments on every rank"
         )

@@ -67,7 +67,7 @@ from .checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from .distributed import data_parallel
+from .distributed import check_same_settings, data_parallel
 from .divergence import (
     NonFiniteGradient,
     NonFiniteLossError,
@@ -444,6 +444,23 @@ class Trainer:
         }
         if parallel_config:
             self.config["data_parallel"] = parallel_config
+        if self.parallel is not None and self.parallel.world_size > 1:
+            # the data itself, the objective's settings, the model and the budget: ranks that
+            # differ in any would train on averaged gradients of different computations, or
+            # reach the evaluations' collectives at different steps and wait there forever
+            check_same_settings(
+                {
+                    "data": self.config["data"],
+                    "training": self.training_config,
+                    "model": self.config["model"],
+                    "model_class": self.config["model_class"],
+                    "guide": self.config["guide"],
+                    "num_samples": self.total,
+                    "evaluations": self.schedule,
+                    "checkpoint_every": self.checkpoint_every,
+                },
+                "training settings",
+            )
 
         # Progress state: everything below is saved in checkpoints.
         self.step = 0

@@ -5,7 +5,14 @@ import json
 
 import pytest
 import torch
-from distributed_helpers import batchnorm_worker, case_model, run_ranks, train_case, train_worker
+from distributed_helpers import (
+    batchnorm_worker,
+    case_model,
+    mismatch_worker,
+    run_ranks,
+    train_case,
+    train_worker,
+)
 
 from pyro_aevb import fit, mlp_vae
 from pyro_aevb.infer.objectives import WakeSleep
@@ -196,7 +203,7 @@ def test_a_one_process_run_resumed_under_ranks_that_cannot_split_it_says_so(
 
     monkeypatch.setattr(distributed_module, "world", lambda: (0, 2))
     monkeypatch.setattr(distributed_module, "resolve_distributed", lambda d, name="": True)
-    monkeypatch.setattr(distributed_module, "_check_same_settings", lambda *s: None)
+    monkeypatch.setattr(distributed_module, "check_same_settings", lambda *s: None)
     monkeypatch.setattr(distributed_module, "DataParallelObjective", stub)
     with caplog.at_level(logging.WARNING, logger="pyro_aevb"), pytest.raises(Taken) as taken:
         fit(
@@ -221,3 +228,11 @@ def test_two_ranks_update_batchnorm_statistics_once_per_step(tmp_path):
     for rank in (0, 1):
         buffers = torch.load(tmp_path / f"bn-rank{rank}.pt")
         assert int(buffers["num_batches_tracked"]) == 8
+
+
+def test_ranks_given_other_data_or_another_estimator_all_refuse_naming_it(tmp_path):
+    run_ranks(mismatch_worker, tmp_path, tmp_path)
+    for rank in (0, 1):
+        errors = torch.load(tmp_path / f"mismatch-rank{rank}.pt")
+        assert "different training settings (data: rank 0" in errors["data"]
+        assert "different training settings (training: rank 0" in errors["estimator"]
