@@ -870,6 +870,7 @@ def _relaunch(argv: list[str], nproc: int) -> int:
     abbreviation of its own ``--nnodes``/``--nproc-per-node``).
     """
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     rest, skip = [], False
@@ -890,6 +891,14 @@ def _relaunch(argv: list[str], nproc: int) -> int:
         # the failing rank has printed its error; exit with its code
         codes = [f.exitcode for f in err.failures.values() if f.exitcode]
         return codes[0] if codes else 1
+    except SignalException as err:
+        # SIGINT/SIGTERM reached the launcher, which passed it on: the ranks have saved and
+        # said so; exit with the signal's status (130, 143), as one process does
+        print(f"pyro-aevb: interrupted by {signal_name(err.sigval)}", file=sys.stderr)
+        return exit_status(err.sigval)
+    except KeyboardInterrupt:
+        print("pyro-aevb: interrupted by SIGINT", file=sys.stderr)
+        return exit_status(signal.SIGINT)
     return 0
 
 

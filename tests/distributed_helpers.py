@@ -211,3 +211,40 @@ def mismatch_worker(rank: int, out: Path) -> None:
         except ValueError as err:
             errors[case] = str(err)
     torch.save(errors, out / f"mismatch-rank{rank}.pt")
+
+
+def one_rank_signalled_worker(rank: int, out: Path) -> None:
+    """Rank 1 alone gets SIGTERM in its third step; each rank saves what it was told."""
+    import os
+    import signal
+
+    from pyro_aevb import fit
+    from pyro_aevb.train.distributed import DataParallelObjective
+    from pyro_aevb.train.interrupt import TrainingInterrupted
+
+    step = DataParallelObjective.train_step
+    calls = []
+
+    def signalled_step(self, *args, **kwargs):
+        calls.append(None)
+        if rank == 1 and len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # deferred by the trainer to the step's end
+        return step(self, *args, **kwargs)
+
+    DataParallelObjective.train_step = signalled_step
+    x = torch.randn(200, 6, generator=torch.Generator().manual_seed(0))
+    m = case_model("pyro")
+    try:
+        fit(
+            m.model,
+            x,
+            guide=m.guide,
+            num_samples=2000,
+            batch_size=10,
+            progress=False,
+            distributed=True,
+            out_dir=out / "run",
+        )
+    except TrainingInterrupted as err:
+        told = {"signum": int(err.signum), "checkpoint": str(err.checkpoint)}
+        torch.save(told, out / f"signal-rank{rank}.pt")

@@ -444,14 +444,14 @@ class DataParallelObjective:
                 f"{float(diff):.3g}): the gradient averaging failed; stopping"
             )
 
-    def any_rank(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on some rank (e.g. a Ctrl-C that reached only some of them):
-        every rank gets the same answer, so all stop at the same step."""
+    def max_over_ranks(self, value: int) -> int:
+        """The largest of the ranks' ``value`` (e.g. the number of a signal that reached only
+        some of them, 0 where none did), the same on every rank."""
         if self.world_size == 1:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
+            return value
+        t = torch.tensor([float(value)], device=self._comm_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return int(t.item())
 
     def share_record(self, record: dict | None) -> dict:
         """Rank 0's history record on every rank."""

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -863,15 +862,17 @@ class Trainer:
         return ", ".join(bad[:3])
 
     def _stop_if_interrupted(self, interrupts: DeferredInterrupts, saved: bool) -> None:
-        received = interrupts.received is not None
+        signum = int(interrupts.received or 0)
         if self.parallel is not None:
-            received = self.parallel.any_rank(received)  # all ranks stop at the same step
-        if not received:
+            # all ranks stop at the same step, naming the signal that reached some of them
+            signum = self.parallel.max_over_ranks(signum)
+        if not signum:
             return
         checkpoint = None
         if self.out_dir is not None:
             checkpoint = self.out_dir / CHECKPOINT_NAME if saved else self.save()
-        signum = interrupts.received if interrupts.received is not None else signal.SIGINT
+            # the other ranks of a data-parallel run: rank 0 saved it
+            checkpoint = checkpoint or self.out_dir / CHECKPOINT_NAME
         raise TrainingInterrupted(signum, self.samples, self.step, checkpoint)
 
     def run(self) -> FitResult:

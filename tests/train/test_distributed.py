@@ -9,6 +9,7 @@ from distributed_helpers import (
     batchnorm_worker,
     case_model,
     mismatch_worker,
+    one_rank_signalled_worker,
     run_ranks,
     train_case,
     train_worker,
@@ -236,3 +237,15 @@ def test_ranks_given_other_data_or_another_estimator_all_refuse_naming_it(tmp_pa
         errors = torch.load(tmp_path / f"mismatch-rank{rank}.pt")
         assert "different training settings (data: rank 0" in errors["data"]
         assert "different training settings (training: rank 0" in errors["estimator"]
+
+
+def test_a_signal_that_reaches_one_rank_stops_all_naming_it_and_the_checkpoint(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks stop at the same step, both name SIGTERM (rank 0
+    said SIGINT), and both name the checkpoint rank 0 saved (rank 1 said none)."""
+    import signal
+
+    run_ranks(one_rank_signalled_worker, tmp_path, tmp_path)
+    told = [torch.load(tmp_path / f"signal-rank{rank}.pt") for rank in (0, 1)]
+    checkpoint = str(tmp_path / "run" / "checkpoint.pt")
+    assert told == [{"signum": int(signal.SIGTERM), "checkpoint": checkpoint}] * 2
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
