@@ -399,7 +399,15 @@ class Trainer:
         if self.parallel is not None:
             self.objective = self.parallel
         self.progress = progress and (self.parallel is None or self.parallel.is_main)
-        self.optimizer = make_optimizer(optimizer, list(self.objective.params), lr)
+        params = list(self.objective.params)
+        if not params:
+            raise ValueError(
+                "the model and guide have no trainable parameter (no pyro.param, no "
+                "pyro.module or PyroModule parameter with requires_grad): there is nothing "
+                "for fit to train; give the guide parameters, or evaluate the programs "
+                "directly (log_marginal)"
+            )
+        self.optimizer = make_optimizer(optimizer, params, lr)
         own_guide = getattr(guide_fn, "__self__", None) is module
         if (
             self.objective.path in ("pyro", "compiled")

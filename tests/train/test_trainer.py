@@ -489,3 +489,21 @@ def test_only_the_lock_holder_removes_temporaries_of_the_run_files(tmp_path):
     finally:
         trainer._lock = lock
         trainer.close()
+
+
+def test_programs_without_a_parameter_are_refused_by_name():
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="the model and guide have no trainable parameter"):
+        fit(model, torch.randn(20), guide=guide, num_samples=20, progress=False)
