@@ -32,6 +32,7 @@ import math
 import warnings
 from collections.abc import Callable
 
+import pyro
 import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
@@ -92,7 +93,13 @@ def first_trace_errors(shape, what: str = "the model and guide", dtype=None):
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as err:
         hint = ""
-        if dtype is not None and "dtype" in str(err).lower():
+        bad = _non_finite_params()
+        if bad:
+            hint = (
+                f" The parameter(s) {bad} of Pyro's param store hold non-finite values "
+                f"(NaN or inf): check their initial values"
+            )
+        elif dtype is not None and "dtype" in str(err).lower():
             hint = (
                 f" The data x is {dtype}: the programs' parameters or constants may be of "
                 f"another dtype; convert x (x.float() / x.double()) or the modules "
@@ -104,6 +111,16 @@ def first_trace_errors(shape, what: str = "the model and guide", dtype=None):
             f"(batch, *event_shape), one datapoint per row, and per-datapoint sites inside "
             f"the data plate.{hint}"
         ) from err
+
+
+def _non_finite_params() -> list[str]:
+    """Names of Pyro param-store entries holding a NaN or inf (their constrained values)."""
+    bad = []
+    for name, value in pyro.get_param_store().items():
+        with torch.no_grad():
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                bad.append(name)
+    return bad
 
 
 class DataPlateRows(Messenger):

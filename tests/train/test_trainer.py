@@ -507,3 +507,22 @@ def test_programs_without_a_parameter_are_refused_by_name():
     pyro.clear_param_store()
     with pytest.raises(ValueError, match="the model and guide have no trainable parameter"):
         fit(model, torch.randn(20), guide=guide, num_samples=20, progress=False)
+
+
+def test_a_non_finite_initial_param_is_named():
+    import pyro
+    import pyro.distributions as dist
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        sc = pyro.param("sc", torch.tensor(float("nan")), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, sc))
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"The parameter\(s\) \['sc'\] of Pyro's param store"):
+        fit(model, torch.randn(20), guide=guide, num_samples=20, progress=False)
