@@ -530,10 +530,11 @@ def data_parallel(
         )
     pyro_step = type(objective).loss_and_grads is PyroELBOObjective.loss_and_grads
     if not fast and not (isinstance(objective, PyroELBOObjective) and pyro_step):
+        what = type(objective).__name__.removesuffix("Objective")
         raise ValueError(
-            f"data-parallel training (and shards > 1) runs the ELBO objective, on the fast or "
-            f"the stock-Pyro path; {type(objective).__name__} runs in one process with "
-            f"shards=1"
+            f"data-parallel training (and shards > 1) runs the ELBO objective (estimators A "
+            f"and B), on the fast or the stock-Pyro path; {what} trains in one process: "
+            f"leave out --nproc (distributed=True) and shards"
         )
     if shards % world_size:
         raise ValueError(

@@ -142,7 +142,7 @@ def test_shard_scale_multiplies_only_data_plate_sites():
 def test_configurations_that_cannot_be_sharded_are_refused(monkeypatch):
     x = (torch.rand(100, 30) < 0.3).float()
     vae = mlp_vae(30, 3, (16,))
-    with pytest.raises(ValueError, match="runs in one process"):
+    with pytest.raises(ValueError, match="WakeSleep trains in one process: leave out --nproc"):
         fit(vae, x, objective=WakeSleep(), shards=2, num_samples=100, progress=False)
     with pytest.raises(ValueError, match="batch_size=3 is smaller than the 4 shards"):
         fit(vae, x, fast="off", shards=4, batch_size=3, num_samples=100, progress=False)
