@@ -306,7 +306,7 @@ class PerDatapointProgram:
             _check_only_data_plate_subsamples(trace, plate_name)
         _check_site_shapes(model_trace, plate_name)
         _check_observed_rows(model_trace, plate_name, x.shape[0])
-        check_rows_stay_in_plate(model_r, x, model_trace, plate_name)
+        check_rows_stay_in_plate(model_r, x, plate_name)
         if warn:
             _warn_scaled_sites(plate_name, model_trace, guide_trace)
         coupling = row_coupling_modules(called) if warn else []
@@ -454,26 +454,31 @@ def _warn_scaled_sites(plate_name: str, *traces) -> None:
         )
 
 
-def check_rows_stay_in_plate(model: Callable, x: torch.Tensor, trace, plate_name: str) -> None:
+def check_rows_stay_in_plate(model: Callable, x: torch.Tensor, plate_name: str) -> None:
     """No site outside the data plate has a shape that follows the number of rows.
 
     Such a site holds the rows without the plate knowing: an observation ``x`` sampled after
     the plate (or in a second plate over the same rows) is left out of every per-datapoint
     density and gets no minibatch scale ``N/M``; a per-row latent sampled outside the plate
-    would be taken for a global one and conditioned on a point estimate. ``trace`` is the
-    model's trace on ``x``; the model is run once more, alone, on one row fewer (one more
-    for a single row) and the shapes compared. A program that cannot run on another number of
+    would be taken for a global one and conditioned on a point estimate. The model (which
+    ran on ``x``) is run twice more, alone, on the first 2 and 3 rows
+    (cheap whatever the size of ``x``; for fewer rows, on one row fewer or two copies), and
+    the shapes of the sites outside the plate compared. A program that cannot run on those
     rows (a parameter sized to the rows) is not checked further. Raises
     :class:`~pyro_aevb.poutine.plates.RowsOutsidePlateError`.
     """
     rows = x.shape[0]
-    other_x = x[:-1] if rows >= 2 else torch.cat([x, x])
+    if rows >= 3:
+        pair = (x[:2], x[:3])
+    else:
+        pair = (x, x[:-1] if rows == 2 else torch.cat([x, x]))
     try:
         with poutine.block(), torch.no_grad(), fork_rng(), buffers_kept():
-            other = poutine.trace(model).get_trace(other_x)
-    except Exception:  # the check needs the second run only; the first one worked
+            first, other = (poutine.trace(model).get_trace(xs) for xs in pair)
+    except Exception:  # a check only: the programs ran on x itself
         return
-    for name, site in sample_sites(trace):
+    rows, other_x = pair[0].shape[0], pair[1]
+    for name, site in sample_sites(first):
         if plate_frame(site, plate_name) is not None:
             continue
         again = other.nodes.get(name)

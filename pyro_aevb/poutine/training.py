@@ -148,7 +148,7 @@ class TrainingProgram:
             # minibatches: a site outside the plate that holds the rows gets no N/M scale
             # (on the whole data set at once there is none to apply: SVI is right)
             with buffers_kept(self.modules):
-                check_rows_stay_in_plate(self.model_n, x, model_trace, self.plate_name)
+                check_rows_stay_in_plate(self.model_n, x, self.plate_name)
         local = [n for n, s in latent_sites(model_trace).items() if plate_frame(s, self.plate_name)]
         if guide_trace is not None and local:
             check_minibatch_trace(
