@@ -372,6 +372,7 @@ class AmortizedGuide(PyroModule):
         self._dtype: torch.dtype | None = None
         self._plate_dim = -1
         self._takes_num_data = accepts_num_data(model)
+        self._model_full_size: int | None = None
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -488,6 +489,13 @@ class AmortizedGuide(PyroModule):
         self._claim_store_entries()
         self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
         self._plate_dim = dims.pop()
+        # A model that subsamples its own data plate, pyro.plate(name, N, subsample=idx),
+        # scales its sites by N/M: the guide's plate must say the same N (Pyro's autoguides
+        # take the plates' full sizes from their first trace too).
+        frame = plate_frame(latents[local[0]], self.plate_name)
+        self._model_full_size = (
+            frame.full_size if frame.full_size not in (None, frame.size) else None
+        )
         self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
         try:
             self._build(x, *args, **kwargs)
@@ -597,7 +605,11 @@ class AmortizedGuide(PyroModule):
         return bound.arguments.get("num_data")
 
     def _plate(self, n: int, num_data):
-        """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's."""
+        """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's
+        (the model's ``num_data`` keyword, else the full size of a data plate the model
+        subsamples itself)."""
+        if num_data is None:
+            num_data = getattr(self, "_model_full_size", None)
         if num_data is not None and num_data != n:
             subsample = torch.arange(n, device=self._device())
             return pyro.plate(self.plate_name, num_data, subsample=subsample, dim=self._plate_dim)

@@ -129,3 +129,31 @@ def test_a_local_support_that_follows_a_global_latent_is_refused():
     pyro.clear_param_store()
     with pytest.raises(ValueError, match=r"site 'z' has a support whose bounds change from run"):
         AmortizedNormal(model, global_guide="normal")(torch.randn(4))
+
+
+def test_a_model_that_subsamples_its_own_data_plate_gets_a_guide_of_the_same_scale():
+    """pyro.plate("data", N, subsample=idx) in the model scales its sites by N/M; the
+    amortized guide's plate takes that N (as Pyro's autoguides take their plates' sizes),
+    so stock Trace_ELBO weighs log q as it weighs log p."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    from pyro_aevb import AmortizedNormal
+
+    N = 1000
+
+    def model(x, idx):
+        with pyro.plate("data", N, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(idx), 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    x, idx = torch.randn(10, 1), torch.arange(10)
+    guide = AmortizedNormal(model, hidden_dims=(4,))
+    guide_trace = poutine.trace(guide).get_trace(x, idx)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, idx)
+    assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == N / 10
+    # and a call on the whole data set is not scaled
+    full = poutine.trace(guide).get_trace(torch.randn(N, 1), torch.arange(N))
+    assert full.nodes["z"]["scale"] == 1.0
