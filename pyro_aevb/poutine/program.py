@@ -211,6 +211,25 @@ def _median(fn, value: torch.Tensor, num_draws: int) -> torch.Tensor:
         return transform(transform.inv(draws).mean(0))
 
 
+class _AuxiliaryAtPointEstimates(Messenger):
+    """Auxiliary guide sites take their point estimate (:func:`_median`), not a draw: a
+    global set through a ``Delta`` from an auxiliary draw (Pyro's ``AutoNormal`` inside a
+    guide of the user's, joint guides) then sits at the point estimate of that draw."""
+
+    def __init__(self, num_draws: int):
+        super().__init__()
+        self.num_draws = num_draws
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["is_observed"] or msg["value"] is not None or not is_auxiliary(msg):
+            return
+        fn = msg["fn"]
+        shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        template = torch.empty(shape, dtype=torch.get_default_dtype())
+        msg["value"] = _median(fn, template, self.num_draws)
+        msg["done"] = True
+
+
 @torch.no_grad()
 def global_point_estimate(
     guide: Callable, x: torch.Tensor, names, num_draws: int = 1000
@@ -230,7 +249,7 @@ def global_point_estimate(
         missing = [n for n in names if n not in values]
         if not missing:
             return {n: values[n].detach() for n in names}
-    with fork_rng(), poutine.block():
+    with fork_rng(), poutine.block(), _AuxiliaryAtPointEstimates(num_draws):
         torch.manual_seed(0)
         trace = poutine.trace(guide).get_trace(x)
         out = {}

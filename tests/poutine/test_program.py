@@ -332,3 +332,28 @@ def test_a_mask_sized_to_the_data_outside_the_program_is_named_when_rows_are_sta
 
     with pytest.raises(ProgramContractError, match=r"the mask of site 'x' has shape \(6,\)"):
         log_marginal(model, None, x, method="ais", num_chains=2, num_temps=3, pilot_chains=1)
+
+
+def test_a_global_set_from_an_auxiliary_draw_is_conditioned_on_its_point_estimate():
+    """A guide of the user's that runs Pyro's AutoNormal for the global (a Delta set from an
+    auxiliary draw) and an encoder for the locals has no .median: the global's point
+    estimate is the auxiliary's, AutoNormal's median, not one seeded draw."""
+    from pyro import poutine
+    from pyro.infer.autoguide import AutoNormal
+    from user_models import GlobalNoiseModel
+
+    torch.manual_seed(3)
+    m = GlobalNoiseModel()
+    x = torch.randn(5, m.d)
+    pyro.clear_param_store()
+    auto = AutoNormal(poutine.block(m.model, expose=["sigma"]), init_scale=0.5)
+
+    def guide(x):
+        auto(x)
+        with pyro.plate("data", x.shape[0]):
+            mu, lv = m.enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(mu, torch.exp(0.5 * lv)).to_event(1))
+
+    guide(x)
+    want = auto.median(x)["sigma"]
+    assert torch.allclose(PerDatapointProgram(m.model, guide, x).global_values["sigma"], want)
