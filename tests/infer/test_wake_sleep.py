@@ -140,3 +140,25 @@ def test_fit_with_fast_on_refuses_a_user_model_before_training():
     with pytest.raises(ValueError, match="fast='on' but the direct wake-sleep path"):
         fit(m, x, algorithm="wake-sleep", fast="on", num_samples=40, progress=False)
     assert all(torch.equal(a, p) for a, p in zip(before, m.parameters()))
+
+
+def test_global_latents_are_refused_by_name():
+    """Wake-sleep learns a recognition model of local latents: a global's guide would never
+    be trained (wake) and would be scored at a prior draw (sleep), -inf for AutoDelta."""
+    import pyro
+    from user_models import GlobalNoiseModel
+
+    from pyro_aevb import AmortizedNormal
+
+    m = GlobalNoiseModel()
+    pyro.clear_param_store()
+    guide = AmortizedNormal(m.model, hidden_dims=(4,), global_guide="delta")
+    with pytest.raises(ValueError, match=r"global latent site\(s\) \['sigma'\] outside the data"):
+        fit(
+            m.model,
+            torch.randn(20, 6),
+            guide=guide,
+            objective=WakeSleep(),
+            num_samples=20,
+            progress=False,
+        )

@@ -161,6 +161,15 @@ class WakeSleepObjective(BoundObjective):
                 f"model's latent sites directly (e.g. AmortizedNormal on a model without global "
                 f"latents), or the ELBO"
             )
+        globals_ = [n for n, s in latent_sites(model_trace).items() if not plate_frame(s, plate)]
+        if globals_:
+            raise ValueError(
+                f"wake-sleep trains a recognition model of per-datapoint latents, but the model "
+                f"has global latent site(s) {globals_} outside the data plate '{plate}': its "
+                f"wake phase would not train their guide (the draws are fixed) and its sleep "
+                f"phase would score that guide at a prior draw (-inf for a point estimate). "
+                f"Make them parameters (pyro.param) or train with the ELBO"
+            )
         wake = -model_trace.log_prob_sum()
 
         observed = [
