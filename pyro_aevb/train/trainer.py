@@ -45,7 +45,7 @@ from ..device import (
     resolve_dtype,
     set_device_rng_state,
 )
-from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, Objective
+from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, MonteCarloEM, Objective
 from ..mcmc.hmc import NonFinitePotentialError
 from ..models.vae import VAE
 from ..poutine import TrainingProgram
@@ -287,6 +287,12 @@ class Trainer:
         )
         self.device = module_device(owners) or resolve_device(device) or torch.device("cpu")
         objective = resolve_objective(objective, algorithm, estimator, num_particles)
+        if guide is not None and isinstance(objective, MonteCarloEM):
+            raise ValueError(
+                "guide= is given, but Monte Carlo EM uses no guide (its E-step samples each "
+                "datapoint's posterior by HMC): leave guide out, or train the guide with the "
+                "ELBO"
+            )
         check_choice(fast, "fast", FAST_MODES)
         if not isinstance(plate_name, str) or not plate_name:
             raise TypeError(f"plate_name must be a non-empty str, got {plate_name!r}")

@@ -167,3 +167,16 @@ def test_fast_on_needs_a_recorded_e_step_potential():
     assert strict._potential_fn(x).path == "compiled"
     result = fit(model, x, algorithm="mcem", fast="on", num_samples=12, progress=False)
     assert "recorded once" in result.path_reason
+
+
+def test_a_guide_given_to_monte_carlo_em_is_refused_not_ignored():
+    import pyro
+
+    from pyro_aevb import AmortizedNormal, MonteCarloEM, fit, mlp_vae
+
+    vae = mlp_vae(20, 2, (8,))
+    pyro.clear_param_store()
+    guide = AmortizedNormal(vae.model, hidden_dims=(4,))
+    x = (torch.rand(20, 20) < 0.3).float()
+    with pytest.raises(ValueError, match="guide= is given, but Monte Carlo EM uses no guide"):
+        fit(vae, x, guide=guide, objective=MonteCarloEM(), num_samples=20, progress=False)
