@@ -64,7 +64,7 @@ from ..poutine import (
 from ..poutine.layout import fixed_support, same_support
 from ..poutine.plates import ProgramContractError
 from ..poutine.program import site_mask
-from .encoders import check_encoder, make_trunk, trunk_features
+from .encoders import DEFAULT_HIDDEN, check_encoder, make_trunk, trunk_features
 
 __all__ = [
     "AmortizedGuide",
@@ -319,7 +319,7 @@ class AmortizedGuide(PyroModule):
         model: Callable,
         *,
         encoder="mlp",
-        hidden_dims=500,
+        hidden_dims=DEFAULT_HIDDEN,
         activation: str | None = None,
         plate_name: str = "data",
         global_guide="normal",

@@ -31,6 +31,10 @@ TRUNKS = ("mlp", "conv")
 #: The activation of a named trunk when none is given: the paper's tanh for MLPs, ReLU for
 #: the convolutional example.
 DEFAULT_ACTIVATION = {"mlp": "tanh", "conv": "relu"}
+#: The MLP trunk's default hidden layer (the autoguides' ``hidden_dims`` default).
+DEFAULT_HIDDEN = 500
+#: The conv trunk's channels (stride-2 convolutions).
+CONV_CHANNELS = (32, 64, 128)
 
 
 def check_encoder(encoder, hidden_dims, activation) -> tuple:
@@ -46,7 +50,14 @@ def check_encoder(encoder, hidden_dims, activation) -> tuple:
     activation = DEFAULT_ACTIVATION[encoder] if activation is None else activation
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-    return encoder, as_hidden_dims(hidden_dims), activation
+    hidden_dims = as_hidden_dims(hidden_dims)
+    if encoder == "conv" and hidden_dims != as_hidden_dims(DEFAULT_HIDDEN):
+        raise ValueError(
+            f"hidden_dims={list(hidden_dims)} applies to encoder='mlp'; the 'conv' trunk's "
+            f"layers are fixed (stride-2 convolutions of 32, 64, 128 channels): leave "
+            f"hidden_dims out, or pass your own trunk as encoder=nn.Module"
+        )
+    return encoder, hidden_dims, activation
 
 
 def make_trunk(encoder, row_shape: tuple[int, ...], hidden_dims, activation) -> nn.Module:
@@ -60,7 +71,11 @@ def make_trunk(encoder, row_shape: tuple[int, ...], hidden_dims, activation) -> 
             f"encoder='conv' needs image-shaped rows (batch, C, H, W), but the data rows have "
             f"shape {row_shape}; load images with load_dataset(name, flatten=False)"
         )
-    return ConvEncoder(row_shape, activation=activation)
+    # the smallest square of a multiple of 2 ** (number of stride-2 layers) that holds the
+    # image, and at least the 32 of the 28-pixel example
+    levels = 2 ** len(CONV_CHANNELS)
+    side = max(32, -(-max(row_shape[-2:]) // levels) * levels)
+    return ConvEncoder(row_shape, channels=CONV_CHANNELS, padded_size=side, activation=activation)
 
 
 def trunk_features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:

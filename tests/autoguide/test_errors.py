@@ -157,3 +157,26 @@ def test_a_model_that_subsamples_its_own_data_plate_gets_a_guide_of_the_same_sca
     # and a call on the whole data set is not scaled
     full = poutine.trace(guide).get_trace(torch.randn(N, 1), torch.arange(N))
     assert full.nodes["z"]["scale"] == 1.0
+
+
+def test_conv_trunk_fits_any_image_size_and_refuses_mlp_options():
+    """Images larger than the 32-pixel square of the example are padded to a square that
+    holds them; hidden_dims, an MLP option, is an error with encoder='conv', not ignored."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_aevb import AmortizedNormal
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            loc = z.sum(-1)[:, None, None, None].expand_as(x)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(3), obs=x)
+
+    for shape, side in [((1, 48, 48), 48), ((3, 20, 17), 32), ((1, 64, 40), 64)]:
+        pyro.clear_param_store()
+        guide = AmortizedNormal(model, encoder="conv")
+        guide(torch.rand(4, *shape))
+        assert guide.nets["trunk"].padded_size == side
+    with pytest.raises(ValueError, match=r"hidden_dims=\[999\] applies to encoder='mlp'"):
+        AmortizedNormal(model, encoder="conv", hidden_dims=999)
