@@ -699,6 +699,15 @@ class AmortizedGuide(PyroModule):
             aux_fn,
             infer={"is_auxiliary": True, UNCONSTRAINED_OF: self.layout.names},
         )
+        if u.numel() != n * self.layout.dim:
+            raise ProgramContractError(
+                f"{type(self).__name__} draws one joint row of {self.layout.dim} coordinates "
+                f"per datapoint, but its draw has shape {tuple(u.shape)} for {n} rows: it runs "
+                f"under another vectorised plate (Trace_ELBO(vectorize_particles=True), "
+                f"Predictive(parallel=True)), which joint guides do not support. Draw "
+                f"particles one by one (vectorize_particles=False, parallel=False), or use "
+                f"AmortizedNormal"
+            )
         values, log_jac = self.layout.unflatten(u.reshape(n, self.layout.dim))
         out = {}
         for site in self.local_sites:

@@ -180,3 +180,28 @@ def test_conv_trunk_fits_any_image_size_and_refuses_mlp_options():
         assert guide.nets["trunk"].padded_size == side
     with pytest.raises(ValueError, match=r"hidden_dims=\[999\] applies to encoder='mlp'"):
         AmortizedNormal(model, encoder="conv", hidden_dims=999)
+
+
+def test_joint_guides_under_vectorised_particles_say_so():
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import Trace_ELBO
+
+    from pyro_aevb import AmortizedMultivariateNormal
+    from pyro_aevb.poutine.plates import ProgramContractError
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            s = pyro.sample("s", dist.LogNormal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample(
+                "x", dist.Normal(z.sum(-1, keepdim=True) * s[:, None], 1.0).to_event(1), obs=x
+            )
+
+    pyro.clear_param_store()
+    guide = AmortizedMultivariateNormal(model, hidden_dims=(4,))
+    x = torch.randn(5, 1)
+    guide(x)
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    with pytest.raises(ProgramContractError, match="which joint guides do not support"):
+        elbo.differentiable_loss(model, guide, x)
