@@ -13,6 +13,11 @@ also back-propagate through the ``K`` steps into ``phi``; that costs second deri
 is not done here. Both gradients are written in one pass: the decoder's from the refined
 bound, the encoder's by back-propagating ``dL/dlambda_0`` through the encoder. The guide must
 expose its per-datapoint parameters (:mod:`pyro_aevb.infer.refine`).
+
+Guide parameters that are not per-datapoint and not the encoder's -- the flow networks of
+:class:`~pyro_aevb.autoguide.AmortizedIAF`, shared by every row and not refined -- are part of
+the variational family that ``q_{lambda_K}`` is drawn from, and learn, like the decoder, from
+the refined bound ``L(theta, lambda_K)`` only.
 """
 
 from __future__ import annotations
