@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import shlex
 import signal
 import sys
 import threading
@@ -194,8 +195,9 @@ def _objective(args, saved: dict | None = None):
     return cls(**options)
 
 
-def _budget(args) -> dict:
-    """``num_samples=`` or ``epochs=`` of fit: exactly one, as fit takes."""
+def _budget(args, run=None) -> dict:
+    """``num_samples=`` or ``epochs=`` of fit: exactly one, as fit takes. On ``--resume``
+    (``run``) without either, the run's own budget."""
     if args.epochs is not None and args.num_samples is not None:
         raise ValueError(
             f"give one training budget, --num-samples or --epochs, not both (got --num-samples "
@@ -203,6 +205,8 @@ def _budget(args) -> dict:
         )
     if args.epochs is not None:
         return {"epochs": args.epochs}
+    if args.num_samples is None and run is not None and run.config.get("num_samples"):
+        return {"num_samples": int(run.config["num_samples"])}
     return {
         "num_samples": args.default_num_samples if args.num_samples is None else args.num_samples
     }
@@ -230,7 +234,7 @@ def _training_settings(args, run=None) -> dict:
         "batch_size": pick(args.batch_size, "batch_size", _FIT_DEFAULTS["batch_size"]),
         "seed": pick(args.seed, "seed", _FIT_DEFAULTS["seed"]),
         "eval_size": pick(args.eval_size, "eval_size", _FIT_DEFAULTS["eval_size"]),
-        **_budget(args),
+        **_budget(args, run),
     }
 
 
@@ -862,6 +866,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(args) -> str:
+    """The command that continues an interrupted run: its own budget and options come from
+    the run; the data directory, threads and processes are this command's."""
+    first = f"--threads {args.threads} " if args.threads else ""
+    rest = (
+        f" --data-dir {shlex.quote(str(args.data_dir))}" if getattr(args, "data_dir", None) else ""
+    )
+    nproc = getattr(args, "nproc", None)
+    rest += f" --nproc {nproc}" if nproc and nproc > 1 else ""
+    return f"{first}{args.command} --out {shlex.quote(str(args.out))} --resume{rest}"
+
+
 def _relaunch(argv: list[str], nproc: int) -> int:
     """Run this command again on ``nproc`` ranks with torchrun on this machine.
 
@@ -961,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
         if err.checkpoint is not None:
             print(
                 f"; checkpoint saved to {err.checkpoint}; continue with: pyro-aevb "
-                f"{args.command} --out {args.out} --resume",
+                f"{_resume_command(args)}",
                 end="",
                 file=sys.stderr,
             )

@@ -59,6 +59,11 @@ def test_train_resume_and_figures(tmp_path, capsys):
     assert main([*args, "--num-samples", "2000", "--resume"]) == 0
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["samples"] == 2000
+    # without a budget a resume continues to the run's own (not the command's 10^6): the
+    # command printed after an interrupt has none
+    assert json.loads((out / "config.json").read_text())["num_samples"] == 2000
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "history.json").read_text())[-1]["samples"] == 2000
     assert main(["figures", str(out), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "samples.png").is_file()
 

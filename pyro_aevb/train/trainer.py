@@ -457,6 +457,9 @@ class Trainer:
         }
         if parallel_config:
             self.config["data_parallel"] = parallel_config
+        # the budget this run trains to (not compared on resume, where it may grow): what a
+        # resumed run without a new budget continues to
+        self.config["num_samples"] = self.total
         if self.parallel is not None and self.parallel.world_size > 1:
             # the data itself, the objective's settings, the model and the budget: ranks that
             # differ in any would train on averaged gradients of different computations, or
