@@ -115,22 +115,39 @@ class _GuideReconstructions:
         return self.vae.decode(self.guide.median(x)["z"])
 
 
-def write_figures(module, dataset, history, out_dir: Path, guide=None) -> list[Path]:
+#: The learning curve's label of each training algorithm (config ``training.algorithm``).
+_ALGORITHM_LABELS = {
+    "aevb": "AEVB",
+    "wake-sleep": "wake-sleep",
+    "iwae": "IWAE bound",
+    "sa-vae": "SA-VAE",
+    "mcem": "MCEM",
+}
+
+
+def write_figures(
+    module, dataset, history, out_dir: Path, guide=None, algorithm: str = "aevb"
+) -> list[Path]:
     """Manifold (2-D latent only), samples, reconstructions and learning curve as PNGs.
 
-    ``guide``: the guide the VAE was trained with, when not its own (reconstructions)."""
+    ``guide``: the guide the VAE was trained with, when not its own (reconstructions).
+    ``algorithm``: the run's (``training.algorithm``); Monte Carlo EM trains no encoder, so
+    its runs get no reconstructions, and runs without a bound in the history no curve."""
     shape = dataset.image_shape
     figures = []
     if module.latent_dim == 2:
         figures.append(plot_manifold(module, out_dir / "manifold.png", shape))
     figures.append(plot_samples(module, out_dir / "samples.png", shape))
-    source = module if guide is None else _GuideReconstructions(module, guide)
-    test = dataset.test[:20].reshape(-1, *module.event_shape)
-    figures.append(plot_reconstructions(source, test, out_dir / "reconstructions.png", shape))
-    if history:
+    if algorithm == "mcem" and guide is None:
+        logger.info("no reconstructions: Monte Carlo EM trains no encoder")
+    else:
+        source = module if guide is None else _GuideReconstructions(module, guide)
+        test = dataset.test[:20].reshape(-1, *module.event_shape)
+        figures.append(plot_reconstructions(source, test, out_dir / "reconstructions.png", shape))
+    if any(h.get("train_bound") is not None or h.get("test_bound") is not None for h in history):
         figures.append(
             plot_learning_curves(
-                {"AEVB": history},
+                {_ALGORITHM_LABELS.get(algorithm, algorithm): history},
                 out_dir / "learning_curve.png",
                 title=f"{dataset.name}, N_z = {module.latent_dim}",
             )
@@ -348,7 +365,16 @@ def _train(args, dataset, out_dir: Path, run, settings: dict) -> dict:
     if guide is not None:
         guide.cpu()
     figures = (
-        [] if args.no_figures else write_figures(module, dataset, result.history, out_dir, guide)
+        []
+        if args.no_figures
+        else write_figures(
+            module,
+            dataset,
+            result.history,
+            out_dir,
+            guide,
+            result.config["training"]["algorithm"],
+        )
     )
     final = result.final
     train_seconds = final.get("train_seconds") or float("nan")
@@ -460,7 +486,8 @@ def cmd_figures(args) -> int:
     run = load_run(args.run_dir)
     dataset = _run_dataset(run, args.data_dir)
     out = Path(args.out or args.run_dir)
-    for p in write_figures(run.module, dataset, run.history, out, run.guide):
+    algorithm = (run.config.get("training") or {}).get("algorithm", "aevb")
+    for p in write_figures(run.module, dataset, run.history, out, run.guide, algorithm):
         print(p)
     return 0
 

@@ -373,3 +373,32 @@ def test_python_dash_m_runs_the_command_line():
         [sys.executable, "-m", "pyro_aevb", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == f"pyro-aevb {__version__}"
+
+
+def test_figures_of_a_monte_carlo_em_run_have_no_reconstructions_from_its_untrained_encoder(
+    tmp_path,
+):
+    out = tmp_path / "mcem"
+    args = [
+        "train",
+        "--dataset",
+        "embedded-mnist",
+        "--latent-dim",
+        "2",
+        "--hidden",
+        "8",
+        "--objective",
+        "mcem",
+        "--num-samples",
+        "200",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    written = {p.name for p in out.glob("*.png")}
+    assert {"samples.png", "manifold.png"} <= written
+    assert "reconstructions.png" not in written and "learning_curve.png" not in written
+    figs = tmp_path / "figs"
+    assert main(["figures", str(out), "--out", str(figs)]) == 0
+    assert not (figs / "reconstructions.png").exists()
