@@ -528,14 +528,39 @@ def _first_rows(dataset, split: str, n: int | None, default: int) -> torch.Tenso
     return data[:n]
 
 
+def _output_file(args, default: Path) -> Path:
+    """Where a command writes its JSON (``--out``, else ``default``), checked before anything
+    is computed: an existing result is not replaced without ``--overwrite`` (an evaluation
+    can take hours), and a directory or a missing folder is an error now, not at the end."""
+    out = Path(args.out) if args.out else default
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give the JSON file to write")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: the folder {out.parent} does not exist")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(
+            f"{out} exists (an earlier result); pass --overwrite to replace it, or --out FILE "
+            f"to write elsewhere (nothing was computed)"
+        )
+    return out
+
+
 def cmd_evaluate(args) -> int:
     run = load_run(args.run_dir)
     dataset = _run_dataset(run, args.data_dir)
     data = _first_rows(dataset, args.split, args.n, default=1000)
     module = run.module
     guide = None if run.algorithm == "mcem" else (run.guide or module.guide)
+    if guide is None and args.method in ("elbo", "iwae"):
+        raise ValueError(
+            f"run {run.directory} trained Monte Carlo EM, which trains no encoder: --method "
+            f"{args.method} needs one (its proposal q(z|x)); use --method ais, appendix_d or "
+            f"bdmc"
+        )
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
+    split = "simulated" if args.method == "bdmc" else args.split
+    out = _output_file(args, run.directory / f"evaluate-{args.method}-{split}.json")
     x = data
     if args.method == "bdmc" and "z" not in options:
         # BDMC needs exact posterior samples: simulate (x, z) from the model itself.
@@ -559,7 +584,7 @@ def cmd_evaluate(args) -> int:
     report = {
         "run_dir": str(run.directory),
         "dataset": dataset.name,
-        "split": "simulated" if args.method == "bdmc" else args.split,
+        "split": split,
         "n": x.shape[0],
         "samples_trained": run.history[-1]["samples"] if run.history else None,
         **result.to_dict(per_datapoint=True),
@@ -584,11 +609,6 @@ def cmd_evaluate(args) -> int:
             f"ELBO (estimator {estimator}) on the same points: {report['elbo_mean']:.4f}; "
             f"log p(x) - ELBO = {gap:.4f} nats per datapoint"
         )
-    out = (
-        Path(args.out)
-        if args.out
-        else run.directory / f"evaluate-{args.method}-{report['split']}.json"
-    )
     write_json_atomic(out, report)
     print(f"wrote {out}")
     return 0
@@ -603,6 +623,7 @@ def cmd_gap(args) -> int:
     module = run.module
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
+    out = _output_file(args, run.directory / f"gaps-{args.split}.json")
     report = gap_report(
         module.model,
         run.guide or module.guide,  # the guide the run trained (an autoguide, if any)
@@ -615,7 +636,6 @@ def cmd_gap(args) -> int:
         seed=args.seed,
     )
     print(report.summary())
-    out = Path(args.out) if args.out else run.directory / f"gaps-{args.split}.json"
     write_json_atomic(out, {"run_dir": str(run.directory), "split": args.split, **report.to_dict()})
     figure = plot_gaps(report, out.with_suffix(".png"))
     print(f"wrote {out} and {figure}")
@@ -863,6 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_launch_options(p)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/evaluate-...json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the JSON file if it exists")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)
 
@@ -888,6 +909,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--plate-name", default=None)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/gaps-SPLIT.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace the JSON file if it exists")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_gap)
     return parser

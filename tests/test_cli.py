@@ -105,6 +105,16 @@ def test_evaluate_writes_json_with_estimates_and_elbo_gap(tmp_path, capsys):
     assert "log p(x) - ELBO" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--option", "bogus=1"]) == 2
     assert "bogus" in capsys.readouterr().err
+    # an earlier result is not replaced by another evaluation unless asked, before computing
+    before = (out / "evaluate-iwae-test.json").read_bytes()
+    quick = ["evaluate", str(out), "--n", "2", "--option", "num_particles=5"]
+    assert main(quick) == 2
+    assert "exists (an earlier result); pass --overwrite" in capsys.readouterr().err
+    assert (out / "evaluate-iwae-test.json").read_bytes() == before
+    assert main([*quick, "--overwrite"]) == 0
+    assert json.loads((out / "evaluate-iwae-test.json").read_text())["n"] == 2
+    assert main([*quick, "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_train_with_autoguides_then_evaluate_and_resume(tmp_path, capsys):
