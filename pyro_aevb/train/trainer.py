@@ -460,6 +460,14 @@ class Trainer:
         # the budget this run trains to (not compared on resume, where it may grow): what a
         # resumed run without a new budget continues to
         self.config["num_samples"] = self.total
+        if self.total % self.batch_size and self.total > self.batch_size:
+            logger.info(
+                "the budget of %d samples ends inside a minibatch of %d: minibatches stay "
+                "whole, so the run trains up to %d samples more",
+                self.total,
+                self.batch_size,
+                self.batch_size - 1,
+            )
         if self.parallel is not None and self.parallel.world_size > 1:
             # the data itself, the objective's settings, the model and the budget: ranks that
             # differ in any would train on averaged gradients of different computations, or
