@@ -34,7 +34,7 @@ from .evaluate import (
     simulate_data,
 )
 from .infer import AnalyticKLError
-from .infer.objectives import ALGORITHMS, MCEM_OPTIONS
+from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
 from .models import conv_vae, paper_vae
 from .plots import (
     plot_gaps,
@@ -243,8 +243,14 @@ def _training_settings(args, run=None) -> dict:
             return saved[key]
         return default
 
+    objective = _objective(args, saved)
+    if args.eval_size is not None and isinstance(objective, MonteCarloEM):
+        raise ValueError(
+            "--eval-size sets how many rows the history's bounds use, but Monte Carlo EM "
+            "records no bound; leave it out"
+        )
     return {
-        "objective": _objective(args, saved),
+        "objective": objective,
         "optimizer": pick(args.optimizer, "optimizer", args.default_optimizer),
         # the command's default for a new run; fit takes the run's own on resume
         "lr": args.lr if args.lr is not None or run is not None else args.default_lr,

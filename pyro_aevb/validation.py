@@ -20,6 +20,7 @@ __all__ = [
     "event_shape_of",
     "check_positive_int",
     "check_positive_float",
+    "check_bool",
     "check_seed",
     "check_choice",
     "check_num_data",
@@ -156,6 +157,14 @@ def check_positive_float(value, name: str, allow_zero: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` if it is ``True`` or ``False`` (a string such as ``"maybe"`` from a command
+    line, or a number, is an error naming ``name``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
 
 

@@ -280,7 +280,9 @@ def test_resume_keeps_the_options_of_the_runs_objective(tmp_path, capsys):
     }
     for name, options in runs.items():
         out = tmp_path / name
-        base = ["train", *TINY, "--eval-size", "20", "--out", str(out)]
+        # Monte Carlo EM records no bound: --eval-size does not apply
+        sized = [] if name == "mcem" else ["--eval-size", "20"]
+        base = ["train", *TINY, *sized, "--out", str(out)]
         assert main([*base, *options, "--num-samples", "100"]) == 0
         saved = _training(out)
         assert saved["algorithm"] == name
@@ -412,3 +414,5 @@ def test_figures_of_a_monte_carlo_em_run_have_no_reconstructions_from_its_untrai
     figs = tmp_path / "figs"
     assert main(["figures", str(out), "--out", str(figs)]) == 0
     assert not (figs / "reconstructions.png").exists()
+    bad = [*args[:-2], "--out", str(tmp_path / "other"), "--eval-size", "10"]
+    assert main(bad) == 2

@@ -40,3 +40,26 @@ def test_check_seed_accepts_torch_seeds_and_names_the_argument():
     for bad in (1.0, True, "3", None):
         with pytest.raises(TypeError, match="seed must be an int"):
             check_seed(bad)
+
+
+def test_flags_of_the_estimators_must_be_booleans():
+    """A string from a command line (--option vectorize=maybe) is not taken as true."""
+    import pytest
+    import torch
+
+    from pyro_aevb import log_marginal, mlp_vae
+
+    vae = mlp_vae(20, 2, (8,))
+    x = (torch.rand(3, 20) < 0.3).float()
+    with pytest.raises(TypeError, match="vectorize must be True or False, got 'maybe'"):
+        log_marginal(vae.model, vae.guide, x, method="iwae", vectorize="maybe")
+    with pytest.raises(TypeError, match="adapt_mass must be True or False, got 'yes'"):
+        log_marginal(
+            vae.model,
+            vae.guide,
+            x,
+            method="appendix_d",
+            adapt_mass="yes",
+            num_samples=4,
+            num_warmup=4,
+        )

@@ -35,7 +35,7 @@ from ..device import place
 from ..infer.elbo import ESTIMATORS
 from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo, stacked_elbo
 from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_bool, check_choice, check_data, check_positive_int
 from .result import logmeanexp_with_stderr, pareto_k
 
 __all__ = ["iwae_log_weights", "iwae", "elbo_with_stderr", "default_chunk_size"]
@@ -98,6 +98,7 @@ def iwae_log_weights(
     """
     x, _ = place(check_data(x, "x"), (model, guide), device=device, dtype=dtype)
     num_particles = check_positive_int(num_particles, "num_particles")
+    vectorize = check_bool(vectorize, "vectorize")
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     if program.guide is None:
         raise ValueError("importance weights need a guide q(z | x) as proposal; got None")

@@ -18,7 +18,7 @@ import torch
 from pyro.ops.welford import WelfordCovariance
 
 from ..device import check_generator, resolve_device
-from ..validation import check_positive_float, check_positive_int
+from ..validation import check_bool, check_positive_float, check_positive_int
 from . import hmc
 from .adaptation import (
     check_target_accept,
@@ -218,6 +218,8 @@ def sample(
         )
     if step_size is not None and not torch.is_tensor(step_size):
         check_positive_float(step_size, "step_size")
+    adapt_step_size = check_bool(adapt_step_size, "adapt_step_size")
+    adapt_mass = check_bool(adapt_mass, "adapt_mass")
     step_size_jitter = check_positive_float(step_size_jitter, "step_size_jitter", allow_zero=True)
     if step_size_jitter >= 1.0:
         raise ValueError(f"step_size_jitter must be in [0, 1), got {step_size_jitter}")
