@@ -829,9 +829,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyro-aevb {__version__}")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch threads")
     parser.add_argument("-v", "--verbose", action="store_true")
+    # --threads and -v also after the command (pyro-aevb train --threads 1 ...); there they
+    # default to nothing, so that a value given before the command stands
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads", type=_positive_int, default=argparse.SUPPRESS, help="torch threads"
+    )
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a VAE on a data set")
+    def add_command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add_command("train", help="train a VAE on a data set")
     p.add_argument(
         "--dataset",
         default=None,
@@ -844,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(p, num_samples=1_000_000, latent_dim=20, hidden=None)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="the main job: train on the embedded MNIST slice")
+    p = add_command("demo", help="the main job: train on the embedded MNIST slice")
     p.add_argument("--out", default="runs/demo", help="output directory")
     # Adam draws a clearer manifold than the paper's Adagrad within the demo's minute.
     _add_training_options(
@@ -852,13 +862,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("figures", help="redraw the figures of a run")
+    p = add_command("figures", help="redraw the figures of a run")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="where to write (default: the run directory)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_figures)
 
-    p = sub.add_parser("evaluate", help="estimate log p(x) per datapoint for a trained run")
+    p = add_command("evaluate", help="estimate log p(x) per datapoint for a trained run")
     p.add_argument("run_dir")
     p.add_argument("--method", choices=METHODS, default="iwae")
     p.add_argument(
@@ -893,7 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = add_command(
         "gap", help="approximation and amortization gaps of a trained run (Cremer et al. 2018)"
     )
     p.add_argument("run_dir")

@@ -416,3 +416,13 @@ def test_figures_of_a_monte_carlo_em_run_have_no_reconstructions_from_its_untrai
     assert not (figs / "reconstructions.png").exists()
     bad = [*args[:-2], "--out", str(tmp_path / "other"), "--eval-size", "10"]
     assert main(bad) == 2
+
+
+def test_threads_and_verbose_are_taken_before_or_after_the_command():
+    from pyro_aevb.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--threads", "1"]).threads == 1
+    assert parser.parse_args(["--threads", "2", "train"]).threads == 2
+    assert parser.parse_args(["evaluate", "RUN", "-v"]).verbose is True
+    assert parser.parse_args(["evaluate", "RUN"]).threads is None
