@@ -6,8 +6,8 @@ trained with that family's amortized autoguide exactly as ``benchmarks/encoders.
 (the same function; with ``--run-dir`` the two scripts share the trained runs). Then on the
 first ``--eval-n`` test images, :func:`pyro_aevb.evaluate.gap_report` gives per datapoint::
 
-    log p(x)   by --log-marginal (IWAE with K = --lm-particles proposals from the encoder,
-               or AIS), with its Monte Carlo standard error
+    log p(x)   by --log-marginal (IWAE with K = --lm-particles proposals from the
+               refined q*, or AIS started from it), with its Monte Carlo standard error
     L[q*]      the ELBO after refining the family's parameters for that datapoint alone
                (``--refine-steps`` Adam steps of ``--refine-particles`` draws, decoder and
                encoder frozen; Polyak-averaged)
