@@ -798,7 +798,13 @@ def _add_training_options(
         help="also write a checkpoint every so many training samples",
     )
     p.add_argument("--no-weight-prior", action="store_true", help="ML instead of MAP")
-    p.add_argument("--fast", choices=["auto", "on", "off"], default="auto")
+    p.add_argument(
+        "--fast",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the fused (paper's VAE) or compiled path where it applies (auto), required (on), "
+        "or stock Pyro (off)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-figures", action="store_true")
@@ -932,15 +938,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resume_command(args) -> str:
-    """The command that continues an interrupted run: its own budget and options come from
-    the run; the data directory, threads and processes are this command's."""
-    first = f"--threads {args.threads} " if args.threads else ""
-    rest = (
-        f" --data-dir {shlex.quote(str(args.data_dir))}" if getattr(args, "data_dir", None) else ""
-    )
+    """The command that continues an interrupted run: its budget and options come from the
+    run; the data directory and the processes are this command's."""
+    rest = ""
+    if getattr(args, "data_dir", None):
+        rest += f" --data-dir {shlex.quote(str(args.data_dir))}"
     nproc = getattr(args, "nproc", None)
     rest += f" --nproc {nproc}" if nproc and nproc > 1 else ""
-    return f"{first}{args.command} --out {shlex.quote(str(args.out))} --resume{rest}"
+    return f"{args.command} --out {args.out} --resume{rest}"
 
 
 def _relaunch(argv: list[str], nproc: int) -> int:

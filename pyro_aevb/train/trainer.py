@@ -774,9 +774,16 @@ class Trainer:
                     f"{self.samples} training samples): a previous update had non-finite "
                     f"gradients"
                 )
+        objective = self.training_config.get("objective") or {}
+        # the analytic KL has lower variance than estimator A: worth trying, unless in use
+        estimator_b = (
+            ", estimator 'B'"
+            if self.training_config["algorithm"] == "aevb" and objective.get("estimator") == "A"
+            else ""
+        )
         raise NonFiniteLossError(
             f"training diverged: {what}, and {where}. Try a smaller lr (now "
-            f"{self.training_config['lr']}; a resumed run may lower it), estimator 'B', or "
+            f"{self.training_config['lr']}; a resumed run may lower it){estimator_b}, or "
             f"check the data."
         ) from cause
 
