@@ -546,8 +546,8 @@ class Trainer:
                 if found:
                     raise FileExistsError(
                         f"{self.out_dir} holds an earlier run ({', '.join(found)}); pass "
-                        f"resume=True to continue it or choose another out_dir (nothing was "
-                        f"overwritten)"
+                        f"resume=True to continue it or choose another out_dir (on the "
+                        f"command line: --resume, or another --out); nothing was overwritten"
                     )
             torch.manual_seed(self.seed)
 
