@@ -491,14 +491,19 @@ def test_only_the_lock_holder_removes_temporaries_of_the_run_files(tmp_path):
         trainer.close()
 
 
-def test_programs_without_a_parameter_are_refused_by_name():
+def _scalar_model(x):
+    """z_i ~ N(0, 1), x_i ~ N(z_i, 1): a model for guides under test."""
     import pyro
     import pyro.distributions as dist
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def test_programs_without_a_parameter_are_refused_by_name():
+    import pyro
+    import pyro.distributions as dist
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):
@@ -506,17 +511,12 @@ def test_programs_without_a_parameter_are_refused_by_name():
 
     pyro.clear_param_store()
     with pytest.raises(ValueError, match="the model and guide have no trainable parameter"):
-        fit(model, torch.randn(20), guide=guide, num_samples=20, progress=False)
+        fit(_scalar_model, torch.randn(20), guide=guide, num_samples=20, progress=False)
 
 
 def test_a_non_finite_initial_param_is_named():
     import pyro
     import pyro.distributions as dist
-
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
-            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
     def guide(x):
         sc = pyro.param("sc", torch.tensor(float("nan")), constraint=dist.constraints.positive)
@@ -525,4 +525,4 @@ def test_a_non_finite_initial_param_is_named():
 
     pyro.clear_param_store()
     with pytest.raises(ValueError, match=r"The parameter\(s\) \['sc'\] of Pyro's param store"):
-        fit(model, torch.randn(20), guide=guide, num_samples=20, progress=False)
+        fit(_scalar_model, torch.randn(20), guide=guide, num_samples=20, progress=False)
