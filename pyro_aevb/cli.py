@@ -433,7 +433,7 @@ def _print_summary(summary: dict) -> None:
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
-            print(f"{split} bound       {summary[f'{split}_bound']:.2f} nats per datapoint")
+            print(f"{split + ' bound':<18}{summary[f'{split}_bound']:.2f} nats per datapoint")
     for p in summary["figures"]:
         print(f"figure            {p}")
 
