@@ -609,7 +609,7 @@ class AmortizedGuide(PyroModule):
         (the model's ``num_data`` keyword, else the full size of a data plate the model
         subsamples itself)."""
         if num_data is None:
-            num_data = getattr(self, "_model_full_size", None)
+            num_data = self._model_full_size
         if num_data is not None and num_data != n:
             subsample = torch.arange(n, device=self._device())
             return pyro.plate(self.plate_name, num_data, subsample=subsample, dim=self._plate_dim)

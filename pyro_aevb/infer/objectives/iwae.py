@@ -39,7 +39,7 @@ from ...poutine import (
     trace_guide_and_model,
 )
 from ...poutine.program import first_trace_errors
-from ...validation import check_choice, check_positive_int
+from ...validation import check_bool, check_choice, check_positive_int
 from ..importance_weighted import IWAETerms, iwae_loss_and_backward, run_stacked
 from ..per_datapoint import elbo_particle_per_datapoint
 from .base import FAST_MODES, BoundObjective, Objective
@@ -73,9 +73,7 @@ class IWAE(Objective):
 
     def __init__(self, num_particles: int = 5, dreg: bool = False):
         self.num_particles = check_positive_int(num_particles, "num_particles")
-        if not isinstance(dreg, bool):
-            raise TypeError(f"dreg must be True or False, got {dreg!r}")
-        self.dreg = dreg
+        self.dreg = check_bool(dreg, "dreg")
 
     def settings(self) -> dict:
         return {"num_particles": self.num_particles, "dreg": self.dreg}
