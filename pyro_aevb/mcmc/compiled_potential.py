@@ -26,13 +26,14 @@ every chunk has the same shape, so one recording serves any number of rows, and 
 of a whole-test-set AIS run stays bounded.
 
 A model whose Python reads tensor values (data-dependent control flow) cannot be recorded:
-the potential then runs traced, says so in :attr:`path_reason`, and logs a warning.
+the potential then runs traced, says so in :attr:`path_reason`, and warns (a ``UserWarning``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -228,7 +229,8 @@ class CompiledPotential(PerDatapointPotential):
         self.path = "traced"
         self.path_reason = f"traced at every evaluation: the model cannot be compiled ({reason})"
         if warn:
-            logger.warning("per-datapoint potential: %s", self.path_reason)
+            # a UserWarning, as training's fallback to stock Pyro: the user sees it by default
+            warnings.warn(f"per-datapoint potential: {self.path_reason}", UserWarning, stacklevel=4)
 
     def _evaluate(self, u: torch.Tensor, x_rows: torch.Tensor, grads: bool):
         with poutine.block():
@@ -266,7 +268,11 @@ class CompiledPotential(PerDatapointPotential):
                     fused.compile(self.engine, u, x_rows)
                     rec = fused
                 except CaptureError as err:  # no compiler, ...: the model still records
-                    logger.warning("per-datapoint potential: replaying instead (%s)", err)
+                    warnings.warn(
+                        f"per-datapoint potential: replaying instead ({err})",
+                        UserWarning,
+                        stacklevel=4,
+                    )
                     self.engine = "replay"
                     key = (rows, grads, self.dtype, self.engine, self._x_spec)
                     rec = self._recordings.get(key)

@@ -13,6 +13,7 @@ it in their diagnostics.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -54,10 +55,13 @@ def make_potential(
         return VAEPotential(program, x, num_chains=num_chains)
     pot = CompiledPotential(program, x, num_chains=num_chains)
     if fast == "on":
-        # record now, so that a model that cannot be compiled is an error here
-        pot.parts_and_grads(
-            torch.zeros(pot.num_rows, pot.dim, dtype=pot.dtype, device=pot.x.device)
-        )
+        # record now, so that a model that cannot be compiled is an error here (the error
+        # below says why; the fallback's warning would only repeat it)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "per-datapoint potential", UserWarning)
+            pot.parts_and_grads(
+                torch.zeros(pot.num_rows, pot.dim, dtype=pot.dtype, device=pot.x.device)
+            )
         if pot.path != "compiled":
             raise ValueError(f"fast='on' but {pot.path_reason}")
     return pot
