@@ -41,6 +41,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..files import match_new_file_mode
 from .data_dir import DATA_ENV_VAR, data_dir_from_env, default_cache_dir, resolve_data_dir
 from .layout import FILES, MIRRORS, RemoteFile, layout_help, local_candidates
 from .verify import (
@@ -221,6 +222,7 @@ def _fetch_to_temp(
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
+            match_new_file_mode(fd)
             with os.fdopen(fd, "wb") as out:
                 received = 0
                 while chunk := resp.read(CHUNK):

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from ..files import match_new_file_mode
 from .integrity import CorruptCheckpointError, seal, unseal
 
 __all__ = [
@@ -108,6 +109,7 @@ def _atomic_write(path: Path, data: bytes, before_replace=None) -> Path:
         raise _io_error(path, err, "write", "Check the folder's permissions.") from err
     try:
         try:
+            match_new_file_mode(fd)
             _write_all(fd, data)
             os.fsync(fd)
         finally:
