@@ -38,7 +38,13 @@ def test_refinement_reaches_the_best_diagonal_gaussian_per_datapoint(model):
     with torch.no_grad():
         torch.testing.assert_close(refined.params["loc"], mean, atol=0.03, rtol=0)
         torch.testing.assert_close(refined.params["log_var"].exp(), var, atol=0, rtol=0.08)
-    assert bool(refined.diagnostics["improvement"].gt(0).all())
+    # the reported improvement estimates the amortization gap L[q*] - L[q] of each row
+    with torch.no_grad():
+        start = model.local_params(x)
+        exact_gap = model.analytic_elbo(x, mean, var.sqrt()) - model.analytic_elbo(
+            x, start["loc"], (0.5 * start["log_var"]).exp()
+        )
+    torch.testing.assert_close(refined.diagnostics["improvement"], exact_gap, rtol=0.15, atol=0.5)
     # the refined guide is a guide: its bound, evaluated by the library, is the exact optimum
     with torch.no_grad():
         exact_best = model.analytic_elbo(x, mean, var.sqrt())
