@@ -821,7 +821,7 @@ def _add_launch_options(p) -> None:
     )
     p.add_argument(
         "--nproc",
-        type=int,
+        type=_positive_int,
         default=1,
         help="data-parallel ranks on this machine: relaunches this command with "
         "torchrun --standalone --nproc-per-node=NPROC (gloo on CPUs, NCCL on GPUs)",
@@ -898,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plate-name", default=None, help="the data plate's name (default: the run's)")
     p.add_argument(
         "--block-size",
-        type=int,
+        type=_positive_int,
         default=100,
         help="rows per independently seeded block (default 100): the estimates do not depend "
         "on how many ranks (--nproc, torchrun) share the blocks",
@@ -925,9 +925,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="estimator option"
     )
-    p.add_argument("--refine-steps", type=int, default=200)
-    p.add_argument("--refine-lr", type=float, default=0.05)
-    p.add_argument("--particles", type=int, default=1000, help="guide draws per bound")
+    p.add_argument(
+        "--refine-steps", type=_positive_int, default=200, help="Adam steps per datapoint"
+    )
+    p.add_argument("--refine-lr", type=_positive_float, default=0.05, help="refinement step size")
+    p.add_argument("--particles", type=_positive_int, default=1000, help="guide draws per bound")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--plate-name", default=None)
     p.add_argument("--out", default=None, help="JSON file (default: RUN_DIR/gaps-SPLIT.json)")
@@ -1022,10 +1024,7 @@ def _signals_interrupt():
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    nproc = getattr(args, "nproc", 1)
-    if nproc < 1:
-        print(f"pyro-aevb: error: --nproc must be >= 1, got {nproc}", file=sys.stderr)
-        return 2
+    nproc = getattr(args, "nproc", 1)  # >= 1 (argparse)
     if nproc > 1 and not launched_by_torchrun():
         return _relaunch(argv, nproc)
     # Our own messages at INFO (which training path runs, resumes); other libraries' at WARNING.

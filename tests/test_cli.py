@@ -426,3 +426,19 @@ def test_threads_and_verbose_are_taken_before_or_after_the_command():
     assert parser.parse_args(["--threads", "2", "train"]).threads == 2
     assert parser.parse_args(["evaluate", "RUN", "-v"]).verbose is True
     assert parser.parse_args(["evaluate", "RUN"]).threads is None
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["gap", "run", "--refine-steps", "0"], "--refine-steps: expected an integer >= 1"),
+        (["gap", "run", "--refine-lr", "-1"], "--refine-lr: expected a finite number > 0"),
+        (["gap", "run", "--particles", "0"], "--particles: expected an integer >= 1"),
+        (["evaluate", "run", "--block-size", "0"], "--block-size: expected an integer >= 1"),
+    ],
+)  # fmt: skip
+def test_evaluation_counts_are_checked_by_the_command_line(capsys, argv, says):
+    # named as the options the user typed, before any run is loaded
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err

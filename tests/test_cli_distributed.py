@@ -76,5 +76,7 @@ def test_evaluate_on_two_ranks_matches_one_process(tmp_path):
 
 
 def test_nproc_must_be_positive(capsys):
-    assert main([*TRAIN, "--nproc", "0"]) == 2
-    assert "--nproc must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*TRAIN, "--nproc", "0"])
+    assert exit_.value.code == 2
+    assert "argument --nproc: expected an integer >= 1, got '0'" in capsys.readouterr().err
