@@ -48,6 +48,7 @@ from ..device import (
 from ..infer.objectives import ALGORITHMS, FAST_MODES, BoundObjective, MonteCarloEM, Objective
 from ..mcmc.hmc import NonFinitePotentialError
 from ..models.vae import VAE
+from ..nn.mlp import MLP
 from ..poutine import TrainingProgram
 from ..poutine.params import buffers_kept, eval_mode
 from ..poutine.plates import RowsOutsidePlateError, SubsampledPlateError
@@ -422,12 +423,17 @@ class Trainer:
             and fast == "auto"
         ):
             where = "stock Pyro" if self.objective.path == "pyro" else "the compiled path"
-            warnings.warn(
+            message = (
                 f"training {type(module).__name__} on {where}, not the fused fast path: "
-                f"{self.objective.path_reason}",
-                UserWarning,
-                stacklevel=3,
+                f"{self.objective.path_reason}"
             )
+            if _mlp_vae(module):
+                # a paper-like VAE that lost the fused path (a subclass override, an activation,
+                # frozen parameters): worth a warning, the user may not have meant it
+                warnings.warn(message, UserWarning, stacklevel=3)
+            else:
+                # conv trunks, image data: the fused path was never on offer
+                logger.info("%s", message)
         self.training_config = {
             "algorithm": objective.name,
             "objective": objective.settings(),
@@ -1186,6 +1192,13 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         message says whether the previous checkpoint is intact.
     """
     return Trainer(model, train, test, **kwargs).run()
+
+
+def _mlp_vae(module: VAE) -> bool:
+    """Whether ``module`` has the fused path's shape: MLP trunks on flat rows."""
+    return (
+        len(module.event_shape) == 1 and type(module.encoder) is MLP and type(module.decoder) is MLP
+    )
 
 
 def _saved_parallel_config(out_dir, resume: bool) -> dict | None:

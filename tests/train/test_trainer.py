@@ -526,3 +526,23 @@ def test_a_non_finite_initial_param_is_named():
     pyro.clear_param_store()
     with pytest.raises(ValueError, match=r"The parameter\(s\) \['sc'\] of Pyro's param store"):
         fit(_scalar_model, torch.randn(20), guide=guide, num_samples=20, progress=False)
+
+
+def test_a_vae_off_the_fused_path_warns_only_where_it_could_have_been_on_it(caplog):
+    import warnings
+
+    from pyro_aevb import conv_vae
+    from pyro_aevb.nn import MLP
+
+    torch.manual_seed(0)
+    x = torch.rand(12, 1, 8, 8)
+    conv = conv_vae((1, 8, 8), 2, channels=(4,), padded_size=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # conv trunks: no fused path to lose
+        with caplog.at_level("INFO", logger="pyro_aevb"):
+            fit(conv, x, batch_size=6, num_samples=12, eval_size=4, progress=False)
+    assert "not the fused fast path" in caplog.text  # said, at INFO
+    relu = mlp_vae(6, 2, (5,))
+    relu.encoder = MLP(6, 5, 4, activation="relu")
+    with pytest.warns(UserWarning, match="not the fused fast path.*activation is 'relu'"):
+        fit(relu, torch.rand(12, 6), batch_size=6, num_samples=12, eval_size=4, progress=False)
