@@ -1140,7 +1140,8 @@ def fit(model, train, test=None, **kwargs) -> FitResult:
         back to stock Pyro with a warning if the programs cannot be recorded or change;
         ``"on"`` makes a program that cannot be recorded an error); ``"off"``: stock Pyro.
         Which path runs is in the progress bar, ``FitResult.path``/``path_reason`` and the
-        run's config; a VAE that cannot use the fused path gets a warning saying why.
+        run's config; a VAE with MLP trunks on flat rows that cannot use the fused path
+        gets a warning saying why (a conv VAE or image data: a log line at INFO).
     callback : callable, optional
         ``callback(trainer, record)`` after each evaluation, under the evaluation RNG; it may
         add JSON-serialisable entries to ``record`` (e.g. a marginal-likelihood estimate).
