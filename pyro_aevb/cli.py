@@ -45,6 +45,7 @@ from .plots import (
 )
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
 from .train.distributed import init_distributed, launched_by_torchrun, world
+from .train.fingerprint import data_fingerprint, describe_fingerprint, same_data
 from .train.interrupt import exit_status, signal_name
 from .train.trainer import Trainer
 from .validation import check_seed
@@ -483,9 +484,35 @@ def cmd_demo(args) -> int:
 
 
 def _run_dataset(run, data_dir):
-    """The data set of a run, in the layout it was trained on (flat or image-shaped)."""
-    dataset = load_dataset(run.dataset or "embedded-mnist", data_dir=data_dir)
-    return dataset.reshaped(flatten=len(run.config.get("event_shape") or [0]) == 1)
+    """The data set of a run, in the layout it was trained on (flat or image-shaped).
+
+    Refused when the run names no data set (it trained on tensors given to ``fit``) and when
+    a split differs from the data the run recorded (a subset, binarised, other files): never
+    another data set's numbers under the run's name."""
+    if run.dataset is None:
+        raise ValueError(
+            f"run {run.directory} was trained on data given to fit() as tensors (its "
+            f"config.json names no data set), which the command line cannot load; evaluate it "
+            f"from Python on those data: run = load_run({str(run.directory)!r}), then e.g. "
+            f"log_marginal(run.module.model, run.guide, x)"
+        )
+    dataset = load_dataset(run.dataset, data_dir=data_dir)
+    dataset = dataset.reshaped(flatten=len(run.config.get("event_shape") or [0]) == 1)
+    recorded = run.config.get("data") or {}
+    for split in ("train", "test"):
+        fingerprint, x = recorded.get(split), getattr(dataset, split)
+        if fingerprint is None or x is None:
+            continue
+        if not same_data(x, fingerprint):
+            found = describe_fingerprint(data_fingerprint(x))
+            raise ValueError(
+                f"the {split} split of {run.dataset!r} ({found}) is not the data run "
+                f"{run.directory} was trained on ({describe_fingerprint(fingerprint)}): the "
+                f"run used a modified copy (a "
+                f"subset, binarised, ...) or other files (--data-dir); evaluate it from Python "
+                f"on its own data"
+            )
+    return dataset
 
 
 def cmd_figures(args) -> int:

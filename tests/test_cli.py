@@ -442,3 +442,26 @@ def test_evaluation_counts_are_checked_by_the_command_line(capsys, argv, says):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_run_on_other_data_than_the_files_is_refused_not_evaluated_on_them(tmp_path, capsys):
+    import torch
+
+    from pyro_aevb import fit, load_dataset, mlp_vae
+
+    slice_ = load_dataset("embedded-mnist")
+    tensors, subset = tmp_path / "tensors", tmp_path / "subset"
+    torch.manual_seed(0)
+    fit(mlp_vae(784, 2, (8,)), slice_.train[:200], slice_.test[:50], num_samples=200,
+        eval_size=20, progress=False, out_dir=tensors)  # fmt: skip
+    fit(mlp_vae(784, 2, (8,)), slice_.subset(200, 50), num_samples=200, eval_size=20,
+        progress=False, out_dir=subset)  # fmt: skip
+    for argv in (["evaluate", str(tensors), "--method", "elbo", "--n", "5"],
+                 ["figures", str(tensors)], ["gap", str(tensors), "--n", "2"]):  # fmt: skip
+        assert main(argv) == 2
+        assert "trained on data given to fit() as tensors" in capsys.readouterr().err
+    assert main(["evaluate", str(subset), "--method", "elbo", "--n", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "the train split of 'embedded-mnist' (5000x784 float32" in err
+    assert "is not the data run" in err and "(200x784 float32" in err
+    assert not list(subset.glob("evaluate-*")) and not list(tensors.glob("*.png"))

@@ -10,10 +10,11 @@ once per run.
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
-__all__ = ["data_fingerprint", "describe_fingerprint"]
+__all__ = ["data_fingerprint", "describe_fingerprint", "same_data"]
 
 
 def data_fingerprint(x: torch.Tensor | None) -> dict | None:
@@ -42,3 +43,14 @@ def describe_fingerprint(fp: dict | None) -> str:
         return "none recorded"
     shape = "x".join(str(s) for s in fp.get("shape", [])) or "scalar"
     return f"{shape} {fp.get('dtype')}, sha256 {str(fp.get('sha256'))[:12]}..."
+
+
+def same_data(x: torch.Tensor, fp: dict) -> bool:
+    """Whether ``x`` holds the data of the fingerprint ``fp``, once in its dtype and shape
+    (a run records its data after converting them: float64, or image rows flattened)."""
+    shape, dtype = fp.get("shape"), getattr(torch, str(fp.get("dtype")), None)
+    if not isinstance(dtype, torch.dtype) or not isinstance(shape, list):
+        return False
+    if x.numel() != math.prod(shape):
+        return False
+    return data_fingerprint(x.to(dtype).reshape(shape)) == fp
