@@ -33,6 +33,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from .validation import data_to_dtype
+
 __all__ = [
     "DTYPES",
     "resolve_device",
@@ -159,7 +161,7 @@ def place(
     if dtype is None and isinstance(x, torch.Tensor) and x.is_floating_point():
         dtype = module_dtype(modules)  # float64 data for float32 modules: the modules' dtype
     if isinstance(x, torch.Tensor):
-        x = x.to(device=device, dtype=dtype if dtype is not None else x.dtype)
+        x = data_to_dtype(x, dtype).to(device=device)
     return x, device
 
 

@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "check_data",
+    "data_to_dtype",
     "value_checks_skipped",
     "event_shape_of",
     "check_positive_int",
@@ -123,6 +124,31 @@ def check_data(
 
 #: The largest count torch can represent (int64): sizes, budgets, particles beyond it overflow.
 MAX_COUNT = 2**63 - 1
+
+
+def data_to_dtype(x: torch.Tensor, dtype: torch.dtype | None, name: str = "x") -> torch.Tensor:
+    """``x`` converted to ``dtype``; values a narrower floating dtype cannot hold are an error
+    naming the first of them (``check_data`` passed them as finite: the conversion would make
+    them ``inf``, and the model's per-row results ``-inf``)."""
+    if dtype is None or x.dtype == dtype:
+        return x
+    if (
+        x.is_floating_point()
+        and dtype.is_floating_point
+        and x.numel()
+        and torch.finfo(x.dtype).max > torch.finfo(dtype).max
+    ):
+        limit = torch.finfo(dtype).max
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if lo < -limit or hi > limit:
+            where = tuple((x.abs() > limit).nonzero()[0].tolist())
+            raise ValueError(
+                f"{name} holds values beyond the range of {str(dtype).removeprefix('torch.')} "
+                f"(|value| > {limit:.3g}), the model's dtype, first at index {where}: "
+                f"{float(x[where]):g}; rescale the data, or run the model in "
+                f"{str(x.dtype).removeprefix('torch.')} (dtype=...)"
+            )
+    return x.to(dtype)
 
 
 def check_positive_int(value, name: str, minimum: int = 1, maximum: int | None = MAX_COUNT) -> int:

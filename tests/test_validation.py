@@ -63,3 +63,26 @@ def test_flags_of_the_estimators_must_be_booleans():
             num_samples=4,
             num_warmup=4,
         )
+
+
+def test_float64_data_beyond_float32_range_is_named_not_made_inf():
+    import warnings
+
+    from pyro_aevb import evaluate_bound, fit, log_marginal, paper_frey_face_vae
+    from pyro_aevb.validation import data_to_dtype
+
+    torch.manual_seed(0)
+    vae = paper_frey_face_vae(latent_dim=2, hidden_dims=10)
+    x = torch.rand(20, 560, dtype=torch.float64)
+    x[3, 7] = -1e39  # finite in float64, -inf in float32
+    says = r"beyond the range of float32 .* first at index \(3, 7\): -1e\+39"
+    with pytest.raises(ValueError, match="data holds values " + says):
+        evaluate_bound(vae, x)
+    with pytest.raises(ValueError, match="x holds values " + says):
+        log_marginal(vae.model, vae.guide, x, "iwae", num_particles=2)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="train holds values " + says):
+        warnings.simplefilter("ignore")
+        fit(vae, x, num_samples=20, batch_size=10, progress=False)
+    fine = x.clamp(-1, 1)
+    assert data_to_dtype(fine, torch.float32).dtype == torch.float32
+    assert data_to_dtype(x, torch.float64) is x  # widening or equal: nothing to refuse

@@ -11,7 +11,7 @@ from ..infer.objectives.base import FAST_MODES
 from ..infer.objectives.fast_vae import FastVAE
 from ..infer.per_datapoint import program_elbo
 from ..poutine import PerDatapointProgram
-from ..validation import check_choice, check_data, check_positive_int
+from ..validation import check_choice, check_data, check_positive_int, data_to_dtype
 
 __all__ = ["evaluate_bound"]
 
@@ -87,7 +87,8 @@ def evaluate_bound(
         "data",
         getattr(module, "event_shape", None),
         unit_interval=bool(getattr(lik, "unit_interval", False)),
-    ).to(device=device, dtype=dtype)
+    )
+    data = data_to_dtype(data, dtype, "data").to(device=device)
     kernel = None
     if fast != "off":
         reason = FastVAE.unsupported_reason(module, estimator, num_particles)

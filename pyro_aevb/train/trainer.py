@@ -58,6 +58,7 @@ from ..validation import (
     check_positive_float,
     check_positive_int,
     check_seed,
+    data_to_dtype,
 )
 from ..version import __version__
 from .checkpoint import (
@@ -304,12 +305,11 @@ class Trainer:
         unit = bool(getattr(getattr(module, "likelihood", None), "unit_interval", False))
         event_shape = getattr(module, "event_shape", None)
         self.train = check_data(train, "train", event_shape, unit_interval=unit)
-        self.train = self.train if dtype is None else self.train.to(dtype)
-        self.train = self.train.to(self.device)
+        self.train = data_to_dtype(self.train, dtype, "train").to(self.device)
         self.test = None
         if test is not None:
             self.test = check_data(test, "test", tuple(self.train.shape[1:]), unit_interval=unit)
-            self.test = self.test.to(device=self.device, dtype=self.train.dtype)
+            self.test = data_to_dtype(self.test, self.train.dtype, "test").to(self.device)
         self.num_train = self.train.shape[0]
         self.batch_size = min(check_positive_int(batch_size, "batch_size"), self.num_train)
         if batch_size > self.num_train:
