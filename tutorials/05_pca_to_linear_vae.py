@@ -141,7 +141,7 @@ with torch.no_grad():
     elbo_test = elbo_per_datapoint(lin.model, lin.guide, x_test, num_particles=100)
     exact_test = lin.log_marginal(x_test)
     angles = principal_angles_deg(lin.W, U)
-print(f"linear VAE: noise sd {float(lin.sigma):.4f} (PPCA ML: {math.sqrt(s2_ml):.4f})")
+print(f"linear VAE: noise sd {lin.sigma.item():.4f} (PPCA ML: {math.sqrt(s2_ml):.4f})")
 print(f"  test: ELBO {float(elbo_test.mean()):.2f}, exact log p(x) {float(exact_test.mean()):.2f}"
       f", PPCA ML {ll_test_ml:.2f} nats per face")  # fmt: skip
 print(f"  train exact log p(x) {curve[-1][2]:.2f} vs PPCA ML {ll_train_ml:.2f}")
