@@ -83,6 +83,10 @@ METHODS = {
     "ais": {"num_temps": 200, "num_chains": 8},
     "appendix_d": {"stderr": "ess"},
     "appendix_d (stderr='iid')": {"stderr": "iid"},
+    # twice the paper's sampling, split within each chain (as the paper) or across chains
+    "appendix_d (num_chains=2)": {"num_chains": 2},
+    "appendix_d (num_chains=2, split='across')": {"num_chains": 2, "split": "across"},
+    "appendix_d (num_chains=4, split='across')": {"num_chains": 4, "split": "across"},
 }
 
 
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
             }
             out["results"].append(row)
             print(
-                f"{model_name:15s} {method:26s} mean error {row['mean_error_nats']:+.4f} "
+                f"{model_name:15s} {method:42s} mean error {row['mean_error_nats']:+.4f} "
                 f"(mean stderr {row['mean_stderr_nats']:.4f})  z: mean {row['z_mean']:+.2f} "
                 f"std {row['z_std']:.2f}  |z|>3 {100 * row['frac_abs_z_gt_3']:.1f}%",
                 flush=True,

@@ -62,7 +62,8 @@ METHOD_OPTIONS: dict[str, dict] = {
         "num_steps": 4,
         "target_accept": 0.9,
         "density": "gaussian",
-        "fit_fraction": 0.5,
+        "fit_fraction": None,
+        "split": "within",
         "sampler": "hmc",
         "stderr": "ess",
         "adapt_mass": True,
@@ -182,7 +183,9 @@ def log_marginal(
     **method_options
         ``elbo``: ``estimator`` ("A"/"B"), ``num_particles``.
         ``iwae``: ``num_particles`` (K), ``chunk_size``, ``vectorize``.
-        ``appendix_d``: ``num_samples`` (per chain, split by ``fit_fraction``),
+        ``appendix_d``: ``num_samples`` (per chain), ``split`` ("within": split by
+        ``fit_fraction``, default 0.5; "across": each chain evaluated under a ``q`` fitted
+        to the other chains, needs ``num_chains >= 2``),
         ``num_chains``, ``num_warmup``, ``num_steps``, ``target_accept``, ``density``
         ("gaussian"/"kde"), ``sampler`` ("hmc"/"pyro_nuts"/"pyro_hmc"), ``stderr``
         ("ess"/"iid"), ``adapt_mass``, ``step_size_jitter``, ``bandwidths``,
@@ -280,6 +283,8 @@ def _estimate(
             if kwargs["init_particles"] is None:
                 kwargs["init_particles"] = default_init_particles(program.guide)
                 settings["init_particles"] = kwargs["init_particles"]
+            if kwargs["split"] == "within" and kwargs["fit_fraction"] is None:
+                settings["fit_fraction"] = 0.5  # the value used, in the settings recorded
             estimate, stderr, diagnostics = appendix_d(
                 program,
                 None,

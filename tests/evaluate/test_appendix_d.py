@@ -19,18 +19,38 @@ def _exact_draws(ppca, x, chains, draws, seed=0):
     return samples, log_joint
 
 
+@pytest.mark.parametrize("split", ["within", "across"])
 @pytest.mark.parametrize("density", ["gaussian", "kde"])
-def test_estimator_on_exact_posterior_draws(ppca, density):
+def test_estimator_on_exact_posterior_draws(ppca, density, split):
     """With i.i.d. exact draws the estimator is within its error of the truth."""
     x = ppca.simulate(6)
     samples, log_joint = _exact_draws(ppca, x, chains=2, draws=200)
-    est, se, diag = appendix_d_from_samples(samples, log_joint, density=density)
+    est, se, diag = appendix_d_from_samples(samples, log_joint, density=density, split=split)
     err = est - ppca.log_marginal(x)
     assert bool((err.abs() < 4 * se).all()), err / se
     assert float(err.abs().max()) < 0.05
-    assert diag["ess"].shape == (6,) and bool((diag["ess"] <= 200).all())
+    evaluated = 200 if split == "within" else 400  # across: every draw is evaluated
+    assert diag["num_estimate_draws"] == evaluated
+    assert diag["ess"].shape == (6,) and bool((diag["ess"] <= evaluated).all())
     if density == "kde":
-        assert diag["bandwidth"].shape == (6,)
+        assert diag["bandwidth"].shape == ((6,) if split == "within" else (6, 2))
+
+
+def test_across_chains_each_chain_is_evaluated_under_the_others_fit(ppca):
+    x = ppca.simulate(3)
+    samples, log_joint = _exact_draws(ppca, x, chains=3, draws=40)
+    est, _, _ = appendix_d_from_samples(samples, log_joint, split="across", stderr="iid")
+    log_r = torch.stack(
+        [
+            fit_gaussian(torch.cat([samples[:k], samples[k + 1 :]]).reshape(-1, 3, 2)).log_prob(
+                samples[k]
+            )
+            - log_joint[k]
+            for k in range(3)
+        ]
+    ).reshape(-1, 3)
+    expected = -(torch.logsumexp(log_r, 0) - torch.log(torch.tensor(120.0)))
+    torch.testing.assert_close(est, expected)
 
 
 def test_density_estimators_recover_a_gaussian(ppca):
@@ -94,3 +114,11 @@ def test_bad_arguments(ppca):
         appendix_d_from_samples(samples[:, :4], log_joint[:, :4])
     with pytest.raises(ValueError, match="sampler must be one of"):
         appendix_d(ppca.model, ppca.guide, x, sampler="gibbs")
+    with pytest.raises(ValueError, match="split must be one of"):
+        appendix_d_from_samples(samples, log_joint, split="half")
+    with pytest.raises(ValueError, match="split='across' .* needs num_chains >= 2, got 1"):
+        appendix_d_from_samples(samples, log_joint, split="across")
+    with pytest.raises(ValueError, match="needs num_chains >= 2, got num_chains=1"):
+        appendix_d(ppca.model, ppca.guide, x, split="across")  # before any sampling
+    with pytest.raises(ValueError, match="fit_fraction=0.3 applies to split='within' only"):
+        appendix_d(ppca.model, ppca.guide, x, split="across", num_chains=2, fit_fraction=0.3)

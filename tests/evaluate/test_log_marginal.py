@@ -63,6 +63,11 @@ def test_every_method_returns_a_complete_reproducible_result(ppca, method):
         assert a.upper.shape == (3,) and len(d["upper"]) == 3
     if method == "appendix_d":
         assert "r_hat" in a.diagnostics and "accept_rate" in a.diagnostics
+        assert a.settings["split"] == "within" and a.settings["fit_fraction"] == 0.5  # as used
+        across = log_marginal(ppca.model, ppca.guide, x, method, seed=1, split="across",
+                              **options)  # fmt: skip
+        assert across.settings["split"] == "across" and across.settings["fit_fraction"] is None
+        assert across.diagnostics["num_estimate_draws"] == 40  # both chains, every draw
 
 
 def test_seed_generator_and_different_seeds(ppca):
