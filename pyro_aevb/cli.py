@@ -16,6 +16,7 @@ import math
 import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -401,6 +402,9 @@ def _train(args, dataset, out_dir: Path, run, settings: dict) -> dict:
         "samples": result.samples,
         "train_bound": final.get("train_bound"),
         "test_bound": final.get("test_bound"),
+        # the bounds' own point: earlier than "samples" when the run went on past its last
+        # evaluation (a resume with a smaller budget)
+        "bound_samples": final.get("samples"),
         "samples_per_second": result.samples / train_seconds,
         "seconds": seconds,
         "figures": [str(p) for p in figures],
@@ -432,9 +436,12 @@ def _print_summary(summary: dict) -> None:
     if parallel.get("world_size", 1) > 1:
         print(f"data-parallel     {parallel['world_size']} ranks ({parallel['backend']})")
     print(f"samples           {summary['samples']:,}  ({summary['samples_per_second']:,.0f}/s)")
+    at = summary.get("bound_samples")
+    at = f" (at {at:,} samples)" if at is not None and at != summary["samples"] else ""
     for split in ("train", "test"):
         if summary.get(f"{split}_bound") is not None:
-            print(f"{split + ' bound':<18}{summary[f'{split}_bound']:.2f} nats per datapoint")
+            bound = summary[f"{split}_bound"]
+            print(f"{split + ' bound':<18}{bound:.2f} nats per datapoint{at}")
     for p in summary["figures"]:
         print(f"figure            {p}")
 
@@ -561,20 +568,36 @@ def _first_rows(dataset, split: str, n: int | None, default: int) -> torch.Tenso
     return data[:n]
 
 
-def _output_file(args, default: Path) -> Path:
-    """Where a command writes its JSON (``--out``, else ``default``), checked before anything
-    is computed: an existing result is not replaced without ``--overwrite`` (an evaluation
-    can take hours), and a directory or a missing folder is an error now, not at the end."""
+def _output_file(args, default: Path, figure: bool = False) -> Path:
+    """Where a command writes its JSON (``--out``, else ``default``; with ``figure``, also a
+    figure beside it with the suffix ``.png``), checked before anything is computed: an
+    existing result is not replaced without ``--overwrite`` (an evaluation can take hours),
+    and a directory, a missing folder or one that cannot be written is an error now, not at
+    the end."""
     out = Path(args.out) if args.out else default
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the JSON file to write")
+    if figure and out.suffix.lower() == ".png":
+        raise ValueError(
+            f"--out {out} names the JSON report; the figure is written beside it with the "
+            f"suffix .png, so give e.g. --out {out.with_suffix('.json')}"
+        )
     if not out.parent.is_dir():
         raise ValueError(f"cannot write {out}: the folder {out.parent} does not exist")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(
-            f"{out} exists (an earlier result); pass --overwrite to replace it, or --out FILE "
-            f"to write elsewhere (nothing was computed)"
-        )
+    for path in (out, out.with_suffix(".png")) if figure else (out,):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(
+                f"{path} exists (an earlier result); pass --overwrite to replace it, or --out "
+                f"FILE to write elsewhere (nothing was computed)"
+            )
+    try:  # the results are written atomically through a temporary file in that folder
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {out}: the folder {out.parent} is not writable ({err.strerror}); "
+            f"nothing was computed"
+        ) from None
     return out
 
 
@@ -619,7 +642,7 @@ def cmd_evaluate(args) -> int:
         "dataset": dataset.name,
         "split": split,
         "n": x.shape[0],
-        "samples_trained": run.history[-1]["samples"] if run.history else None,
+        "samples_trained": run.samples,  # the checkpoint's, which these parameters are
         **result.to_dict(per_datapoint=True),
     }
     print(result.summary())
@@ -656,7 +679,7 @@ def cmd_gap(args) -> int:
     module = run.module
     plate_name = args.plate_name or run.config["training"].get("plate_name", "data")
     options = _method_options(args.method, args.option)
-    out = _output_file(args, run.directory / f"gaps-{args.split}.json")
+    out = _output_file(args, run.directory / f"gaps-{args.split}.json", figure=True)
     report = gap_report(
         module.model,
         run.guide or module.guide,  # the guide the run trained (an autoguide, if any)

@@ -169,6 +169,17 @@ def test_gap_refines_the_guide_the_run_trained(tmp_path, monkeypatch, capsys):
     assert type(seen[0]).__name__ == "AmortizedMultivariateNormal"  # not the VAE's own encoder
     saved = json.loads((out / "gaps-test.json").read_text())
     assert saved["split"] == "test" and (out / "gaps-test.png").is_file()
+    # the figure beside the report is a result too: neither is replaced unless asked, and a
+    # .png report would be overwritten by its own figure
+    quick = ["gap", str(out), "--n", "2", "--method", "iwae", "--option", "num_particles=5",
+             "--refine-steps", "2", "--particles", "5"]  # fmt: skip
+    (out / "other.png").write_bytes(b"a figure of the user's")
+    assert main([*quick, "--out", str(out / "other.json")]) == 2
+    assert "other.png exists (an earlier result)" in capsys.readouterr().err
+    assert main([*quick, "--out", str(out / "report.png")]) == 2
+    assert "names the JSON report" in capsys.readouterr().err
+    assert (out / "other.png").read_bytes() == b"a figure of the user's"
+    assert len(seen) == 1  # refused before computing
 
 
 def test_train_the_convolutional_vae_on_images(tmp_path):
@@ -465,3 +476,18 @@ def test_a_run_on_other_data_than_the_files_is_refused_not_evaluated_on_them(tmp
     assert "the train split of 'embedded-mnist' (5000x784 float32" in err
     assert "is not the data run" in err and "(200x784 float32" in err
     assert not list(subset.glob("evaluate-*")) and not list(tensors.glob("*.png"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_computing(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    import pyro_aevb.cli as cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    args = type("Args", (), {"out": str(tmp_path / "r.json"), "overwrite": False})()
+    with pytest.raises(ValueError, match="is not writable .*Read-only file system.*nothing was"):
+        cli._output_file(args, tmp_path / "default.json")

@@ -38,6 +38,7 @@ from ..files import match_new_file_mode
 from .integrity import CorruptCheckpointError, seal, unseal
 
 __all__ = [
+    "missing_checkpoint_hint",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CorruptCheckpointError",
@@ -64,6 +65,23 @@ def previous_checkpoint_path(path: str | os.PathLike) -> Path:
     ``name.pt``."""
     path = Path(path)
     return path.with_name(f"{path.stem}.prev{path.suffix or '.pt'}")
+
+
+def missing_checkpoint_hint(path: str | os.PathLike, default: str) -> str:
+    """What to do when ``path`` is not a checkpoint file: it is something else (a folder, a
+    broken link), or the previous checkpoint survived it; ``default`` otherwise."""
+    path = Path(path)
+    previous = previous_checkpoint_path(path)
+    if previous.is_file():
+        return (
+            f"the run's previous checkpoint {previous.name} is there: rename it to {path.name} "
+            f"to continue from it (it is one checkpoint older)"
+        )
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a broken symbolic link"
+    if path.exists():
+        return f"{path} is not a file (a directory?)"
+    return default
 
 
 def _io_error(path: Path, err: OSError, doing: str, fix: str) -> OSError:

@@ -19,7 +19,7 @@ from torch import nn
 from ..autoguide import build_guide
 from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, missing_checkpoint_hint
 from .payload import MalformedCheckpointError, check_module_states, check_training_payload
 from .resume import config_differences
 
@@ -36,7 +36,9 @@ class Run:
 
     ``guide`` is the guide the run trained when it was not the model object's own (an
     amortized autoguide rebuilt from the config, or the one passed to :func:`load_run`),
-    else ``None``.
+    else ``None``. ``samples`` is the number of training samples behind the parameters
+    loaded: the checkpoint's, which is later than the history's last evaluation when the
+    run was interrupted or checkpointed between evaluations.
     """
 
     module: nn.Module | None
@@ -44,6 +46,7 @@ class Run:
     history: list[dict[str, Any]]
     directory: Path
     guide: Callable | None = None
+    samples: int | None = None
 
     @property
     def dataset(self) -> str | None:
@@ -98,6 +101,9 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     run_dir = Path(run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME
     if not checkpoint.is_file():
+        hint = missing_checkpoint_hint(checkpoint, "")
+        if hint:  # a damaged run: the previous checkpoint is there, or something else is
+            raise FileNotFoundError(f"there is no checkpoint at {checkpoint}; {hint}")
         raise FileNotFoundError(
             f"{run_dir} is not a run directory: {CHECKPOINT_NAME} is missing (train one with "
             f"`pyro-aevb train --out {run_dir}` or pyro_aevb.fit(..., out_dir=...))"
@@ -148,6 +154,7 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
         history=payload["history"],
         directory=run_dir,
         guide=None if own else guide,
+        samples=payload["progress"]["samples"],
     )
 
 

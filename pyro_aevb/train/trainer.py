@@ -63,6 +63,7 @@ from ..validation import (
 from ..version import __version__
 from .checkpoint import (
     load_checkpoint,
+    missing_checkpoint_hint,
     previous_checkpoint_path,
     remove_stale_temps,
     save_checkpoint,
@@ -532,15 +533,9 @@ class Trainer:
             remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():
-                previous = None if checkpoint is None else previous_checkpoint_path(checkpoint)
                 hint = "pass the out_dir of the run to continue"
-                if checkpoint is not None and checkpoint.exists():
-                    hint = f"{checkpoint} is not a file (a directory?)"
-                if previous is not None and previous.is_file():
-                    hint = (
-                        f"the run's previous checkpoint {previous.name} is there: rename it to "
-                        f"{CHECKPOINT_NAME} to continue from it (it is one checkpoint older)"
-                    )
+                if checkpoint is not None:
+                    hint = missing_checkpoint_hint(checkpoint, hint)
                 raise FileNotFoundError(
                     f"resume=True but there is no checkpoint at {checkpoint}; {hint}"
                 )

@@ -342,7 +342,12 @@ def test_unreadable_checkpoint_is_named(run_dir: Path, tmp_path: Path, monkeypat
     (out / "checkpoint.pt").rename(out / "moved.pt")
     (out / "checkpoint.pt").mkdir()  # a directory in its place
     assert main(["evaluate", str(out)]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "checkpoint.pt is not a file (a directory?)" in capsys.readouterr().err
+    (out / "checkpoint.pt").rmdir()
+    (out / "moved.pt").rename(out / "checkpoint.prev.pt")  # only the previous one survived
+    for argv in (["evaluate", str(out)], ["train", "--out", str(out), "--resume"]):
+        assert main(argv) == 2
+        assert "rename it to checkpoint.pt to continue" in capsys.readouterr().err
 
 
 def test_stale_temporaries_are_cleaned_and_fresh_ones_kept(run_dir: Path, tmp_path: Path):

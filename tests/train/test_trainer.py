@@ -78,6 +78,13 @@ def test_run_directory_files_and_load_run(tmp_path):
     run = load_run(tmp_path)
     assert run.history == history
     assert isinstance(run.module, VAE)
+    assert run.samples == 600
+    # a checkpoint written after the last evaluation (interrupted, checkpoint_every): the
+    # parameters are the checkpoint's, and so is the count of samples behind them
+    payload = load_checkpoint(tmp_path / "checkpoint.pt")
+    payload["progress"]["samples"] = 700
+    save_checkpoint(tmp_path / "checkpoint.pt", payload)
+    assert load_run(tmp_path).samples == 700
 
 
 def test_refuses_to_overwrite_an_existing_run(tmp_path):
