@@ -997,7 +997,7 @@ def _resume_command(args) -> str:
         rest += f" --data-dir {shlex.quote(str(args.data_dir))}"
     nproc = getattr(args, "nproc", None)
     rest += f" --nproc {nproc}" if nproc and nproc > 1 else ""
-    return f"{args.command} --out {args.out} --resume{rest}"
+    return f"{args.command} --out {shlex.quote(str(args.out))} --resume{rest}"
 
 
 def _relaunch(argv: list[str], nproc: int) -> int:

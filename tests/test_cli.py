@@ -491,3 +491,16 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_computing(tmp
     args = type("Args", (), {"out": str(tmp_path / "r.json"), "overwrite": False})()
     with pytest.raises(ValueError, match="is not writable .*Read-only file system.*nothing was"):
         cli._output_file(args, tmp_path / "default.json")
+
+
+def test_the_printed_resume_command_quotes_its_paths():
+    import argparse
+    import shlex
+
+    from pyro_aevb.cli import _resume_command
+
+    args = argparse.Namespace(command="train", out="runs/my run", data_dir="/data dir", nproc=2)
+    words = shlex.split("pyro-aevb " + _resume_command(args))
+    assert words[words.index("--out") + 1] == "runs/my run"
+    assert words[words.index("--data-dir") + 1] == "/data dir"
+    assert "--resume" in words and words[words.index("--nproc") + 1] == "2"
