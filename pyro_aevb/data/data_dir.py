@@ -52,6 +52,12 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
         ``data_dir`` or ``$PYRO_AEVB_DATA`` names something that is not a directory.
     """
     if data_dir is not None:
+        if not os.fspath(data_dir).strip():
+            # Path("") is the current directory: a download would land there
+            raise ValueError(
+                f"data_dir={os.fspath(data_dir)!r} is an empty path; pass None to use "
+                f"${DATA_ENV_VAR} or the user cache"
+            )
         path = Path(data_dir).expanduser().absolute()
         alternative = f"pass data_dir=None to use ${DATA_ENV_VAR} or the user cache"
         _check_exists(path, f"the argument data_dir={str(data_dir)!r}", alternative)

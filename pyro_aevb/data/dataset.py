@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..validation import check_positive_int
+
 __all__ = [
     "FASHION_MNIST_LICENSE",
     "FREY_FACE_LICENSE",
@@ -219,6 +221,7 @@ def _head(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if n is None:
         return x, labels
+    n = check_positive_int(n, what, minimum=0)  # not a bool, a float or a string
     if not 0 <= n <= x.shape[0]:
         raise ValueError(f"{what}={n} is outside [0, {x.shape[0]}]")
     return x[:n], None if labels is None else labels[:n]

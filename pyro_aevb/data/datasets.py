@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import check_bool
 from .data_dir import resolve_data_dir
 from .dataset import (
     FASHION_MNIST_LICENSE,
@@ -267,4 +268,5 @@ def load_dataset(
         A file is missing and could not (or may not) be downloaded.
     """
     loader = _LOADERS[_canonical_name(name)]
+    download, flatten = check_bool(download, "download"), check_bool(flatten, "flatten")
     return loader(data_dir=data_dir, download=download, flatten=flatten)

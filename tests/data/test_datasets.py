@@ -142,7 +142,7 @@ def test_subset() -> None:
     assert ds.subset(num_test=0).num_train == 5000 and ds.subset(num_test=0).num_test == 0
     with pytest.raises(ValueError, match="num_train=5001"):
         ds.subset(num_train=5001)
-    with pytest.raises(ValueError, match="num_test=-1"):
+    with pytest.raises(ValueError, match="num_test must be an int >= 0, got -1"):
         ds.subset(num_test=-1)
 
 
@@ -324,3 +324,19 @@ def test_partial_copy_keeps_other_files(real_dir: Path, tmp_path: Path) -> None:
     assert load_dataset("frey-face", data_dir=tmp_path, download=False).num_test == 200
     with pytest.raises(FileNotFoundError, match="fashion-mnist"):
         load_dataset("fashion-mnist", data_dir=tmp_path, download=False)
+
+
+def test_loader_and_subset_arguments_are_checked_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty data_dir would be this folder: nothing lands here
+    with pytest.raises(ValueError, match="data_dir='' is an empty path"):
+        load_dataset("mnist", data_dir="")
+    with pytest.raises(TypeError, match="flatten must be True or False, got 'False'"):
+        load_dataset("embedded-mnist", flatten="False")
+    with pytest.raises(TypeError, match="download must be True or False, got 'no'"):
+        load_dataset("embedded-mnist", download="no")
+    data = load_dataset("embedded-mnist")
+    for bad in (True, 2.5, "10"):
+        with pytest.raises(TypeError, match="num_train must be an int >= 0"):
+            data.subset(num_train=bad)
+    assert data.subset(num_train=3, num_test=0).train.shape[0] == 3
+    assert list(tmp_path.iterdir()) == []
