@@ -222,3 +222,32 @@ def bounded_by_data(x):
     with pyro.plate("data", n):
         z = pyro.sample("z", dist.Uniform(torch.zeros(n), x.abs() + 1.0))
         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def concentrated_gamma_poisson():
+    """``(model, prior_guide, x, exact log p(x))``: a Gamma-Poisson row whose posterior is far
+    narrower than the prior, which is also the guide (a collapsed-weight proposal), and one
+    ordinary row."""
+    import math
+
+    a, b = 2.0, 1.0
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            lam = pyro.sample("lam", dist.Gamma(x.new_full((x.shape[0],), a), b))
+            pyro.sample("x", dist.Poisson(lam.unsqueeze(-1).expand(x.shape)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("lam", dist.Gamma(x.new_full((x.shape[0],), a), b))
+
+    x = torch.tensor([[50.0, 49, 49, 50, 50], [3, 5, 3, 3, 0]], dtype=torch.float64)
+    s, d = x.sum(-1), x.shape[1]
+    exact = (
+        -torch.lgamma(x + 1).sum(-1)
+        + a * math.log(b)
+        - math.lgamma(a)
+        + torch.lgamma(a + s)
+        - (a + s) * math.log(b + d)
+    )
+    return model, guide, x, exact

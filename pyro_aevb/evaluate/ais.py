@@ -51,7 +51,7 @@ from ..mcmc.potential import PerDatapointPotential, value_and_grad
 from ..mcmc.potentials import make_potential
 from ..poutine import as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
-from .result import logmeanexp_with_stderr
+from .result import importance_ess, logmeanexp_with_stderr, warn_unreliable
 
 __all__ = [
     "AISResult",
@@ -556,12 +556,21 @@ class _AISRun:
         if reverse:
             estimate = -estimate
         accept = accept.reshape(self.num_chains, -1).mean(0)
+        if self.num_chains > 1:
+            # one chain carrying the mean: the stderr then reads ~1 nat whatever the error
+            warn_unreliable(
+                "bdmc (reverse AIS)" if reverse else "ais",
+                estimate,
+                [("fewer than 2 effective chains", importance_ess(log_w) < 2)],
+                "more temperatures (num_temps) or chains, or init='encoder' with a guide",
+            )
         diagnostics = {
             "accept_rate": accept,
             "pilot_accept_rate": self.pilot_accept.reshape(self.pilot_chains, -1).mean(0),
             "step_size_first": self.step_sizes[0],
             "step_size_last": self.step_sizes[-1],
             "log_weight_std": log_w.std(0) if self.num_chains > 1 else torch.zeros_like(estimate),
+            "ess": importance_ess(log_w),  # effective chains, out of num_chains
             "potential": self.annealed.pot.path,
         }
         return AISResult(log_w, estimate, stderr, accept, 0.0, diagnostics)

@@ -48,7 +48,6 @@ per datapoint (:mod:`pyro_aevb.mcmc.pyro_reference`), much slower, as a referenc
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 
@@ -65,7 +64,7 @@ from ..mcmc.potentials import make_potential
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import PerDatapointProgram, as_program
 from ..validation import check_choice, check_data, check_positive_int, check_seed
-from .result import logmeanexp_with_stderr, pareto_k
+from .result import MIN_DRAWS_FOR_PARETO_K, logmeanexp_with_stderr, pareto_k, warn_unreliable
 
 __all__ = [
     "fit_gaussian",
@@ -506,22 +505,12 @@ def appendix_d(
 
 def _warn_on_diagnostics(estimate: torch.Tensor, diagnostics: dict) -> None:
     """Log which datapoints' estimates the sampler diagnostics call into question."""
-    logger = logging.getLogger("pyro_aevb")
     checks = [
         ("non-finite estimates", ~torch.isfinite(estimate)),
         ("chains that hardly move (acceptance < 0.1)", diagnostics["accept_rate"] < 0.1),
         ("R-hat > 1.1", diagnostics.get("r_hat", torch.zeros(0)) > 1.1),
     ]
     # k-hat from fewer than ~100 ratios rests on a handful of tail draws: too noisy to warn on
-    if diagnostics.get("num_estimate_draws", 0) >= 100:
+    if diagnostics.get("num_estimate_draws", 0) >= MIN_DRAWS_FOR_PARETO_K:
         checks.append(("ratio Pareto k > 0.7", diagnostics["pareto_k"] > 0.7))
-    for what, bad in checks:
-        if bool(bad.any()):
-            logger.warning(
-                "appendix_d: %d of %d datapoints have %s (first: %s); more warm-up or draws "
-                "may help",
-                int(bad.sum()),
-                estimate.numel(),
-                what,
-                bad.nonzero()[:5].flatten().tolist(),
-            )
+    warn_unreliable("appendix_d", estimate, checks, "more warm-up or draws may help")

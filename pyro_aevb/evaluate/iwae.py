@@ -36,7 +36,7 @@ from ..infer.elbo import ESTIMATORS
 from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo, stacked_elbo
 from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
 from ..validation import check_bool, check_choice, check_data, check_positive_int
-from .result import logmeanexp_with_stderr, pareto_k
+from .result import importance_ess, logmeanexp_with_stderr, pareto_k, warn_unreliable, weight_checks
 
 __all__ = ["iwae_log_weights", "iwae", "elbo_with_stderr", "default_chunk_size"]
 
@@ -154,7 +154,9 @@ def iwae(
         ``(B,)``, ``(B,)`` (``nan`` for K = 1), and ``{"ess": (B,), "pareto_k": (B,)}``: the
         importance-sampling effective sample size ``(sum w)^2 / sum w^2`` out of K, and the
         PSIS tail index of the weights (above 0.7 the standard error is not to be trusted:
-        the weights are too heavy-tailed, and the estimate is likely too low).
+        the weights are too heavy-tailed, and the estimate is likely too low). Datapoints
+        with fewer than 2 effective weights, or (K >= 100) a ``k`` above 0.7, are named in a
+        logged warning.
     """
     log_w = iwae_log_weights(
         model,
@@ -169,8 +171,14 @@ def iwae(
         dtype=dtype,
     )
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
-    ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))
-    return estimate, stderr, {"ess": ess, "pareto_k": pareto_k(log_w, dim=0)}
+    if num_particles > 1:
+        warn_unreliable(
+            "iwae",
+            estimate,
+            weight_checks(log_w),
+            "the guide is a poor proposal there: more particles, a better guide, or AIS",
+        )
+    return estimate, stderr, {"ess": importance_ess(log_w), "pareto_k": pareto_k(log_w, dim=0)}
 
 
 def elbo_with_stderr(

@@ -15,10 +15,21 @@ method     estimator                                            bias
 ========== ==================================================== ===========================
 elbo       ``L_i`` (estimator A or B, eq. 6/7), the VAE bound   ``-KL(q || posterior)``
 iwae       importance sampling with the guide, K proposals      lower bound, -> 0 as K grows
-appendix_d the paper's HMC + density-estimator estimator        small, upward (Jensen)
+appendix_d the paper's HMC + density-estimator estimator        small, upward (Jensen);
+                                                                downward when the chains
+                                                                miss part of the posterior
 ais        annealed importance sampling with HMC                lower bound, -> 0 as T grows
 bdmc       forward AIS + reverse AIS from exact samples         sandwich (simulated data)
 ========== ==================================================== ===========================
+
+A standard error is only as good as the draws behind it. When one importance weight (IWAE)
+or one AIS chain carries the mean, the delta-method error reads about 1 nat whatever the
+true error; such datapoints are named in a logged warning (fewer than 2 effective weights or
+chains, or a weight Pareto ``k`` above 0.7), as Appendix D's are for R-hat, acceptance and
+``k``. Appendix D's estimate averages ``q / p(x, z)`` over the posterior draws: a sampler
+that never visits a mode holding a share ``m`` of the posterior mass (one chain on a bimodal
+posterior) gives ``log p(x) + log(1 - m)``, too low, with a small error bar; only several
+chains (``num_chains >= 2``: R-hat) or AIS reveal it.
 
 Each returns a :class:`~pyro_aevb.evaluate.result.LogMarginalResult` with per-datapoint
 estimates and Monte Carlo standard errors. Randomness is explicit: ``seed`` (an int, or a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -10,7 +11,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LogMarginalResult", "logmeanexp_with_stderr", "pareto_k", "to_jsonable"]
+__all__ = [
+    "LogMarginalResult",
+    "logmeanexp_with_stderr",
+    "importance_ess",
+    "pareto_k",
+    "to_jsonable",
+    "warn_unreliable",
+    "weight_checks",
+]
+
+#: Fewer weights than this make the Pareto ``k-hat`` too noisy to warn on.
+MIN_DRAWS_FOR_PARETO_K = 100
 
 
 def logmeanexp_with_stderr(
@@ -34,6 +46,42 @@ def logmeanexp_with_stderr(
     sd = ratio.std(dim=dim, unbiased=True)
     n = log_w.new_tensor(float(k)) if ess is None else ess.to(log_w.dtype)
     return log_mean, sd / n.sqrt()
+
+
+def importance_ess(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """``(sum w)^2 / sum w^2`` along ``dim``: how many of the weights carry the mean (1 when
+    one weight dominates, all of them when they are equal)."""
+    return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
+
+
+def weight_checks(log_w: torch.Tensor, dim: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """The checks of an importance-weighted mean for :func:`warn_unreliable`: fewer than 2
+    effective weights (the delta-method stderr is then about 1 nat whatever the error), and,
+    with enough weights, a Pareto ``k-hat`` above 0.7."""
+    checks = [("fewer than 2 effective weights", importance_ess(log_w, dim) < 2)]
+    if log_w.shape[dim] >= MIN_DRAWS_FOR_PARETO_K:
+        checks.append(("weight Pareto k > 0.7", pareto_k(log_w, dim) > 0.7))
+    return checks
+
+
+def warn_unreliable(
+    method: str, estimate: torch.Tensor, checks: list[tuple[str, torch.Tensor]], advice: str
+) -> None:
+    """Log a warning (logger ``pyro_aevb``) for each check that flags datapoints: ``checks``
+    holds ``(what, (B,) bool)`` pairs, ``advice`` what may help."""
+    logger = logging.getLogger("pyro_aevb")
+    for what, bad in checks:
+        if bool(bad.any()):
+            logger.warning(
+                "%s: %d of %d datapoints have %s (first: %s); their estimates and standard "
+                "errors are not to be trusted; %s",
+                method,
+                int(bad.sum()),
+                estimate.numel(),
+                what,
+                bad.nonzero()[:5].flatten().tolist(),
+                advice,
+            )
 
 
 def pareto_k(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:

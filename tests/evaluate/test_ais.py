@@ -175,3 +175,15 @@ def test_a_guide_with_a_parameter_per_datapoint_is_named_when_chains_need_more_r
     with pytest.raises(ValueError, match=r"replicated once per chain \(4 chains x 5 datapoints"):
         ais(model, guide, x, num_chains=4, num_temps=5)
     assert ais(model, None, x, init="prior", num_chains=4, num_temps=5).estimate.shape == (5,)
+
+
+def test_one_chain_carrying_the_estimate_is_named(caplog):
+    from user_models import concentrated_gamma_poisson
+
+    model, _, x, exact = concentrated_gamma_poisson()
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        res = ais(model, None, x, num_chains=8, num_temps=20, init="prior",
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert float(res.diagnostics["ess"][0]) < 2 and float(exact[0] - res.estimate[0]) > 5
+    assert "ais: 1 of 2 datapoints have fewer than 2 effective chains (first: [0])" in caplog.text
+    assert res.diagnostics["ess"].shape == (2,) and float(res.diagnostics["ess"][1]) >= 2

@@ -85,3 +85,19 @@ def test_bad_inputs(ppca):
         torch.testing.assert_close(est, exact)
     with pytest.raises(ValueError, match=r"global latent sites \['s'\].*no guide"):
         iwae_log_weights(global_latent_model, None, x, 5)
+
+
+def test_collapsed_weights_are_named_not_reported_with_a_plausible_stderr(caplog):
+    from user_models import concentrated_gamma_poisson
+
+    model, prior_guide, x, exact = concentrated_gamma_poisson()
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        est, se, diag = iwae(model, prior_guide, x, 1000)
+    # row 0: one weight carries the mean, the estimate is far too low, yet the delta-method
+    # stderr reads ~1 nat: the warning is what tells
+    assert float(exact[0] - est[0]) > 50 and abs(float(se[0]) - 1) < 0.1
+    assert float(diag["ess"][0]) < 2 and float(diag["pareto_k"][0]) > 0.7
+    assert "iwae: 1 of 2 datapoints have fewer than 2 effective weights (first: [0])" in caplog.text
+    assert "iwae: 1 of 2 datapoints have weight Pareto k > 0.7 (first: [0])" in caplog.text
+    assert abs(float(est[1] - exact[1])) < 4 * float(se[1])  # the ordinary row is fine
