@@ -389,7 +389,7 @@ class PerDatapointPotential:
         """
         if self.guide is None:
             raise ValueError("sample_guide needs a guide; pass guide= to PerDatapointPotential")
-        with poutine.block(), self._guide_on_replicated_rows():
+        with poutine.block(), self._on_replicated_rows("guide"):
             trace = poutine.trace(self.guide).get_trace(self.x_rep)
         require_plate(trace, self.plate_name, "guide")
         missing = [s for s in self.layout.names if s not in trace.nodes]
@@ -400,9 +400,10 @@ class PerDatapointPotential:
         return position, self.log_guide(position)
 
     @contextlib.contextmanager
-    def _guide_on_replicated_rows(self):
-        """Name the cause when a guide fails on the rows replicated once per chain: a guide
-        with a parameter per datapoint (``pyro.param`` of shape ``(len(x), ...)``) cannot
+    def _on_replicated_rows(self, what: str):
+        """Name the cause when a program fails on the rows replicated once per chain: it holds
+        something sized to the datapoints outside ``x`` (a guide's ``pyro.param`` of shape
+        ``(len(x), ...)``, a per-row covariate bound with ``functools.partial``), which cannot
         serve ``num_chains * len(x)`` rows."""
         try:
             yield
@@ -410,17 +411,20 @@ class PerDatapointPotential:
             if self.num_chains == 1:
                 raise
             raise ValueError(
-                f"the guide failed on x replicated once per chain ({self.num_chains} chains x "
-                f"{self.batch_size} datapoints = {self.num_rows} rows): a guide with one "
-                f"parameter per datapoint (pyro.param of shape (len(x), ...)) cannot draw for "
-                f"several chains; use an amortized guide (an encoder of x) or start from the "
-                f"prior (AIS: init='prior') ({type(err).__name__}: {str(err).splitlines()[0]})"
+                f"the {what} failed on x replicated once per chain ({self.num_chains} chains x "
+                f"{self.batch_size} datapoints = {self.num_rows} rows), as if it held something "
+                f"sized to the datapoints outside x, which does not follow the replicated rows: "
+                f"a pyro.param of shape (len(x), ...) in a guide (use an amortized guide, or "
+                f"start from the prior: AIS init='prior'), or a per-row tensor given through "
+                f"functools.partial or a closure, such as a covariate (pass it inside x, e.g. "
+                f"torch.cat([x, covariate], -1), split again in the programs) "
+                f"({type(err).__name__}: {str(err).splitlines()[0]})"
             ) from err
 
     @torch.no_grad()
     def sample_prior(self) -> torch.Tensor:
         """One draw per chain from the model's prior over the latents, ``(n, D)``."""
-        with poutine.block():
+        with poutine.block(), self._on_replicated_rows("model"):
             trace = poutine.trace(self.model).get_trace(self.x_rep)
         return self.flatten({s: trace.nodes[s]["value"] for s in self.layout.names})
 

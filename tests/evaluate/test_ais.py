@@ -187,3 +187,23 @@ def test_one_chain_carrying_the_estimate_is_named(caplog):
     assert float(res.diagnostics["ess"][0]) < 2 and float(exact[0] - res.estimate[0]) > 5
     assert "ais: 1 of 2 datapoints have fewer than 2 effective chains (first: [0])" in caplog.text
     assert res.diagnostics["ess"].shape == (2,) and float(res.diagnostics["ess"][1]) >= 2
+
+
+def test_a_per_row_covariate_outside_x_is_named_when_chains_need_more_rows():
+    import functools
+
+    def model(x, covariate):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(len(x)), 1.0))
+            loc = (z + covariate).unsqueeze(-1)
+            pyro.sample("x", dist.Normal(loc, 0.7).to_event(1), obs=x)
+
+    x, covariate = torch.randn(5, 3), torch.randn(5)
+    bound = functools.partial(model, covariate=covariate)
+    with pytest.raises(ValueError, match=r"the model failed on x replicated .* a covariate"):
+        ais(bound, None, x, init="prior", num_chains=4, num_temps=5)
+    from pyro_aevb.evaluate.appendix_d import appendix_d
+
+    # one chain from the prior: its start is resampled from 1000 prior draws per datapoint
+    with pytest.raises(ValueError, match=r"the model failed on x replicated .* a covariate"):
+        appendix_d(bound, None, x, num_chains=1, num_warmup=5, num_samples=10)
