@@ -66,7 +66,7 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
         value = torch.zeros_like(value)
     elif isinstance(mask, torch.Tensor):
         try:
-            value = torch.where(mask, value, value.new_zeros(()))
+            masked = torch.where(mask, value, value.new_zeros(()))
         except RuntimeError:
             raise ProgramContractError(
                 f"the mask of site '{site['name']}' has shape {tuple(mask.shape)}, which does "
@@ -75,6 +75,17 @@ def sum_to_plate(value: torch.Tensor, site: dict, plate_name: str) -> torch.Tens
                 f"rows the model is run on (several chains or particles run it on stacked "
                 f"copies of x, a minibatch on a subset): compute it from the program's x"
             ) from None
+        if masked.shape != value.shape:
+            # e.g. a (B, 1) mask on a (B,) log-density: (B, B) copies, each row's term summed
+            # with every other row's; Pyro's own sum would be as wrong
+            raise ProgramContractError(
+                f"the mask of site '{site['name']}' has shape {tuple(mask.shape)}, which "
+                f"broadcasts its log-density of shape {tuple(value.shape)} to "
+                f"{tuple(masked.shape)}: every entry would be counted "
+                f"{masked.numel() // max(1, value.numel())} times. Give the mask the site's "
+                f"batch shape {tuple(value.shape)} (or one that broadcasts to it)"
+            )
+        value = masked
     if value.dim() < -frame.dim:
         value = value.reshape((1,) * (-frame.dim - value.dim()) + tuple(value.shape))
     value = value.movedim(frame.dim, 0)

@@ -334,6 +334,28 @@ def test_a_mask_sized_to_the_data_outside_the_program_is_named_when_rows_are_sta
         log_marginal(model, None, x, method="ais", num_chains=2, num_temps=3, pilot_chains=1)
 
 
+def test_a_mask_that_broadcasts_the_log_density_to_more_entries_is_named():
+    """A (B, 1) mask on a (B,) site: (B, B) copies of the terms, each row's bound summed with
+    every other row's (IWAE gave -7575 for an exact -7.4). The error names the shapes."""
+    from pyro import poutine
+
+    from pyro_aevb.poutine.plates import ProgramContractError
+
+    x = torch.randn(4, 3)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+            with poutine.mask(mask=torch.ones(x.shape[0], 1, dtype=torch.bool)):
+                pyro.sample("x", dist.Normal(z.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    # (the rows may be stacked copies: a prior start resamples 1000 draws per datapoint)
+    says = r"the mask of site 'x' has shape \((\d+), 1\), which broadcasts .* \(\1,\) to \(\1, \1\)"
+    for method in ("iwae", "appendix_d"):
+        with pytest.raises(ProgramContractError, match=says):
+            log_marginal(model, None if method == "appendix_d" else _prior_guide, x, method)
+
+
 def test_a_global_set_from_an_auxiliary_draw_is_conditioned_on_its_point_estimate():
     """A guide of the user's that runs Pyro's AutoNormal for the global (a Delta set from an
     auxiliary draw) and an encoder for the locals has no .median: the global's point
@@ -357,3 +379,8 @@ def test_a_global_set_from_an_auxiliary_draw_is_conditioned_on_its_point_estimat
     guide(x)
     want = auto.median(x)["sigma"]
     assert torch.allclose(PerDatapointProgram(m.model, guide, x).global_values["sigma"], want)
+
+
+def _prior_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
