@@ -190,6 +190,22 @@ def _ratio_ess(log_r: torch.Tensor) -> torch.Tensor:
     return ess.clamp(min=1.0, max=float(c * s))
 
 
+def _check_split(split: str, num_chains: int, fit_fraction: float | None) -> None:
+    check_choice(split, "split", SPLITS)
+    if split != "across":
+        return
+    if num_chains < 2:
+        raise ValueError(
+            f"split='across' fits each chain's q to the other chains' draws: it needs "
+            f"num_chains >= 2, got num_chains={num_chains}"
+        )
+    if fit_fraction is not None:
+        raise ValueError(
+            f"fit_fraction={fit_fraction} applies to split='within' only: with split='across' "
+            f"each chain is evaluated whole under a q fitted to the others"
+        )
+
+
 def appendix_d_from_samples(
     samples: torch.Tensor,
     log_joint: torch.Tensor,
@@ -268,16 +284,7 @@ def appendix_d_from_samples(
         q = fitted(samples[:, :n_fit].reshape(c * n_fit, b, d))
         log_r = q.log_prob(samples[:, n_fit:]) - log_joint[:, n_fit:]  # (C, S_e, B)
     else:
-        if fit_fraction is not None:
-            raise ValueError(
-                f"fit_fraction={fit_fraction} applies to split='within' only: with "
-                f"split='across' each chain is evaluated whole under a q fitted to the others"
-            )
-        if c < 2:
-            raise ValueError(
-                f"split='across' fits each chain's q to the other chains' draws: it needs "
-                f"num_chains >= 2, got {c}"
-            )
+        _check_split(split, c, fit_fraction)
         log_r = torch.stack(
             [
                 fitted(torch.cat([samples[:k], samples[k + 1 :]]).reshape(-1, b, d)).log_prob(
@@ -414,20 +421,9 @@ def appendix_d(
     check_generator(generator, device)
     check_choice(sampler, "sampler", SAMPLERS)
     check_choice(density, "density", DENSITIES)
-    check_choice(split, "split", SPLITS)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
-    if split == "across" and num_chains < 2:
-        # before any sampling: the estimator would refuse the draws afterwards
-        raise ValueError(
-            f"split='across' fits each chain's q to the other chains' draws: it needs "
-            f"num_chains >= 2, got num_chains={num_chains}"
-        )
-    if split == "across" and fit_fraction is not None:
-        raise ValueError(
-            f"fit_fraction={fit_fraction} applies to split='within' only: with split='across' "
-            f"each chain is evaluated whole under a q fitted to the others"
-        )
+    _check_split(split, num_chains, fit_fraction)  # before any sampling
     seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     if program.masked_names:

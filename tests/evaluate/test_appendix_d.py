@@ -116,7 +116,7 @@ def test_bad_arguments(ppca):
         appendix_d(ppca.model, ppca.guide, x, sampler="gibbs")
     with pytest.raises(ValueError, match="split must be one of"):
         appendix_d_from_samples(samples, log_joint, split="half")
-    with pytest.raises(ValueError, match="split='across' .* needs num_chains >= 2, got 1"):
+    with pytest.raises(ValueError, match="needs num_chains >= 2, got num_chains=1"):
         appendix_d_from_samples(samples, log_joint, split="across")
     with pytest.raises(ValueError, match="needs num_chains >= 2, got num_chains=1"):
         appendix_d(ppca.model, ppca.guide, x, split="across")  # before any sampling
