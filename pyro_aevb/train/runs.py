@@ -8,6 +8,8 @@ state loaded into it.
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from torch import nn
 from ..autoguide import build_guide
 from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
-from .checkpoint import load_checkpoint, missing_checkpoint_hint
+from .checkpoint import json_safe, load_checkpoint, missing_checkpoint_hint, read_json
 from .payload import MalformedCheckpointError, check_module_states, check_training_payload
 from .resume import config_differences
 
@@ -148,6 +150,7 @@ def load_run(run_dir, model=None, guide=None, data: torch.Tensor | None = None) 
     if isinstance(guide, nn.Module):
         guide.eval()
     own = guide is None or getattr(guide, "__self__", None) is model
+    _warn_if_run_files_differ(run_dir, {CONFIG_NAME: config, HISTORY_NAME: payload["history"]})
     return Run(
         module=module,
         config=config,
@@ -197,3 +200,33 @@ def _build_checked(config: dict[str, Any], state: dict[str, Any], checkpoint: Pa
         ) from err
     check_module_states({"modules": saved}, [skeleton], checkpoint)
     return build_model(config).to(dtype)
+
+
+def _warn_if_run_files_differ(run_dir: Path, saved: dict[str, Any]) -> None:
+    """Warn when ``config.json``/``history.json`` are not the checkpoint's own: the trainer
+    writes them right after each checkpoint, so a difference means a checkpoint copied from
+    another run, a file edited by hand, or a crash between the writes. The checkpoint is what
+    is loaded (it is sealed; the JSON files are for reading)."""
+    for name, value in saved.items():
+        path = run_dir / name
+        try:
+            on_disk = read_json(path)
+        except (OSError, ValueError):  # missing or unreadable: nothing to compare
+            continue
+        expected = json.loads(json.dumps(json_safe(value)))
+        if on_disk == expected:
+            continue
+        if isinstance(on_disk, dict) and isinstance(expected, dict):
+            keys = sorted(k for k in on_disk.keys() | expected.keys()
+                          if on_disk.get(k) != expected.get(k))  # fmt: skip
+            what = f"in {', '.join(map(repr, keys))}"
+        else:
+            what = "in its records"
+        warnings.warn(
+            f"{path} differs from the checkpoint's own copy {what}: the checkpoint, which is "
+            f"sealed, is what is loaded (a checkpoint copied from another run, a file edited "
+            f"by hand, or a crash between the two writes; the file is rewritten at the run's "
+            f"next save)",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -103,3 +103,25 @@ def test_a_float64_run_of_a_preset_loads_in_float64_with_its_weights(tmp_path, w
         assert torch.equal(p, q), name
     if with_guide:
         assert all(p.dtype == torch.float64 for p in run.guide.parameters())
+
+
+def test_run_files_that_are_not_the_checkpoints_own_are_named(tmp_path):
+    import json
+    import shutil
+    import warnings
+
+    torch.manual_seed(0)
+    fit(mlp_vae(20, 2, 8), _data(), out_dir=tmp_path / "a", **KW)
+    fit(mlp_vae(20, 3, 8), _data(), out_dir=tmp_path / "b", **KW)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a run as written: nothing to say
+        assert load_run(tmp_path / "a").module.latent_dim == 2
+    # another run's (valid, sealed) checkpoint copied in: it is loaded, and the mismatch said
+    shutil.copy(tmp_path / "b" / "checkpoint.pt", tmp_path / "a" / "checkpoint.pt")
+    with pytest.warns(UserWarning, match=r"config.json differs from the checkpoint's own copy "
+                      r"in .*'model'"):  # fmt: skip
+        assert load_run(tmp_path / "a").module.latent_dim == 3
+    history = tmp_path / "b" / "history.json"
+    history.write_text(json.dumps(json.loads(history.read_text())[:-1]))  # edited by hand
+    with pytest.warns(UserWarning, match="history.json differs from the checkpoint's own copy"):
+        load_run(tmp_path / "b")
