@@ -331,6 +331,7 @@ def _estimate(
                     **forward.diagnostics,
                     "reverse_accept_rate": reverse.accept_rate,
                     "reverse_log_weight_std": reverse.diagnostics["log_weight_std"],
+                    "reverse_ess": reverse.diagnostics["ess"],
                     "gap": upper - estimate,
                 }
     seconds = time.perf_counter() - t_start
