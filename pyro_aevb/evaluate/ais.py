@@ -562,7 +562,8 @@ class _AISRun:
                 "bdmc (reverse AIS)" if reverse else "ais",
                 estimate,
                 [("fewer than 2 effective chains", importance_ess(log_w) < 2)],
-                "more temperatures (num_temps) or chains, or init='encoder' with a guide",
+                "more temperatures (num_temps) or chains"
+                + (", or init='encoder' with a guide" if self.annealed.init == "prior" else ""),
             )
         diagnostics = {
             "accept_rate": accept,
