@@ -558,12 +558,19 @@ class _AISRun:
         accept = accept.reshape(self.num_chains, -1).mean(0)
         if self.num_chains > 1:
             # one chain carrying the mean: the stderr then reads ~1 nat whatever the error
+            bound = (
+                "upper bounds) may sit well above"
+                if reverse
+                else "lower bounds) may sit well below"
+            )
+            start_hint = self.annealed.init == "prior" and not reverse
             warn_unreliable(
                 "bdmc (reverse AIS)" if reverse else "ais",
                 estimate,
                 [("fewer than 2 effective chains", importance_ess(log_w) < 2)],
-                "more temperatures (num_temps) or chains"
-                + (", or init='encoder' with a guide" if self.annealed.init == "prior" else ""),
+                f"their standard errors are not to be trusted, and their estimates (stochastic "
+                f"{bound} log p(x); more temperatures (num_temps) or chains"
+                + (", or init='encoder' with a guide" if start_hint else ""),
             )
         diagnostics = {
             "accept_rate": accept,

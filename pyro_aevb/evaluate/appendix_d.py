@@ -509,4 +509,9 @@ def _warn_on_diagnostics(estimate: torch.Tensor, diagnostics: dict) -> None:
     # k-hat from fewer than ~100 ratios rests on a handful of tail draws: too noisy to warn on
     if diagnostics.get("num_estimate_draws", 0) >= MIN_DRAWS_FOR_PARETO_K:
         checks.append(("ratio Pareto k > 0.7", diagnostics["pareto_k"] > 0.7))
-    warn_unreliable("appendix_d", estimate, checks, "more warm-up or draws may help")
+    warn_unreliable(
+        "appendix_d",
+        estimate,
+        checks,
+        "their estimates and standard errors are not to be trusted; more warm-up or draws may help",
+    )

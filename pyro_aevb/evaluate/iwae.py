@@ -176,7 +176,9 @@ def iwae(
             "iwae",
             estimate,
             weight_checks(log_w),
-            "the guide is a poor proposal there: more particles, a better guide, or AIS",
+            "their standard errors are not to be trusted, and their estimates (stochastic "
+            "lower bounds) may sit well below log p(x): the guide is a poor proposal there; "
+            "more particles, a better guide, or AIS",
         )
     return estimate, stderr, {"ess": importance_ess(log_w), "pareto_k": pareto_k(log_w, dim=0)}
 

@@ -68,13 +68,12 @@ def warn_unreliable(
     method: str, estimate: torch.Tensor, checks: list[tuple[str, torch.Tensor]], advice: str
 ) -> None:
     """Log a warning (logger ``pyro_aevb``) for each check that flags datapoints: ``checks``
-    holds ``(what, (B,) bool)`` pairs, ``advice`` what may help."""
+    holds ``(what, (B,) bool)`` pairs, ``advice`` what it means and what may help."""
     logger = logging.getLogger("pyro_aevb")
     for what, bad in checks:
         if bool(bad.any()):
             logger.warning(
-                "%s: %d of %d datapoints have %s (first: %s); their estimates and standard "
-                "errors are not to be trusted; %s",
+                "%s: %d of %d datapoints have %s (first: %s): %s",
                 method,
                 int(bad.sum()),
                 estimate.numel(),
