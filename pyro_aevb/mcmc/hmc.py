@@ -137,6 +137,52 @@ def _singular(err: Exception) -> bool:
     )
 
 
+def _rows_apart(evaluate, z: torch.Tensor, safe: torch.Tensor, fills: tuple[float, ...]):
+    """``evaluate(z)``, a tuple of per-row outputs (``None`` entries allowed), with the rows
+    kept apart when it raises a singular/not-positive-definite error: the rows are evaluated
+    again in halves, the others held at ``safe`` (positions that evaluated fine: the chains'
+    current states), down to the rows that fail alone, whose outputs are ``fills`` (a NaN
+    potential: a rejected end point; a zero gradient). Rows never interact, so one datapoint's
+    numerical failure must not reject every chain's move. Differentiable in ``z``."""
+    try:
+        return evaluate(z)
+    except Exception as err:  # noqa: BLE001 -- re-raised unless singular
+        if not _singular(err):
+            raise
+    pieces = []
+
+    def attempt(rows: torch.Tensor) -> None:
+        if rows.numel() == 0:
+            return
+        trial = safe.detach().index_put((rows,), z[rows])
+        try:
+            pieces.append((rows, evaluate(trial)))
+        except Exception as err:  # noqa: BLE001
+            if not _singular(err):
+                raise
+            if rows.numel() > 1:
+                half = rows.numel() // 2
+                attempt(rows[:half])
+                attempt(rows[half:])
+
+    rows = torch.arange(z.shape[0], device=z.device)
+    attempt(rows[: rows.numel() // 2])
+    attempt(rows[rows.numel() // 2 :])
+    outputs = []
+    for k, fill in enumerate(fills):
+        parts = [(idx, out[k]) for idx, out in pieces if out[k] is not None]
+        if not parts and pieces:
+            outputs.append(None)  # not asked for (a value inside a trajectory)
+            continue
+        like = parts[0][1] if parts else z[:, 0]
+        shape = (z.shape[0], *like.shape[1:])
+        out = torch.full(shape, fill, dtype=like.dtype, device=like.device)
+        for idx, part in parts:
+            out = out.index_put((idx,), part[idx])
+        outputs.append(out)
+    return tuple(outputs)
+
+
 def _leapfrog_own_grad(state: HMCState, r, potential, step_size, inverse_mass, num_steps):
     """Pyro's velocity Verlet, operation for operation, for a potential that computes its
     own gradient (``potential.potential_and_grad(u, need_value)``): no autograd, and the
@@ -148,13 +194,12 @@ def _leapfrog_own_grad(state: HMCState, r, potential, step_size, inverse_mass, n
         r = r + 0.5 * eps * (-grad)  # r(n + 1/2)
         z = z + eps * (inverse_mass * r)  # z(n + 1)
         last = k == num_steps - 1
-        try:
-            value, grad = potential.potential_and_grad(z, need_value=last)
-        except Exception as err:
-            if not _singular(err):
-                raise
-            value = torch.full_like(state.potential, math.nan)
-            grad = torch.zeros_like(z)
+        value, grad = _rows_apart(
+            lambda u, last=last: potential.potential_and_grad(u, need_value=last),
+            z,
+            state.position,
+            (math.nan, 0.0),
+        )
         r = r + 0.5 * eps * (-grad)  # r(n + 1)
     return z, r, value, grad
 
@@ -167,9 +212,10 @@ def _leapfrog(state: HMCState, r, potential_fn, step_size, inverse_mass, num_ste
 
     def summed_potential(z):
         # velocity_verlet differentiates a scalar; the per-chain values of its last call (the
-        # end point) are kept here, so no extra evaluation is needed.
+        # end point) are kept here, so no extra evaluation is needed. A row that fails alone
+        # gets a NaN potential (and, as a constant, no gradient): the other rows go on.
         last["U"] = None
-        value = potential_fn(z["u"])
+        (value,) = _rows_apart(lambda u: (potential_fn(u),), z["u"], state.position, (math.nan,))
         last["U"] = value.detach()
         return value.sum()
 

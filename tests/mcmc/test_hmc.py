@@ -149,3 +149,40 @@ def test_bad_arguments_are_rejected():
         sample(_std_normal, torch.zeros(2, 2), num_samples=2, step_size_jitter=1.0)
     with pytest.raises(ValueError, match=r"target_accept must be in \(0, 1\)"):
         sample(_std_normal, torch.zeros(2, 2), num_samples=2, target_accept=0.0)
+
+
+class _FailsOnRow0:
+    """0.5 |u|^2 per row, but a Cholesky-style error for the whole batch whenever row 0 is
+    past |u_0| = 0.5 (a density undefined there); ``own_grad`` computes its own gradient."""
+
+    def __init__(self, own_grad: bool):
+        self.provides_grad = own_grad
+        self.failures = 0
+
+    def _check(self, u):
+        if float(u[0].abs().max()) > 0.5:
+            self.failures += 1
+            raise RuntimeError("linalg.cholesky: the input is not positive-definite")
+
+    def __call__(self, u):
+        self._check(u)
+        return 0.5 * (u * u).sum(-1)
+
+    def potential_and_grad(self, u, need_value=True):
+        self._check(u)
+        return (0.5 * (u * u).sum(-1) if need_value else None), u.clone()
+
+
+@pytest.mark.parametrize("own_grad", [False, True])
+def test_one_rows_numerical_failure_rejects_only_that_rows_move(own_grad):
+    potential = _FailsOnRow0(own_grad)
+    state = hmc.init(potential, torch.zeros(4, 2))
+    others_accept = []
+    for seed in range(20):
+        state, info = hmc.step(state, potential, step_size=0.8, num_steps=3,
+                               generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert bool(torch.isfinite(state.position).all())
+        assert not bool(info.diverging[1:].any())  # the other chains never see row 0's error
+        others_accept.append(info.accept_prob[1:])
+    assert potential.failures > 0  # row 0 did hit the error
+    assert float(torch.stack(others_accept).mean()) > 0.8  # they move as on N(0, I)
