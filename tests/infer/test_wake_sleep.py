@@ -162,3 +162,26 @@ def test_global_latents_are_refused_by_name():
             num_samples=20,
             progress=False,
         )
+
+
+def test_a_model_that_observes_a_transform_of_x_is_refused():
+    """The sleep phase feeds the guide the fantasy of the observed site as if it were x: a
+    model observing (x - mu) / sd (or a part of x, a covariate split off) would teach the
+    guide on inputs it never sees. Refused, naming the site."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_aevb import AmortizedNormal
+
+    x = torch.randn(40, 4) * 3 + 5
+
+    def standardising(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            loc = torch.cat([z, z], -1)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=(x - 5) / 3)
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="observed site 'x' in place of x, but that site"):
+        fit(standardising, x, guide=AmortizedNormal(standardising), objective=WakeSleep(),
+            num_samples=40, batch_size=20, progress=False)  # fmt: skip

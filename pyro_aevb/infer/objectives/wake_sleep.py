@@ -20,7 +20,9 @@ gradient in both, so one backward pass and one optimizer step serve the two phas
 Two implementations compute the same numbers from the same random draws (a test checks
 this): a generic one on Pyro traces, for any model/guide pair (the fantasies ``(z', x')`` are
 the model run under :func:`pyro.poutine.uncondition`, so it needs no special calling
-convention), and a direct one on the :class:`~pyro_aevb.models.VAE`'s networks that skips
+convention, only that the model's one observed site observe ``x`` itself: the guide is run on
+that site's fantasy in place of ``x``, so a model observing a transform or a part of ``x`` is
+refused), and a direct one on the :class:`~pyro_aevb.models.VAE`'s networks that skips
 Pyro's bookkeeping.
 """
 
@@ -181,6 +183,18 @@ class WakeSleepObjective(BoundObjective):
             raise ValueError(
                 f"wake-sleep needs exactly one observed site in the data plate '{plate}' (the "
                 f"data to fantasise), found {observed}"
+            )
+        seen = model_trace.nodes[observed[0]]["value"]
+        if seen.shape != x.shape or not torch.equal(seen.to(x.dtype), x):
+            # the fantasy of that site is what the guide is fed in place of x
+            raise ValueError(
+                f"wake-sleep's sleep phase runs the guide on the model's fantasy of its "
+                f"observed site '{observed[0]}' in place of x, but that site observes "
+                f"something other than x itself (shape {tuple(seen.shape)}, x "
+                f"{tuple(x.shape)}{'' if seen.shape != x.shape else ', other values'}: a "
+                f"transform of x, or a part of it): the guide would learn from inputs it never "
+                f"sees. Observe x itself (obs=x, moving the transform into the likelihood), or "
+                f"train with the ELBO"
             )
         with torch.no_grad():
             # the generative model run forward: every latent from its prior, the data site
