@@ -255,6 +255,12 @@ def step(
     close to half a period, so that every transition just reflects the chain through the mean
     and it never explores (Neal 2011, Section 5.4.2.2).
     """
+    # plain-number checks only: this runs once per transition (tensor arguments are checked
+    # by sample(), which owns them)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    if not 0.0 <= step_size_jitter < 1.0:
+        raise ValueError(f"step_size_jitter must be in [0, 1), got {step_size_jitter!r}")
     pos = state.position
     n = pos.shape[0]
     step_size = _per_chain(step_size, n, pos)

@@ -139,6 +139,23 @@ class BatchedHMCResult:
         return out
 
 
+def _check_positive_tensor(t, name: str, shapes: set, n: int) -> None:
+    """A tensor step size or inverse mass: one of ``shapes``, every entry finite and > 0 (a
+    zero, negative or NaN entry freezes its chain without any error)."""
+    if tuple(t.shape) not in shapes:
+        expected = " or ".join(str(s) for s in sorted(shapes, key=len))
+        raise ValueError(
+            f"{name} must have shape {expected} ({n} chains: num_chains x batch, chain-major), "
+            f"got {tuple(t.shape)}"
+        )
+    bad = ~(torch.isfinite(t) & (t > 0))
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} must be finite and > 0 everywhere, got {float(t[where])} at index {where}"
+        )
+
+
 def sample(
     potential_fn: PotentialFn,
     init_position: torch.Tensor,
@@ -218,6 +235,11 @@ def sample(
         )
     if step_size is not None and not torch.is_tensor(step_size):
         check_positive_float(step_size, "step_size")
+    if torch.is_tensor(step_size):
+        _check_positive_tensor(step_size, "step_size", {(), (n,)}, n)
+    if inverse_mass is not None:
+        _check_positive_tensor(inverse_mass, "inverse_mass", {tuple(init_position.shape)}, n)
+    max_delta_energy = check_positive_float(max_delta_energy, "max_delta_energy")
     adapt_step_size = check_bool(adapt_step_size, "adapt_step_size")
     adapt_mass = check_bool(adapt_mass, "adapt_mass")
     step_size_jitter = check_positive_float(step_size_jitter, "step_size_jitter", allow_zero=True)
@@ -266,10 +288,10 @@ def sample(
                 # pool the variance estimates of one datapoint's chains
                 inv_mass = var.reshape(num_chains, -1, var.shape[-1]).mean(0).repeat(num_chains, 1)
                 welford.reset()
-                eps = hmc.find_reasonable_step_size(
-                    state, potential_fn, eps, inv_mass, generator=generator
-                )
-                if adapt is not None:
+                if adapt is not None:  # a step size given without adaptation stays fixed
+                    eps = hmc.find_reasonable_step_size(
+                        state, potential_fn, eps, inv_mass, generator=generator
+                    )
                     adapt = step_size_adapt_init(eps, target_accept)
             window += 1
     warmup_accept = warmup_accept / max(num_warmup, 1)

@@ -149,6 +149,29 @@ def test_bad_arguments_are_rejected():
         sample(_std_normal, torch.zeros(2, 2), num_samples=2, step_size_jitter=1.0)
     with pytest.raises(ValueError, match=r"target_accept must be in \(0, 1\)"):
         sample(_std_normal, torch.zeros(2, 2), num_samples=2, target_accept=0.0)
+    # tensor step sizes and masses: a zero, negative or NaN entry froze its chain silently
+    for bad in (torch.tensor([0.1, 0.0]), torch.tensor([0.1, -0.1]), torch.tensor([math.nan])):
+        with pytest.raises(ValueError, match="step_size must"):
+            sample(_std_normal, torch.zeros(2, 2), num_samples=2, step_size=bad)
+    with pytest.raises(ValueError, match=r"inverse_mass must be finite and > 0 .* index \(1, 0\)"):
+        sample(_std_normal, torch.zeros(2, 2), num_samples=2,
+               inverse_mass=torch.tensor([[1.0, 1.0], [0.0, 1.0]]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"inverse_mass must have shape \(2, 2\)"):
+        sample(_std_normal, torch.zeros(2, 2), num_samples=2, inverse_mass=torch.ones(2))
+    with pytest.raises(ValueError, match="max_delta_energy must be"):
+        sample(_std_normal, torch.zeros(2, 2), num_samples=2, max_delta_energy=-1.0)
+    state = hmc.init(_std_normal, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="num_steps must be an int >= 1, got 0"):
+        hmc.step(state, _std_normal, step_size=0.1, num_steps=0)
+    with pytest.raises(ValueError, match=r"step_size_jitter must be in \[0, 1\), got 1.5"):
+        hmc.step(state, _std_normal, step_size=0.1, step_size_jitter=1.5)
+
+
+def test_a_step_size_given_without_adaptation_stays_fixed_through_mass_adaptation():
+    res = sample(_std_normal, torch.zeros(3, 2), num_samples=5, num_warmup=150, step_size=0.05,
+                 adapt_step_size=False, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(res.step_size, torch.full((3,), 0.05))
+    assert not torch.equal(res.inverse_mass, torch.ones(3, 2))  # the mass did adapt
 
 
 class _FailsOnRow0:
