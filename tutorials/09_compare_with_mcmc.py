@@ -66,8 +66,11 @@ print("R-hat of the HMC draws, max over datapoints:", float(shape.diagnostics["r
 # comparison: the largest R-hat over the datapoints was about 1.7, so for a few datapoints
 # the four chains disagree (a posterior with separate modes, which chains started apart find
 # one each); those datapoints' posterior moments, and their ratios, are not reliable, while
-# the ArviZ summary below shows well-mixed chains for typical ones. The contours show the
-# shapes for the first eight test digits: q (lines) against the HMC draws (dots).
+# the ArviZ summary below shows well-mixed chains for typical ones. The AIS behind log p(x)
+# says the same of its own estimate: the warning above names the datapoints for which one
+# of the 16 annealing chains carries the estimate, whose error bar is then not to be
+# trusted. The contours show the shapes for the first eight test digits: q (lines) against
+# the HMC draws (dots).
 
 # %%
 os.makedirs("figures", exist_ok=True)
