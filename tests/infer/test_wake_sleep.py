@@ -185,3 +185,33 @@ def test_a_model_that_observes_a_transform_of_x_is_refused():
     with pytest.raises(ValueError, match="observed site 'x' in place of x, but that site"):
         fit(standardising, x, guide=AmortizedNormal(standardising), objective=WakeSleep(),
             num_samples=40, batch_size=20, progress=False)  # fmt: skip
+
+
+def test_a_model_that_observes_x_flattened_trains_with_fantasies_in_xs_shape():
+    import pyro
+    import pyro.distributions as dist
+    from torch import nn
+
+    class Flattening(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dec, self.enc = nn.Linear(2, 6), nn.Linear(6, 4)
+
+        def model(self, x):
+            pyro.module("flat", self)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+                flat = x.reshape(x.shape[0], -1)
+                pyro.sample("x", dist.Normal(self.dec(z), 1.0).to_event(1), obs=flat)
+
+        def guide(self, x):
+            assert x.shape[1:] == (1, 2, 3)  # the fantasies come in x's own shape
+            loc, log_scale = self.enc(x.reshape(x.shape[0], -1)).chunk(2, -1)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    pyro.clear_param_store()
+    m = Flattening()
+    res = fit(m.model, torch.randn(40, 1, 2, 3), guide=m.guide, objective=WakeSleep(),
+              num_samples=80, batch_size=20, eval_size=10, progress=False)  # fmt: skip
+    assert res.history[-1]["samples"] == 80

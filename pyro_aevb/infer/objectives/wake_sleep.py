@@ -20,10 +20,10 @@ gradient in both, so one backward pass and one optimizer step serve the two phas
 Two implementations compute the same numbers from the same random draws (a test checks
 this): a generic one on Pyro traces, for any model/guide pair (the fantasies ``(z', x')`` are
 the model run under :func:`pyro.poutine.uncondition`, so it needs no special calling
-convention, only that the model's one observed site observe ``x`` itself: the guide is run on
-that site's fantasy in place of ``x``, so a model observing a transform or a part of ``x`` is
-refused), and a direct one on the :class:`~pyro_aevb.models.VAE`'s networks that skips
-Pyro's bookkeeping.
+convention, only that the model's one observed site observe ``x`` itself, perhaps
+reshaped: the guide is run on that site's fantasy in place of ``x``, so a model observing a
+transform or a part of ``x`` is refused), and a direct one on the
+:class:`~pyro_aevb.models.VAE`'s networks that skips Pyro's bookkeeping.
 """
 
 from __future__ import annotations
@@ -185,7 +185,10 @@ class WakeSleepObjective(BoundObjective):
                 f"data to fantasise), found {observed}"
             )
         seen = model_trace.nodes[observed[0]]["value"]
-        if seen.shape != x.shape or not torch.equal(seen.to(x.dtype), x):
+        # x observed as it is, or only reshaped (image rows flattened): the fantasy is fed to
+        # the guide in x's shape
+        same = seen.numel() == x.numel() and torch.equal(seen.to(x.dtype).reshape(x.shape), x)
+        if not same:
             # the fantasy of that site is what the guide is fed in place of x
             raise ValueError(
                 f"wake-sleep's sleep phase runs the guide on the model's fantasy of its "
@@ -205,7 +208,7 @@ class WakeSleepObjective(BoundObjective):
             for n, s in sample_sites(fantasy)
             if not s["is_observed"] and not s["infer"].get("was_observed")
         }
-        x_fantasy = fantasy.nodes[observed[0]]["value"].to(x.dtype)
+        x_fantasy = fantasy.nodes[observed[0]]["value"].to(x.dtype).reshape(x.shape)
         sleep_trace = poutine.trace(poutine.condition(guide, data=latents)).get_trace(x_fantasy)
         sleep = -sleep_trace.log_prob_sum()
         return wake, sleep
