@@ -36,7 +36,13 @@ from ..infer.elbo import ESTIMATORS
 from ..infer.per_datapoint import elbo_particle_per_datapoint, program_elbo, stacked_elbo
 from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_guide_and_model
 from ..validation import check_bool, check_choice, check_data, check_positive_int
-from .result import importance_ess, logmeanexp_with_stderr, pareto_k, warn_unreliable, weight_checks
+from .result import (
+    MIN_DRAWS_FOR_PARETO_K,
+    importance_ess,
+    logmeanexp_with_stderr,
+    pareto_k,
+    warn_unreliable,
+)
 
 __all__ = ["iwae_log_weights", "iwae", "elbo_with_stderr", "default_chunk_size"]
 
@@ -171,16 +177,20 @@ def iwae(
         dtype=dtype,
     )
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
+    ess, k_hat = importance_ess(log_w), pareto_k(log_w, dim=0)  # k-hat: seconds for 1000 rows
     if num_particles > 1:
+        checks = [("fewer than 2 effective weights", ess < 2)]
+        if num_particles >= MIN_DRAWS_FOR_PARETO_K:  # fewer: k-hat itself is too noisy
+            checks.append(("weight Pareto k > 0.7", k_hat > 0.7))
         warn_unreliable(
             "iwae",
             estimate,
-            weight_checks(log_w),
+            checks,
             "their standard errors are not to be trusted, and their estimates (stochastic "
             "lower bounds) may sit well below log p(x): the guide is a poor proposal there; "
             "more particles, a better guide, or AIS",
         )
-    return estimate, stderr, {"ess": importance_ess(log_w), "pareto_k": pareto_k(log_w, dim=0)}
+    return estimate, stderr, {"ess": ess, "pareto_k": k_hat}
 
 
 def elbo_with_stderr(

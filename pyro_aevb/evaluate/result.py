@@ -18,7 +18,6 @@ __all__ = [
     "pareto_k",
     "to_jsonable",
     "warn_unreliable",
-    "weight_checks",
 ]
 
 #: Fewer weights than this make the Pareto ``k-hat`` too noisy to warn on.
@@ -52,16 +51,6 @@ def importance_ess(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``(sum w)^2 / sum w^2`` along ``dim``: how many of the weights carry the mean (1 when
     one weight dominates, all of them when they are equal)."""
     return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
-
-
-def weight_checks(log_w: torch.Tensor, dim: int = 0) -> list[tuple[str, torch.Tensor]]:
-    """The checks of an importance-weighted mean for :func:`warn_unreliable`: fewer than 2
-    effective weights (the delta-method stderr is then about 1 nat whatever the error), and,
-    with enough weights, a Pareto ``k-hat`` above 0.7."""
-    checks = [("fewer than 2 effective weights", importance_ess(log_w, dim) < 2)]
-    if log_w.shape[dim] >= MIN_DRAWS_FOR_PARETO_K:
-        checks.append(("weight Pareto k > 0.7", pareto_k(log_w, dim) > 0.7))
-    return checks
 
 
 def warn_unreliable(
