@@ -182,8 +182,19 @@ def test_a_model_that_observes_a_transform_of_x_is_refused():
             pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=(x - 5) / 3)
 
     pyro.clear_param_store()
-    with pytest.raises(ValueError, match="observed site 'x' in place of x, but that site"):
+    with pytest.raises(ValueError, match="observed site 'x' in place of x, but that site") as e:
         fit(standardising, x, guide=AmortizedNormal(standardising), objective=WakeSleep(),
+            num_samples=40, batch_size=20, progress=False)  # fmt: skip
+    assert "values that differ from x's" in str(e.value)
+
+    def first_half(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x[:, :2])
+
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"holds shape \(20, 2\) where x has shape \(20, 4\)"):
+        fit(first_half, x, guide=AmortizedNormal(first_half), objective=WakeSleep(),
             num_samples=40, batch_size=20, progress=False)  # fmt: skip
 
 

@@ -190,12 +190,16 @@ class WakeSleepObjective(BoundObjective):
         same = seen.numel() == x.numel() and torch.equal(seen.to(x.dtype).reshape(x.shape), x)
         if not same:
             # the fantasy of that site is what the guide is fed in place of x
+            detail = (
+                f"it holds shape {tuple(seen.shape)} where x has shape {tuple(x.shape)}"
+                if seen.numel() != x.numel()
+                else f"it holds {tuple(seen.shape)} values that differ from x's"
+            )
             raise ValueError(
                 f"wake-sleep's sleep phase runs the guide on the model's fantasy of its "
                 f"observed site '{observed[0]}' in place of x, but that site observes "
-                f"something other than x itself (shape {tuple(seen.shape)}, x "
-                f"{tuple(x.shape)}{'' if seen.shape != x.shape else ', other values'}: a "
-                f"transform of x, or a part of it): the guide would learn from inputs it never "
+                f"something other than x itself ({detail}: a transform of x, or a part of "
+                f"it): the guide would learn from inputs it never "
                 f"sees. Observe x itself (obs=x, moving the transform into the likelihood), or "
                 f"train with the ELBO"
             )
