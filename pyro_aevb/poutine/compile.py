@@ -44,6 +44,7 @@ their gradients.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -360,7 +361,14 @@ class RecordedFunction:
                 dynamic=False,
                 options={"fallback_random": True},
             )
-            with fork_rng(), torch.no_grad():
+            with fork_rng(), torch.no_grad(), warnings.catch_warnings():
+                # torch's own lowering calls a function torch deprecated; nothing a user of
+                # this library could act on
+                warnings.filterwarnings(
+                    "ignore",
+                    message=r"`torch\._prims_common\.check` is deprecated",
+                    category=FutureWarning,
+                )
                 compiled(*[t.detach() for t in example])  # compiles
         except Exception as err:  # no C++ compiler, an unsupported operation, ...
             raise CaptureError(f"the inductor compiler failed: {describe_error(err)}") from err
