@@ -43,6 +43,8 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule
+from pyro.poutine.runtime import NonlocalExit
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import (
@@ -61,7 +63,7 @@ from ..poutine import (
     plate_frame,
     require_plate,
 )
-from ..poutine.layout import fixed_support, same_support
+from ..poutine.layout import fixed_support, same_support, support_tensors
 from ..poutine.plates import ProgramContractError
 from ..poutine.program import site_mask
 from .encoders import DEFAULT_HIDDEN, check_encoder, make_trunk, trunk_features
@@ -172,11 +174,13 @@ class LocalSite:
         return self.distribution(normal.to_event(self.u_event_dim))
 
     @contextlib.contextmanager
-    def plates(self):
-        """The site's plates other than the data plate, entered."""
+    def plates(self, made: dict | None = None):
+        """The site's plates other than the data plate, entered: those in ``made`` (by name:
+        one plate object for every site of a call, as Pyro requires), else new ones."""
         with contextlib.ExitStack() as stack:
             for f in self.frames:
-                stack.enter_context(pyro.plate(f.name, f.size, dim=f.dim))
+                plate = (made or {}).get(f.name) or pyro.plate(f.name, f.size, dim=f.dim)
+                stack.enter_context(plate)
             yield
 
 
@@ -209,7 +213,25 @@ def _elementwise(transform: Transform) -> Transform | None:
 
 def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSite:
     fn, value = site["fn"], site["value"]
-    support = fixed_support(fn.support)
+    data = plate_frame(site, plate_name)
+    if fn.support.is_discrete:
+        raise ProgramContractError(
+            f"local latent site '{name}' is discrete ({type(fn).__name__}): an amortized "
+            f"reparameterised guide needs continuous latents. Enumerate it out in the model "
+            f"(infer={{'enumerate': 'parallel'}}, TraceEnum_ELBO) and build the guide on the "
+            f"model without it, e.g. AmortizedNormal(poutine.block(model, hide=['{name}'])), "
+            f"as for Pyro's autoguides; or marginalise it out by hand"
+        )
+    if any(t.requires_grad for t in support_tensors(fn.support)):
+        raise ProgramContractError(
+            f"local latent site '{name}' has a support whose bounds follow a parameter "
+            f"({type(fn).__name__} with a bound from pyro.param, a network, or a latent "
+            f"whose prior has one): training "
+            f"changes them, but an amortized guide maps each row through one transform fixed "
+            f"when it is built, so its draws would leave the support. Reparametrise the "
+            f"model (z = b * w with w ~ Uniform(0, 1)) or write the guide by hand"
+        )
+    support = fixed_support(fn.support, data.dim - fn.event_dim)
     if support is None:
         raise ProgramContractError(
             f"local latent site '{name}' has a support whose bounds differ per row "
@@ -222,13 +244,15 @@ def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSit
         transform = biject_to(support)
     except NotImplementedError as err:
         raise ProgramContractError(
-            f"local latent site '{name}' has support {fn.support}, which has no bijection to "
-            f"unconstrained space (a discrete latent?): an amortized reparameterised guide "
-            f"needs continuous latents; enumerate or marginalise it out in the model"
+            f"local latent site '{name}' has support {fn.support}, for which torch has no "
+            f"bijection to unconstrained space (biject_to): an amortized guide samples in "
+            f"unconstrained space and maps the draws through that bijection. Reparametrise "
+            f"the site (e.g. a Cholesky factor with LKJCholesky or a lower-triangular matrix "
+            f"built from unconstrained latents in place of a positive-definite matrix), or "
+            f"write the guide by hand"
         ) from err
     u_full = tuple(transform.inverse_shape(value.shape))
     u_event_dim = fn.event_dim + len(u_full) - value.dim()
-    data = plate_frame(site, plate_name)
     u_plate_dim = data.dim - u_event_dim
     if len(u_full) < -u_plate_dim or u_full[u_plate_dim] != data.size:
         raise ProgramContractError(
@@ -372,7 +396,11 @@ class AmortizedGuide(PyroModule):
         self._dtype: torch.dtype | None = None
         self._plate_dim = -1
         self._takes_num_data = accepts_num_data(model)
-        self._model_full_size: int | None = None
+        # the model subsamples its data plate itself (pyro.plate(name, N, subsample=...) or
+        # subsample_size=M), not from a num_data argument: read from the model on each call
+        self._model_subsamples = False
+        # plates other than the data plate, made once per call (several sites share them)
+        self._call_plates: dict = {}
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -425,16 +453,28 @@ class AmortizedGuide(PyroModule):
             )
         if not x.is_floating_point():
             raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-        return x if self._dtype is None or x.dtype == self._dtype else x.to(self._dtype)
+        dtype = self._net_dtype()
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+    def _net_dtype(self) -> torch.dtype | None:
+        """The dtype the networks compute in now (they follow ``.double()``, ``.to()``), else
+        the one the guide was built for."""
+        if self.nets is not None:
+            for p in self.nets.parameters():
+                if p.is_floating_point():
+                    return p.dtype
+        return self._dtype
 
     def _setup(self, *args, **kwargs) -> None:
         x = self._data(args, kwargs)
         model = self.model
         # a throw-away run of the model: fork the RNG so the caller's draws are not shifted
-        with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), poutine.block():
+            # with gradients: a support whose bounds follow a parameter is told by them
             trace = poutine.trace(model).get_trace(*args, **kwargs)
-            # other draws: a local support whose bounds follow a global latent changes
-            again = poutine.trace(model).get_trace(*args, **kwargs)
+            with torch.no_grad():
+                # other draws: a local support whose bounds follow a global latent changes
+                again = poutine.trace(model).get_trace(*args, **kwargs)
         require_plate(trace, self.plate_name, "model")
         latents = latent_sites(trace)
         local = [n for n, s in latents.items() if plate_frame(s, self.plate_name)]
@@ -489,13 +529,22 @@ class AmortizedGuide(PyroModule):
         self._claim_store_entries()
         self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
         self._plate_dim = dims.pop()
-        # A model that subsamples its own data plate, pyro.plate(name, N, subsample=idx),
-        # scales its sites by N/M: the guide's plate must say the same N (Pyro's autoguides
-        # take the plates' full sizes from their first trace too).
         frame = plate_frame(latents[local[0]], self.plate_name)
-        self._model_full_size = (
-            frame.full_size if frame.full_size not in (None, frame.size) else None
-        )
+        full = frame.full_size if frame.full_size is not None else frame.size
+        # A model that subsamples its own data plate (pyro.plate(name, N, subsample=idx), or
+        # subsample_size=M drawing M of x's N rows) scales its sites by N/M: the guide's plate
+        # must say the same N, and encode the rows the model uses. A full size that came
+        # from the num_data argument is not the model's own.
+        self._model_subsamples = self._num_data(args, kwargs) is None and full != frame.size
+        if frame.size != x.shape[0] and not (self._model_subsamples and full == x.shape[0]):
+            raise ProgramContractError(
+                f"the model's data plate '{self.plate_name}' has {frame.size} rows (of "
+                f"{full}) at site '{local[0]}', but x has {x.shape[0]} rows: an amortized "
+                f"guide encodes one row of x (its first dimension) per datapoint. Declare "
+                f"the plate over x's rows, pyro.plate('{self.plate_name}', len(x)), or over a "
+                f"subsample of them, pyro.plate('{self.plate_name}', len(x), "
+                f"subsample_size=M)"
+            )
         self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
         try:
             self._build(x, *args, **kwargs)
@@ -503,6 +552,7 @@ class AmortizedGuide(PyroModule):
             # a guide that failed to build stays unbuilt (and says so), not half-built
             self.local_sites, self.layout, self.nets, self.global_guide = None, None, None, None
             self._row_shape = self._dtype = None
+            self._model_subsamples = False
             raise
 
     def _build(self, x: torch.Tensor, *args, **kwargs) -> None:
@@ -555,7 +605,7 @@ class AmortizedGuide(PyroModule):
     def get_extra_state(self) -> dict:
         return {
             "row_shape": None if self._row_shape is None else list(self._row_shape),
-            "dtype": None if self._dtype is None else str(self._dtype).replace("torch.", ""),
+            "dtype": None if self._dtype is None else str(self._net_dtype()).replace("torch.", ""),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -593,7 +643,8 @@ class AmortizedGuide(PyroModule):
         pyro.module(f"{self._pyro_name}.nets" if self._pyro_name else "nets", self.nets)
 
     def _num_data(self, args, kwargs):
-        """The ``num_data`` the model is called with (keyword or positional), if it takes one."""
+        """The ``num_data`` the model is called with (keyword, positional or its default), if
+        it takes one."""
         if not self._takes_num_data:
             return None
         if "num_data" in kwargs:
@@ -602,18 +653,68 @@ class AmortizedGuide(PyroModule):
             bound = inspect.signature(self.model).bind_partial(*args, **kwargs)
         except TypeError:
             return None
+        bound.apply_defaults()
         return bound.arguments.get("num_data")
 
-    def _plate(self, n: int, num_data):
-        """The data plate: over the ``n`` rows, or of full size ``num_data`` like the model's
-        (the model's ``num_data`` keyword, else the full size of a data plate the model
-        subsamples itself)."""
-        if num_data is None:
-            num_data = self._model_full_size
-        if num_data is not None and num_data != n:
-            subsample = torch.arange(n, device=self._device())
-            return pyro.plate(self.plate_name, num_data, subsample=subsample, dim=self._plate_dim)
-        return pyro.plate(self.plate_name, n, dim=self._plate_dim)
+    def _model_plate(self, args, kwargs):
+        """``(N, M, indices or None)`` of the model's own data plate on these arguments: the
+        model is run up to the plate (no draws kept, the caller's RNG untouched)."""
+
+        def at_plate(msg) -> bool:
+            return msg["name"] == self.plate_name and site_is_subsample(msg)
+
+        with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+            try:
+                poutine.escape(self.model, at_plate)(*args, **kwargs)
+            except NonlocalExit as stop:
+                stop.reset_stack()
+                fn, given = stop.site["fn"], stop.site["value"]
+                m = fn.subsample_size if fn.subsample_size is not None else len(given)
+                return fn.size, m, given
+        raise ProgramContractError(
+            f"the model did not open its data plate '{self.plate_name}' on these arguments"
+        )
+
+    def _data_plate(self, x: torch.Tensor, args, kwargs):
+        """``(plate, rows)``: the guide's data plate, standing for as many datapoints as the
+        model's, and the rows of ``x`` it covers (``None``: all of them).
+
+        The model's own subsample indices are kept (the guide's subsample site is hidden from
+        Pyro's replay), except where the model draws ``M`` of ``x``'s ``N`` rows at random
+        (``subsample_size=M``): then the guide draws them, as a Pyro guide with the same
+        plate does, and the model gets the same rows by replay."""
+        n, dim, name = x.shape[0], self._plate_dim, self.plate_name
+        num_data, given = self._num_data(args, kwargs), None
+        if num_data is None and self._model_subsamples:
+            num_data, m, given = self._model_plate(args, kwargs)
+            if m != n:
+                if num_data != n:
+                    raise ProgramContractError(
+                        f"the model's data plate '{name}' has {m} rows of {num_data} but x "
+                        f"has {n}: an amortized guide encodes the plate's rows of x, which "
+                        f"must be x itself or a subsample of its rows"
+                    )
+                if given is None:  # the guide draws the subsample
+                    plate = pyro.plate(name, n, subsample_size=m, dim=dim)
+                    return plate, plate.indices
+                with poutine.block(hide=[name]):
+                    plate = pyro.plate(name, n, subsample=given, dim=dim)
+                return plate, given
+        if num_data is None or num_data == n:
+            return pyro.plate(name, n, dim=dim), None
+        subsample = given if given is not None else torch.arange(n, device=self._device())
+        with poutine.block(hide=[name]):  # the model keeps its own indices
+            return pyro.plate(name, num_data, subsample=subsample, dim=dim), None
+
+    def _inner_plates(self) -> dict:
+        """The local sites' other plates, one ``pyro.plate`` each for this call (the global
+        guide's own where it has one of that name), so several sites may share one."""
+        made = dict(getattr(self.global_guide, "plates", None) or {})
+        for site in self.local_sites:
+            for f in site.frames:
+                if f.name not in made:
+                    made[f.name] = pyro.plate(f.name, f.size, dim=f.dim)
+        return made
 
     def _device(self) -> torch.device:
         p = next(self.nets.parameters(), None)
@@ -638,8 +739,12 @@ class AmortizedGuide(PyroModule):
         # re-registers a plain submodule's weights (pyro.param) on each attribute access,
         # and inside the plate they would be recorded as per-datapoint parameters.
         nets = self.nets
-        params = self._params_from_features(trunk_features(nets["trunk"], x), nets)
-        with self._plate(x.shape[0], self._num_data(args, kwargs)):
+        plate, rows = self._data_plate(x, args, kwargs)
+        self._call_plates = self._inner_plates()
+        params = self._params_from_features(
+            trunk_features(nets["trunk"], x if rows is None else x[rows]), nets
+        )
+        with plate:
             out.update(self._sample_from_params(params, nets))
         return out
 
@@ -680,8 +785,11 @@ class AmortizedGuide(PyroModule):
                 out.update(self.global_guide(*args, **kwargs))
             self._register()
             nets = self.nets  # outside the plate (see forward)
-            with self._plate(x.shape[0], self._num_data(args, kwargs)):
-                out.update(self._sample_from_params(params, nets))
+            plate, picked = self._data_plate(x, args, kwargs)
+            self._call_plates = self._inner_plates()
+            own = params if picked is None else {k: v[picked] for k, v in params.items()}
+            with plate:
+                out.update(self._sample_from_params(own, nets))
             return out
 
         return guide
@@ -711,7 +819,7 @@ class AmortizedGuide(PyroModule):
         values, log_jac = self.layout.unflatten(u.reshape(n, self.layout.dim))
         out = {}
         for site in self.local_sites:
-            with site.plates():
+            with site.plates(self._call_plates):
                 delta = dist.Delta(
                     values[site.name], log_density=-log_jac[site.name], event_dim=site.event_dim
                 )

@@ -41,6 +41,12 @@ def check_encoder(encoder, hidden_dims, activation) -> tuple:
     """Validate the trunk options; returns ``(encoder, hidden_dims, activation)`` normalised
     (``activation`` resolved for a named trunk, ``None`` for a module)."""
     if isinstance(encoder, nn.Module):
+        if activation is not None or not _is_default_hidden(hidden_dims):
+            raise ValueError(
+                f"hidden_dims and activation shape the named trunks ('mlp', 'conv'); with "
+                f"encoder={type(encoder).__name__}(...), your own trunk, they would be ignored "
+                f"(got hidden_dims={hidden_dims!r}, activation={activation!r}): leave them out"
+            )
         return encoder, None, None
     if encoder not in TRUNKS:
         raise ValueError(
@@ -58,6 +64,13 @@ def check_encoder(encoder, hidden_dims, activation) -> tuple:
             f"hidden_dims out, or pass your own trunk as encoder=nn.Module"
         )
     return encoder, hidden_dims, activation
+
+
+def _is_default_hidden(hidden_dims) -> bool:
+    try:
+        return as_hidden_dims(hidden_dims) == as_hidden_dims(DEFAULT_HIDDEN)
+    except (TypeError, ValueError):
+        return False
 
 
 def make_trunk(encoder, row_shape: tuple[int, ...], hidden_dims, activation) -> nn.Module:

@@ -72,7 +72,7 @@ class AmortizedNormal(AmortizedGuide):
             loc = params[f"{site.name}.loc"]
             scale = torch.exp(0.5 * params[f"{site.name}.log_var"])
             fn = site.normal(site.shaped(loc), site.shaped(scale))
-            with site.plates():
+            with site.plates(self._call_plates):
                 out[site.name] = pyro.sample(site.name, fn)
         return out
 

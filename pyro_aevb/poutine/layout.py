@@ -35,59 +35,85 @@ from torch.distributions.transforms import Transform
 
 from .plates import ProgramContractError, global_latent_error, latent_sites, plate_frame
 
-__all__ = ["LatentSite", "LatentLayout", "fixed_support", "same_support", "support_has_tensors"]
+__all__ = [
+    "LatentSite",
+    "LatentLayout",
+    "fixed_support",
+    "same_support",
+    "support_has_tensors",
+    "support_tensors",
+]
 
 
-def _constraint_tensors(constraint: Constraint):
+def support_tensors(constraint: Constraint):
     """The tensor parameters of ``constraint`` (bounds), through nested constraints
     (``independent(interval(a, b), 1)``)."""
     for value in vars(constraint).values():
         if isinstance(value, torch.Tensor):
             yield value
         elif isinstance(value, Constraint):
-            yield from _constraint_tensors(value)
+            yield from support_tensors(value)
 
 
 def support_has_tensors(constraint: Constraint) -> bool:
     """Whether ``constraint`` has tensor parameters: its transform may differ per row, per
     evaluation (bounds from other latents, the data, parameters)."""
-    return any(True for _ in _constraint_tensors(constraint))
+    return any(True for _ in support_tensors(constraint))
 
 
 def same_support(a: Constraint, b: Constraint) -> bool:
     """Whether two supports of one site (from two runs) are of one type with equal bounds."""
     if type(a) is not type(b):
         return False
-    ta, tb = list(_constraint_tensors(a)), list(_constraint_tensors(b))
+    ta, tb = list(support_tensors(a)), list(support_tensors(b))
     return len(ta) == len(tb) and all(
         x.shape == y.shape and torch.equal(x.detach(), y.detach()) for x, y in zip(ta, tb)
     )
 
 
-def fixed_support(constraint: Constraint) -> Constraint | None:
-    """``constraint`` with every tensor bound replaced by its one value (a 0-dim tensor), or
-    ``None`` if some tensor bound holds different values (bounds per row).
+def fixed_support(constraint: Constraint, plate_dim: int | None = None) -> Constraint | None:
+    """``constraint`` with bounds that hold for every row of the data plate, or ``None`` if
+    some tensor bound differs between rows (bounds per row).
 
-    ``Uniform(torch.zeros(n), torch.ones(n))`` has bounds of shape ``(n,)`` after the data
-    plate; their transform, built once, would not fit another number of rows.
+    A bound that holds one value becomes that value (a 0-dim tensor). With ``plate_dim`` (the
+    negative position of the data plate in the site's value), a bound that differs only
+    along other dimensions (per-coordinate bounds, the same for every row, e.g.
+    ``Uniform(torch.tensor([0., -1.]), torch.tensor([1., 1.]))``) keeps them, with its
+    data-plate dimension, if it has one, cut to size 1. Either way the transform built from
+    the result fits any number of rows: ``Uniform(torch.zeros(n), torch.ones(n))`` has
+    bounds of shape ``(n,)``, whose transform, built once, would not fit another batch.
     """
-    found = list(_constraint_tensors(constraint))
+    found = list(support_tensors(constraint))
     if not found:
         return constraint
-    for t in found:
-        flat = t.detach().reshape(-1)
-        if flat.numel() == 0 or not bool((flat == flat[0]).all()):
-            return None
-    return _one_valued(constraint)
+    if all(_one_value(t) for t in found):
+        return _with_bounds(constraint, lambda t: t.detach().reshape(-1)[0].clone())
+    if plate_dim is None or not all(_same_per_row(t, plate_dim) for t in found):
+        return None
+    return _with_bounds(constraint, lambda t: _first_row(t, plate_dim).detach().clone())
 
 
-def _one_valued(constraint: Constraint) -> Constraint:
+def _one_value(t: torch.Tensor) -> bool:
+    flat = t.detach().reshape(-1)
+    return flat.numel() > 0 and bool((flat == flat[0]).all())
+
+
+def _first_row(t: torch.Tensor, plate_dim: int) -> torch.Tensor:
+    """``t`` with its data-plate dimension (if it has one) cut to its first entry, kept."""
+    return t if t.dim() < -plate_dim else t.narrow(plate_dim, 0, 1)
+
+
+def _same_per_row(t: torch.Tensor, plate_dim: int) -> bool:
+    return t.numel() > 0 and bool((t.detach() == _first_row(t.detach(), plate_dim)).all())
+
+
+def _with_bounds(constraint: Constraint, bound) -> Constraint:
     out = copy.copy(constraint)  # shallow: bounds may be non-leaf tensors (no deepcopy)
     for key, value in vars(constraint).items():
         if isinstance(value, torch.Tensor):
-            setattr(out, key, value.detach().reshape(-1)[0].clone())
+            setattr(out, key, bound(value))
         elif isinstance(value, Constraint):
-            setattr(out, key, _one_valued(value))
+            setattr(out, key, _with_bounds(value, bound))
     return out
 
 
@@ -212,11 +238,11 @@ class LatentLayout:
                     f"model, or use estimators that only sample the guide (elbo, iwae)"
                 )
             runtime = support_has_tensors(fn.support)
-            fixed = fixed_support(fn.support)
-            transform = biject_to(fn.support if fixed is None else fixed)
             value = site["value"]
             event_dim = fn.event_dim
             plate_dim = frame.dim - event_dim
+            fixed = fixed_support(fn.support, plate_dim)
+            transform = biject_to(fn.support if fixed is None else fixed)
             if value.dim() < -plate_dim or value.shape[plate_dim] != frame.size:
                 raise ValueError(
                     f"latent site '{name}' has value shape {tuple(value.shape)}, which has no "

@@ -37,7 +37,7 @@ def test_models_an_amortized_guide_cannot_serve():
             c = pyro.sample("c", dist.Bernoulli(0.5))
             pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).expand([6, 5]).to_event(1), obs=x)
 
-    with pytest.raises(ValueError, match=r"site 'c' has support .*discrete"):
+    with pytest.raises(ValueError, match=r"site 'c' is discrete \(Bernoulli\).*hide=\['c'\]"):
         _call(discrete)
 
     def sequential(x):
