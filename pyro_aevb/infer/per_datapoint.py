@@ -29,7 +29,7 @@ from ..poutine import (
 )
 from ..poutine.plates import global_latent_error
 from ..validation import check_choice, check_data, check_positive_int
-from .elbo import ESTIMATORS, AnalyticKLError, site_kl
+from .elbo import ESTIMATORS, AnalyticKLError, check_site_order, site_kl
 
 __all__ = [
     "elbo_per_datapoint",
@@ -66,6 +66,8 @@ def elbo_particle_per_datapoint(
             f"(a joint guide: full-covariance over several sites, or a flow): no closed form "
             f"exists for that. Use estimator 'A'"
         )
+    if estimator == "B":
+        check_site_order(model_trace, guide_trace)
     total = None
     for site in aux.values():
         term = -sum_to_plate(_log_prob(site), site, plate_name)

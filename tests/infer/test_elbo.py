@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_aevb import AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, make_elbo, mlp_vae
+from pyro_aevb import AnalyticKL_ELBO, AnalyticKLError, elbo_per_datapoint, fit, make_elbo, mlp_vae
 from pyro_aevb.models import LinearGaussian
 
 
@@ -231,3 +231,44 @@ def test_estimator_b_names_a_guide_site_without_rsample_and_the_fix():
         progress=False,
     )
     assert res.history[-1]["samples"] == 40
+
+
+def test_estimator_b_refuses_a_guide_drawing_the_latents_in_another_order():
+    """A top-down model p(z2) p(z1 | z2) with a bottom-up guide q(z1 | x) q(z2 | z1): the KL
+    of z1 would be taken at a z2 drawn from z1, a bound biased by a * s1^2 per datapoint
+    (either sign). Refused by the ELBO, the trainer and the per-datapoint bound; the same
+    guide drawing in the model's order is exact (B's mean matches A's)."""
+    a = 1.5
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            z1 = pyro.sample("z1", dist.Normal(z2, 1.0))
+            pyro.sample("x", dist.Normal(z1, 1.0), obs=x)
+
+    def bottom_up(x):
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(0.5 * x, 0.5))
+            pyro.sample("z2", dist.Normal(a * z1, 0.7))
+
+    def top_down(x):
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(0.3 * x, 0.7))
+            pyro.sample("z1", dist.Normal(0.5 * z2, 0.5))
+
+    x = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
+    match = r"guide samples latent site 'z1' before \['z2'\], which the model samples before"
+    with pytest.warns(UserWarning, match="mean field"), pytest.raises(AnalyticKLError, match=match):
+        AnalyticKL_ELBO().loss(model, bottom_up, x)
+    with pytest.raises(AnalyticKLError, match=match):
+        elbo_per_datapoint(model, bottom_up, x, estimator="B")
+    pyro.clear_param_store()
+    with pytest.raises(AnalyticKLError, match=match):
+        fit(model, torch.randn(20, dtype=torch.float64), guide=bottom_up, estimator="B",
+            num_samples=40, batch_size=10, progress=False)  # fmt: skip
+
+    torch.manual_seed(0)
+    a_loss = torch.tensor([pyro.infer.Trace_ELBO().loss(model, top_down, x) for _ in range(1000)])
+    b_loss = torch.tensor([AnalyticKL_ELBO().loss(model, top_down, x) for _ in range(1000)])
+    stderr = math.hypot(a_loss.std(), b_loss.std()) / math.sqrt(1000)
+    assert abs(float(a_loss.mean() - b_loss.mean())) < 4 * stderr
