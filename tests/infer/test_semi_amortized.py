@@ -77,3 +77,10 @@ def test_semi_amortized_needs_a_refinable_guide(ppca):
     with pytest.raises(ValueError, match="local_params"):
         fit(ppca.model, ppca.simulate(20), guide=ppca.guide, objective=SemiAmortized(),
             num_samples=20, batch_size=10, progress=False)  # fmt: skip
+
+
+def test_semi_amortized_refuses_fast_on_which_it_has_no_path_for():
+    m = LinearGaussian(4, 2)
+    with pytest.raises(ValueError, match="fast='on' but semi-amortized training has no fast"):
+        fit(m, torch.randn(20, 4), objective=SemiAmortized(), fast="on", num_samples=20,
+            batch_size=10, progress=False)  # fmt: skip

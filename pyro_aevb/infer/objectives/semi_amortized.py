@@ -64,6 +64,11 @@ class SemiAmortized(Objective):
 
     def bind(self, program: TrainingProgram, fast: str = "auto") -> BoundObjective:
         check_choice(fast, "fast", FAST_MODES)
+        if fast == "on":
+            raise ValueError(
+                "fast='on' but semi-amortized training has no fast path (its refinement "
+                "steps run on stock Pyro's traces); use fast='auto' or 'off'"
+            )
         if program.guide is None or local_params_owner(program.guide) is None:
             raise ValueError(
                 "semi-amortized training refines the guide's per-datapoint parameters: the "
