@@ -94,6 +94,8 @@ def test_vae_direct_potential_equals_the_generic_one():
     torch.testing.assert_close(la, lb)
     for g, p in zip(ga, b.params):
         torch.testing.assert_close(g, p.grad)
+    # the unused encoder (in the loss through the weight prior) gathers no gradient
+    assert all(p.grad is None for p in vae.encoder.parameters())
 
 
 def test_mcem_runs_in_the_trainer_and_resumes(tmp_path):

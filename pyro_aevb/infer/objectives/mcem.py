@@ -279,7 +279,12 @@ class MonteCarloEMObjective(BoundObjective):
                 values = constrain_in_model(self.prepared.model, x, self.layout, u)[0]
             conditioned = poutine.condition(self.program.model_n, data=values)
             loss = -poutine.trace(conditioned).get_trace(x).log_prob_sum()
-        loss.backward()
+        # gradients of the trained parameters only: the loss also holds the VAE's unused
+        # encoder (its weight prior), whose .grad would otherwise grow step after step
+        trained = [p for p in self.params if p.requires_grad]
+        grads = torch.autograd.grad(loss, trained, allow_unused=True)
+        for p, g in zip(trained, grads, strict=True):
+            p.grad = g
         return loss.detach()
 
     def train_step(self, x, idx, optimizer) -> float:
