@@ -568,6 +568,27 @@ def _first_rows(dataset, split: str, n: int | None, default: int) -> torch.Tenso
     return data[:n]
 
 
+def _write_result(out: Path, report: dict, overwrite: bool) -> Path:
+    """Write a command's JSON report to ``out``; returns where it went. Without
+    ``overwrite``, a file another command wrote at ``out`` meanwhile (``_output_file``
+    checked it was free) is kept, and this result goes beside it under a free name
+    (``name~1.json``, ...): neither result is lost."""
+    if overwrite:
+        return write_json_atomic(out, report)
+    wanted = out
+    for k in range(1, 1000):
+        try:
+            written = write_json_atomic(out, report, exclusive=True)
+        except FileExistsError:
+            out = wanted.with_name(f"{wanted.stem}~{k}{wanted.suffix}")
+            continue
+        if written != wanted:
+            print(f"{wanted} was written by another command meanwhile; it is kept, and this "
+                  f"result is in {written}")  # fmt: skip
+        return written
+    raise FileExistsError(f"no free name beside {wanted} for this result")
+
+
 def _output_file(args, default: Path, figure: bool = False) -> Path:
     """Where a command writes its JSON (``--out``, else ``default``; with ``figure``, also a
     figure beside it with the suffix ``.png``), checked before anything is computed: an
@@ -665,7 +686,7 @@ def cmd_evaluate(args) -> int:
             f"ELBO (estimator {estimator}) on the same points: {report['elbo_mean']:.4f}; "
             f"log p(x) - ELBO = {gap:.4f} nats per datapoint"
         )
-    write_json_atomic(out, report)
+    out = _write_result(out, report, args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -692,7 +713,11 @@ def cmd_gap(args) -> int:
         seed=args.seed,
     )
     print(report.summary())
-    write_json_atomic(out, {"run_dir": str(run.directory), "split": args.split, **report.to_dict()})
+    out = _write_result(
+        out,
+        {"run_dir": str(run.directory), "split": args.split, **report.to_dict()},
+        args.overwrite,
+    )
     figure = plot_gaps(report, out.with_suffix(".png"))
     print(f"wrote {out} and {figure}")
     return 0

@@ -8,6 +8,7 @@ works on machines without a display and leaves a notebook's ``plt.show()`` as it
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
+from .train.checkpoint import write_bytes_atomic
 from .validation import check_positive_int, check_seed
 
 __all__ = [
@@ -33,8 +35,16 @@ __all__ = [
 def image_grid(images, image_shape: tuple[int, int], ncols: int, pad: int = 1) -> np.ndarray:
     """Tile ``images`` ``(n, H*W)`` into one array ``(rows*(H+pad)-pad, ncols*(W+pad)-pad)``."""
     images = np.asarray(torch.as_tensor(images).detach().cpu(), dtype=np.float32)
-    h, w = image_shape
-    n = images.shape[0]
+    h, w = _image_shape(image_shape)
+    ncols = check_positive_int(ncols, "ncols")
+    if isinstance(pad, bool) or not isinstance(pad, int | np.integer) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0 (pixels between tiles), got {pad!r}")
+    n = images.shape[0] if images.ndim else 0
+    if images.ndim < 1 or images[0].size != h * w:
+        raise ValueError(
+            f"image_shape={(h, w)} needs {h * w} values per image, but the images have shape "
+            f"{tuple(images.shape)} ({images[0].size if images.ndim else 0} values each)"
+        )
     nrows = -(-n // ncols)
     grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.float32)
     for k, img in enumerate(images.reshape(n, h, w)):
@@ -43,11 +53,24 @@ def image_grid(images, image_shape: tuple[int, int], ncols: int, pad: int = 1) -
     return np.clip(grid, 0.0, 1.0)
 
 
+def _image_shape(image_shape) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in image_shape)
+    except (TypeError, ValueError):
+        h = w = 0
+    if h < 1 or w < 1 or tuple(image_shape) != (h, w):
+        raise ValueError(f"image_shape must be (height, width) in pixels, got {image_shape!r}")
+    return h, w
+
+
 def _save(fig, path) -> Path:
+    """Render ``fig`` and write it atomically: an interrupted write keeps the figure that
+    was there. The format follows the suffix (png without one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    fmt = path.suffix[1:].lower() or "png"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _show_grid(grid: np.ndarray, title: str | None, path) -> Path:
@@ -67,6 +90,17 @@ def manifold_grid(n: int, latent_dim: int = 2, dims: tuple[int, int] = (0, 1)) -
     (top = high), columns the first. Latent coordinates other than ``dims`` stay at 0.
     """
     n = check_positive_int(n, "n")
+    latent_dim = check_positive_int(latent_dim, "latent_dim")
+    if latent_dim < 2:
+        raise ValueError(
+            f"the manifold grid spans two latent coordinates; the latent space has "
+            f"latent_dim={latent_dim}"
+        )
+    a, b = dims
+    if not all(isinstance(d, int) and 0 <= d < latent_dim for d in (a, b)) or a == b:
+        raise ValueError(
+            f"dims must be two different coordinates in [0, {latent_dim}), got {dims!r}"
+        )
     u = (np.arange(n) + 0.5) / n
     g = torch.as_tensor(norm.ppf(u), dtype=torch.float32)
     z = torch.zeros(n * n, latent_dim)
@@ -77,10 +111,14 @@ def manifold_grid(n: int, latent_dim: int = 2, dims: tuple[int, int] = (0, 1)) -
 
 @torch.no_grad()
 def plot_manifold(vae, path, image_shape=(28, 28), n: int = 20, title: str | None = None):
-    """Decode :func:`manifold_grid` to the mean of ``p(x|z)`` (Figure 4)."""
+    """Decode :func:`manifold_grid` to the mean of ``p(x|z)`` (Figure 4). For ``N_z > 2`` it
+    is the slice through the first two coordinates, the others at 0 (the title says so)."""
     z = manifold_grid(n, vae.latent_dim).to(next(vae.parameters()).dtype)
     grid = image_grid(vae.decode(z), image_shape, n)
-    return _show_grid(grid, title or f"learned manifold (N_z = {vae.latent_dim})", path)
+    default = f"learned manifold (N_z = {vae.latent_dim})"
+    if vae.latent_dim > 2:
+        default = f"learned manifold: z_1, z_2 (N_z = {vae.latent_dim}, the others at 0)"
+    return _show_grid(grid, title or default, path)
 
 
 @torch.no_grad()
@@ -156,7 +194,15 @@ def plot_posterior_contours(result, path, datapoints=None, ncols: int = 4, title
             f"unconstrained latent coordinates"
         )
     b = result.q_draws.shape[1]
+    ncols = check_positive_int(ncols, "ncols")
     idx = list(range(min(b, 2 * ncols))) if datapoints is None else list(datapoints)
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int | np.integer)]
+    bad += [i for i in idx if i not in bad and not 0 <= i < b]
+    if bad or not idx:
+        raise ValueError(
+            f"datapoints must be a non-empty list of indices in [0, {b}) (the result has {b} "
+            f"datapoints); got {datapoints!r}"
+        )
     ncols = min(ncols, len(idx))
     nrows = -(-len(idx) // ncols)
     fig = Figure(figsize=(3 * ncols, 3 * nrows))

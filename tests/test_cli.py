@@ -504,3 +504,21 @@ def test_the_printed_resume_command_quotes_its_paths():
     assert words[words.index("--out") + 1] == "runs/my run"
     assert words[words.index("--data-dir") + 1] == "/data dir"
     assert "--resume" in words and words[words.index("--nproc") + 1] == "2"
+
+
+def test_a_result_written_meanwhile_by_another_command_is_kept(tmp_path, capsys):
+    """Two evaluations to one file started together: both passed the check that the file is
+    free; the second to finish keeps the first's result and writes beside it."""
+    from pyro_aevb.cli import _write_result
+
+    out = tmp_path / "evaluate-ais-test.json"
+    out.write_text('{"first": true}\n')
+    written = _write_result(out, {"second": True}, overwrite=False)
+    assert written == tmp_path / "evaluate-ais-test~1.json"
+    assert json.loads(out.read_text()) == {"first": True}
+    assert json.loads(written.read_text()) == {"second": True}
+    assert "is kept" in capsys.readouterr().out
+    assert _write_result(out, {"third": True}, overwrite=False).name == "evaluate-ais-test~2.json"
+    assert _write_result(out, {"fourth": True}, overwrite=True) == out
+    assert json.loads(out.read_text()) == {"fourth": True}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries

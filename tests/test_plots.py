@@ -65,3 +65,39 @@ def test_the_plots_leave_the_users_matplotlib_backend_alone():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"
+
+
+def test_bad_plot_arguments_are_named():
+    imgs = torch.rand(6, 4)
+    with pytest.raises(ValueError, match=r"image_shape=\(3, 3\) needs 9 values per image"):
+        image_grid(imgs, (3, 3), ncols=3)
+    with pytest.raises(ValueError, match="ncols"):
+        image_grid(imgs, (2, 2), ncols=0)
+    with pytest.raises(ValueError, match="pad must be an int >= 0"):
+        image_grid(imgs, (2, 2), ncols=3, pad=-1)
+    with pytest.raises(ValueError, match="image_shape must be"):
+        image_grid(imgs, (4,), ncols=3)
+    with pytest.raises(ValueError, match="latent_dim=1"):
+        manifold_grid(3, latent_dim=1)
+    with pytest.raises(ValueError, match="dims must be two different coordinates"):
+        manifold_grid(3, latent_dim=3, dims=(0, 0))
+
+
+def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An interrupted write (Ctrl-C while the figure is rendered or written) keeps the
+    figure that was there: it is rendered in memory and moved into place."""
+    from matplotlib.figure import Figure
+
+    vae = mlp_vae(16, 2, 8)
+    path = plot_samples(vae, tmp_path / "s.png", (4, 4), n=4)
+    before = path.read_bytes()
+
+    def interrupted(self, fname, **kwargs):
+        fname.write(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plot_samples(vae, path, (4, 4), n=9)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]  # no temporary left

@@ -47,6 +47,7 @@ __all__ = [
     "load_checkpoint",
     "seal_checkpoint_file",
     "write_json_atomic",
+    "write_bytes_atomic",
     "read_json",
     "json_safe",
     "remove_stale_temps",
@@ -115,10 +116,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes, before_replace=None) -> Path:
+def _atomic_write(path: Path, data: bytes, before_replace=None, exclusive: bool = False) -> Path:
     """Write ``data`` to a temporary file beside ``path``, flush it to disk, call
     ``before_replace()`` (if given) and move it into place; on any failure the temporary file
-    is removed and ``path`` is unchanged."""
+    is removed and ``path`` is unchanged. With ``exclusive``, a file that is at ``path`` by
+    then (another process wrote it meanwhile) is kept: ``FileExistsError``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,10 +136,13 @@ def _atomic_write(path: Path, data: bytes, before_replace=None) -> Path:
             os.close(fd)
         if before_replace is not None:
             before_replace()
-        os.replace(tmp, path)
+        if exclusive:
+            _link_new(tmp, path)
+        else:
+            os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        if isinstance(err, OSError) and not isinstance(err, FileExistsError):
             raise _io_error(
                 path,
                 err,
@@ -148,6 +153,28 @@ def _atomic_write(path: Path, data: bytes, before_replace=None) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless a file is there (atomically, by a hard link where the
+    file system has them); raises ``FileExistsError`` then."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} was written by someone else meanwhile") from None
+    except OSError:  # no hard links here: check, then move (a narrow race)
+        if path.exists():
+            raise FileExistsError(f"{path} was written by someone else meanwhile") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> Path:
+    """Atomically write ``data`` to ``path`` (a crash or Ctrl-C leaves the file that was
+    there, never half a file). With ``exclusive``, raise ``FileExistsError`` rather than
+    replace a file that is at ``path`` when the write completes."""
+    return _atomic_write(Path(path), data, exclusive=exclusive)
 
 
 def _keep_previous(path: Path, previous: Path) -> None:
@@ -303,10 +330,11 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Atomically write ``obj`` as indented, standard JSON (non-finite numbers as ``null``)."""
+def write_json_atomic(path: str | os.PathLike, obj: Any, exclusive: bool = False) -> Path:
+    """Atomically write ``obj`` as indented, standard JSON (non-finite numbers as ``null``);
+    ``exclusive`` as for :func:`write_bytes_atomic`."""
     data = (json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
-    return _atomic_write(Path(path), data)
+    return _atomic_write(Path(path), data, exclusive=exclusive)
 
 
 def read_json(path: str | os.PathLike) -> Any:
