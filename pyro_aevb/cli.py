@@ -45,9 +45,11 @@ from .plots import (
     plot_samples,
 )
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
+from .train.checkpoint import previous_checkpoint_path
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.fingerprint import data_fingerprint, describe_fingerprint, same_data
 from .train.interrupt import exit_status, signal_name
+from .train.runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
 from .train.trainer import Trainer
 from .validation import check_seed
 from .version import __version__
@@ -127,6 +129,10 @@ _ALGORITHM_LABELS = {
 }
 
 
+#: The figures :func:`write_figures` writes.
+FIGURE_NAMES = ("manifold.png", "samples.png", "reconstructions.png", "learning_curve.png")
+
+
 def write_figures(
     module, dataset, history, out_dir: Path, guide=None, algorithm: str = "aevb"
 ) -> list[Path]:
@@ -138,19 +144,19 @@ def write_figures(
     shape = dataset.image_shape
     figures = []
     if module.latent_dim == 2:
-        figures.append(plot_manifold(module, out_dir / "manifold.png", shape))
-    figures.append(plot_samples(module, out_dir / "samples.png", shape))
+        figures.append(plot_manifold(module, out_dir / FIGURE_NAMES[0], shape))
+    figures.append(plot_samples(module, out_dir / FIGURE_NAMES[1], shape))
     if algorithm == "mcem" and guide is None:
         logger.info("no reconstructions: Monte Carlo EM trains no encoder")
     else:
         source = module if guide is None else _GuideReconstructions(module, guide)
         test = dataset.test[:20].reshape(-1, *module.event_shape)
-        figures.append(plot_reconstructions(source, test, out_dir / "reconstructions.png", shape))
+        figures.append(plot_reconstructions(source, test, out_dir / FIGURE_NAMES[2], shape))
     if any(h.get("train_bound") is not None or h.get("test_bound") is not None for h in history):
         figures.append(
             plot_learning_curves(
                 {_ALGORITHM_LABELS.get(algorithm, algorithm): history},
-                out_dir / "learning_curve.png",
+                out_dir / FIGURE_NAMES[3],
                 title=f"{dataset.name}, N_z = {module.latent_dim}",
             )
         )
@@ -446,9 +452,42 @@ def _print_summary(summary: dict) -> None:
         print(f"figure            {p}")
 
 
+#: Files the command line writes beside a run's checkpoint (the trainer refuses a folder
+#: holding its own: checkpoint, history, config).
+RUN_FILES = (
+    CHECKPOINT_NAME,
+    previous_checkpoint_path(CHECKPOINT_NAME).name,
+    HISTORY_NAME,
+    CONFIG_NAME,
+)
+RESULT_PATTERNS = ("summary.json", "evaluate-*.json", "gaps-*.json", "gaps-*.png", *FIGURE_NAMES)
+
+
+def _check_new_run_dir(args) -> None:
+    """A new run's ``--out`` must not hold an earlier run's results: they would sit beside
+    the new checkpoint describing another model (and evaluate would refuse to replace
+    them). Checked before anything is loaded or trained."""
+    out = Path(args.out)
+    if args.resume or not out.is_dir():
+        return
+    if any((out / n).exists() for n in RUN_FILES):
+        return  # a run: the trainer refuses it, naming its files
+    found = sorted({p.name for pattern in RESULT_PATTERNS for p in out.glob(pattern)})
+    if found:
+        raise FileExistsError(
+            f"{out} holds results of an earlier run ({', '.join(found[:6])}"
+            f"{', ...' if len(found) > 6 else ''}) though not its checkpoint: a new run there "
+            f"would leave them describing another model. Choose another --out, or move them "
+            f"away; nothing was overwritten"
+        )
+
+
 def cmd_train(args) -> int:
+    _check_new_run_dir(args)
     run = _run_to_resume(args)
     settings = _training_settings(args, run)  # bad combinations fail before the data load
+    if run is not None:
+        _require_named_dataset(run)
     if args.dataset is None:
         # a resumed run continues on its own data set; a new one trains on MNIST
         args.dataset = (None if run is None else run.dataset) or "mnist"
@@ -460,6 +499,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    _check_new_run_dir(args)
     run = _run_to_resume(args)
     settings = _training_settings(args, run)
     dataset = load_dataset("embedded-mnist")
@@ -490,19 +530,24 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _require_named_dataset(run) -> None:
+    if run.dataset is None:
+        raise ValueError(
+            f"run {run.directory} was trained on data given to fit() as tensors (its "
+            f"config.json names no data set), which the command line cannot load; continue "
+            f"or evaluate it from Python on those data: run = load_run("
+            f"{str(run.directory)!r}), then fit(..., resume=True) or e.g. "
+            f"log_marginal(run.module.model, run.guide, x)"
+        )
+
+
 def _run_dataset(run, data_dir):
     """The data set of a run, in the layout it was trained on (flat or image-shaped).
 
     Refused when the run names no data set (it trained on tensors given to ``fit``) and when
     a split differs from the data the run recorded (a subset, binarised, other files): never
     another data set's numbers under the run's name."""
-    if run.dataset is None:
-        raise ValueError(
-            f"run {run.directory} was trained on data given to fit() as tensors (its "
-            f"config.json names no data set), which the command line cannot load; evaluate it "
-            f"from Python on those data: run = load_run({str(run.directory)!r}), then e.g. "
-            f"log_marginal(run.module.model, run.guide, x)"
-        )
+    _require_named_dataset(run)
     dataset = load_dataset(run.dataset, data_dir=data_dir)
     dataset = dataset.reshaped(flatten=len(run.config.get("event_shape") or [0]) == 1)
     recorded = run.config.get("data") or {}
@@ -623,6 +668,12 @@ def _output_file(args, default: Path, figure: bool = False) -> Path:
 
 
 def cmd_evaluate(args) -> int:
+    if args.split is not None and args.method == "bdmc":
+        raise ValueError(
+            "--split does not apply to --method bdmc: it evaluates data simulated from the "
+            "model (the split only gives their shape); leave --split out"
+        )
+    args.split = args.split or "test"
     run = load_run(args.run_dir)
     dataset = _run_dataset(run, args.data_dir)
     data = _first_rows(dataset, args.split, args.n, default=1000)
@@ -961,7 +1012,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first N points of the split (default 1000, or all of a smaller split; at most "
         "the split's rows; spell it --num-points after torchrun)",
     )
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default=None,
+        help="the rows to evaluate (default test; not with --method bdmc, which simulates)",
+    )
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument(
         "--option",

@@ -468,7 +468,8 @@ def test_a_run_on_other_data_than_the_files_is_refused_not_evaluated_on_them(tmp
     fit(mlp_vae(784, 2, (8,)), slice_.subset(200, 50), num_samples=200, eval_size=20,
         progress=False, out_dir=subset)  # fmt: skip
     for argv in (["evaluate", str(tensors), "--method", "elbo", "--n", "5"],
-                 ["figures", str(tensors)], ["gap", str(tensors), "--n", "2"]):  # fmt: skip
+                 ["figures", str(tensors)], ["gap", str(tensors), "--n", "2"],
+                 ["train", "--out", str(tensors), "--resume", "--num-samples", "400"]):  # fmt: skip
         assert main(argv) == 2
         assert "trained on data given to fit() as tensors" in capsys.readouterr().err
     assert main(["evaluate", str(subset), "--method", "elbo", "--n", "5"]) == 2
@@ -522,3 +523,23 @@ def test_a_result_written_meanwhile_by_another_command_is_kept(tmp_path, capsys)
     assert _write_result(out, {"fourth": True}, overwrite=True) == out
     assert json.loads(out.read_text()) == {"fourth": True}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_a_new_run_is_refused_a_folder_holding_an_earlier_runs_results(tmp_path, capsys):
+    """An earlier run's results without its checkpoint (deleted to save space): a new run
+    there would leave them describing another model. Refused before anything is trained."""
+    out = tmp_path / "reuse"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / "evaluate-ais-test.json").write_text("{}")
+    argv = ["train", "--dataset", "embedded-mnist", "--out", str(out), "--num-samples", "100",
+            "--latent-dim", "2", "--hidden", "8", "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "holds results of an earlier run (evaluate-ais-test.json, summary.json)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["evaluate-ais-test.json", "summary.json"]
+
+
+def test_bdmc_refuses_a_split_it_would_not_use(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--method", "bdmc", "--split", "train"]) == 2
+    assert "--split does not apply to --method bdmc" in capsys.readouterr().err

@@ -80,8 +80,9 @@ def _tensor_dict(value, extra_state: bool = False) -> bool:
 
 
 def check_training_payload(payload: dict[str, Any], path: str | Path) -> None:
-    """Check what :func:`~pyro_aevb.train.runs.load_run` reads: ``config``,
-    ``program_state`` and ``history``. Raises :class:`MalformedCheckpointError`."""
+    """Check what :func:`~pyro_aevb.train.runs.load_run` and the command line read:
+    ``config`` (with its ``training`` settings), ``program_state``, ``history`` and the
+    samples trained (``progress``). Raises :class:`MalformedCheckpointError`."""
     for key, kind in (("config", dict), ("program_state", dict), ("history", list)):
         if not isinstance(payload.get(key), kind):
             raise _fail(path, f"'{key}' must be a {kind.__name__}, got {type(payload.get(key))}")
@@ -111,6 +112,15 @@ def check_training_payload(payload: dict[str, Any], path: str | Path) -> None:
     model = payload["config"].get("model")
     if model is not None and not isinstance(model, dict):
         raise _fail(path, f"config['model'] must be a dict or None, got {type(model)}")
+    if not isinstance(payload["config"].get("training"), dict):
+        got = type(payload["config"].get("training"))
+        raise _fail(path, f"config['training'] must be a dict (the run's settings), got {got}")
+    progress = payload.get("progress")
+    if not isinstance(progress, dict):
+        raise _fail(path, "'progress' must be a dict")
+    if not _is_int(progress.get("samples")):
+        got = progress.get("samples")
+        raise _fail(path, f"progress['samples'] must be an int >= 0, got {got!r}")
 
 
 def check_restorable(payload: dict[str, Any], path: str | Path) -> None:
@@ -132,9 +142,7 @@ def check_restorable(payload: dict[str, Any], path: str | Path) -> None:
         value = rng.get(key)
         if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
             raise _fail(path, f"rng['{key}'] must be a 1-D uint8 tensor (a generator state)")
-    progress = payload.get("progress")
-    if not isinstance(progress, dict):
-        raise _fail(path, "'progress' must be a dict")
+    progress = payload["progress"]  # a dict (check_training_payload)
     for key in ("step", "samples", "epoch", "pos", "loss_count"):
         if not _is_int(progress.get(key)):
             raise _fail(path, f"progress['{key}'] must be an int >= 0, got {progress.get(key)!r}")

@@ -224,6 +224,20 @@ MALFORMED = {
         lambda p: p["config"]["model"].__setitem__("latent_dim", -3),
         "latent_dim must be an int >= 1",
     ),
+    "no progress": (lambda p: p.pop("progress"), "'progress' must be a dict"),
+    "progress a string": (_set(("progress",), "x"), "'progress' must be a dict"),
+    "negative samples": (
+        lambda p: p["progress"].__setitem__("samples", -5),
+        r"progress\['samples'\] must be an int >= 0, got -5",
+    ),
+    "no training settings": (
+        lambda p: p["config"].pop("training"),
+        r"config\['training'\] must be a dict",
+    ),
+    "training settings a list": (
+        lambda p: p["config"].__setitem__("training", []),
+        r"config\['training'\] must be a dict",
+    ),
 }
 
 
