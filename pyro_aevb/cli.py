@@ -491,7 +491,7 @@ def cmd_train(args) -> int:
     if args.dataset is None:
         # a resumed run continues on its own data set; a new one trains on MNIST
         args.dataset = (None if run is None else run.dataset) or "mnist"
-    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    dataset = _load_dataset(args.dataset, args.data_dir)
     summary = _train(args, dataset, Path(args.out), run, settings)
     if summary is not None:
         _print_summary(summary)
@@ -530,6 +530,15 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _load_dataset(name: str, data_dir):
+    if data_dir is not None and name == "embedded-mnist":
+        raise ValueError(
+            f"--data-dir {data_dir} does not apply to the data set 'embedded-mnist' (it ships "
+            f"with the package); leave --data-dir out"
+        )
+    return load_dataset(name, data_dir=data_dir)
+
+
 def _require_named_dataset(run) -> None:
     if run.dataset is None:
         raise ValueError(
@@ -548,7 +557,7 @@ def _run_dataset(run, data_dir):
     a split differs from the data the run recorded (a subset, binarised, other files): never
     another data set's numbers under the run's name."""
     _require_named_dataset(run)
-    dataset = load_dataset(run.dataset, data_dir=data_dir)
+    dataset = _load_dataset(run.dataset, data_dir)
     dataset = dataset.reshaped(flatten=len(run.config.get("event_shape") or [0]) == 1)
     recorded = run.config.get("data") or {}
     for split in ("train", "test"):

@@ -543,3 +543,11 @@ def test_a_new_run_is_refused_a_folder_holding_an_earlier_runs_results(tmp_path,
 def test_bdmc_refuses_a_split_it_would_not_use(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path), "--method", "bdmc", "--split", "train"]) == 2
     assert "--split does not apply to --method bdmc" in capsys.readouterr().err
+
+
+def test_a_data_dir_for_the_embedded_slice_is_refused_not_ignored(tmp_path, capsys):
+    argv = ["train", "--dataset", "embedded-mnist", "--data-dir", str(tmp_path / "none"),
+            "--out", str(tmp_path / "run"), "--num-samples", "100"]  # fmt: skip
+    assert main(argv) == 2
+    assert "does not apply to the data set 'embedded-mnist'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

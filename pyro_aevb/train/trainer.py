@@ -467,12 +467,16 @@ class Trainer:
         # the budget this run trains to (not compared on resume, where it may grow): what a
         # resumed run without a new budget continues to
         self.config["num_samples"] = self.total
-        if self.total % self.batch_size and self.total > self.batch_size:
+        ragged = self.num_train % self.batch_size  # each epoch ends with a smaller batch
+        if (self.total % self.batch_size or ragged) and self.total > self.batch_size:
             logger.info(
-                "the budget of %d samples ends inside a minibatch of %d: minibatches stay "
-                "whole, so the run trains up to %d samples more",
+                "the budget of %d samples may end inside a minibatch of %d%s: minibatches "
+                "stay whole, so the run trains up to %d samples more",
                 self.total,
                 self.batch_size,
+                f" (each epoch of {self.num_train} rows ends with one of {ragged})"
+                if ragged
+                else "",
                 self.batch_size - 1,
             )
         if self.parallel is not None and self.parallel.world_size > 1:
