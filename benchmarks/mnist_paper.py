@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 
 import torch
 
-from pyro_aevb import evaluate_bound, fit, load_dataset, paper_mnist_vae
+from pyro_aevb import NonFiniteLossError, evaluate_bound, fit, load_dataset, paper_mnist_vae
+
+
+def _finite(record: dict) -> bool:
+    keys = ("loss", "train_bound", "test_bound")
+    return all(math.isfinite(record[k]) for k in keys if record.get(k) is not None)
 
 
 def run(estimator: str, args, dataset) -> dict:
@@ -26,20 +32,33 @@ def run(estimator: str, args, dataset) -> dict:
         latent_dim=args.latent_dim, hidden_dims=args.hidden, init_std=args.init_std
     )
     t0 = time.perf_counter()
-    result = fit(
-        vae,
-        dataset.train,
-        dataset.test,
-        estimator=estimator,
-        optimizer="adagrad",
-        lr=args.lr,
-        batch_size=100,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        eval_size=1000,
-        fast=args.fast,
-        progress=not args.no_progress,
-    )
+    history = []
+    try:
+        result = fit(
+            vae,
+            dataset.train,
+            dataset.test,
+            estimator=estimator,
+            optimizer="adagrad",
+            lr=args.lr,
+            batch_size=100,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            eval_size=1000,
+            fast=args.fast,
+            progress=not args.no_progress,
+            callback=lambda trainer, record: history.append(dict(record)),
+        )
+    except NonFiniteLossError as err:  # a result too: the setting diverges
+        return {
+            "estimator": estimator,
+            "diverged": str(err),
+            "samples_at_last_finite_evaluation": max(
+                (h["samples"] for h in history if _finite(h)), default=0
+            ),
+            "wall_seconds": time.perf_counter() - t0,
+            "history": history,
+        }
     wall = time.perf_counter() - t0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed + 1)
@@ -85,12 +104,17 @@ def main(argv=None) -> None:
     )
     print(f"{'est':>3} {'path':>5} {'train bound':>12} {'test bound':>16} {'samples/s':>10}")
     for r in results:
+        if "diverged" in r:
+            print(f"{r['estimator']:>3} diverged; last finite evaluation at "
+                  f"{r['samples_at_last_finite_evaluation']:,} "
+                  f"samples: {r['diverged']}")  # fmt: skip
+            continue
         test = f"{r['test_bound_all10000']:9.2f} ± {r['test_bound_stderr']:.2f}"
         print(
             f"{r['estimator']:>3} {r['path']:>5} {r['train_bound_first1000']:12.2f} "
             f"{test} {r['samples_per_second']:10.0f}"
         )
-    if len(results) == 2:
+    if len(results) == 2 and not any("diverged" in r for r in results):
         gap = results[0]["test_bound_all10000"] - results[1]["test_bound_all10000"]
         print(f"A - B (test): {gap:+.2f} nats")
     if args.json:
