@@ -101,3 +101,16 @@ def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         plot_samples(vae, path, (4, 4), n=9)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]  # no temporary left
+
+
+def test_posterior_contours_name_datapoints_the_result_does_not_hold(tmp_path):
+    from types import SimpleNamespace
+
+    from pyro_aevb.plots import plot_posterior_contours
+
+    result = SimpleNamespace(q_draws=torch.zeros(10, 3, 2))  # 10 draws of 3 datapoints
+    for datapoints in ([-1], [3], [], [0.5]):
+        with pytest.raises(ValueError, match=r"indices in \[0, 3\) \(the result has 3"):
+            plot_posterior_contours(result, tmp_path / "c.png", datapoints=datapoints)
+    with pytest.raises(ValueError, match="ncols"):
+        plot_posterior_contours(result, tmp_path / "c.png", ncols=0)
