@@ -20,14 +20,19 @@ raises :class:`AnalyticKLError` naming the site.
 from __future__ import annotations
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.inspect import get_dependencies
 from pyro.infer.util import check_fully_reparametrized
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
+from torch.distributions.transforms import Transform
 
+from ..device import fork_rng
 from ..distributions import distribution_name
 from ..poutine import UNCONSTRAINED_OF
+from ..poutine.compile import CaptureError, recording
 from ..poutine.plates import same_weight
 
 __all__ = [
@@ -35,6 +40,7 @@ __all__ = [
     "AnalyticKLError",
     "analytic_kl_elbo_particle",
     "check_site_order",
+    "model_dependencies",
     "make_elbo",
     "ESTIMATORS",
     "site_kl",
@@ -68,16 +74,65 @@ def site_kl(name: str, guide_site: dict, model_site: dict) -> torch.Tensor:
     return kl
 
 
-def check_site_order(model_trace, guide_trace) -> None:
-    """Raise :class:`AnalyticKLError` unless the guide samples the model's latent sites in
-    the model's order.
+def model_dependencies(model, args: tuple = (), kwargs: dict | None = None) -> dict:
+    """``{site: {upstream latent sites it depends on}}`` in the model's prior, from
+    :func:`pyro.infer.inspect.get_dependencies` (one run of the model with provenance
+    tracking, under a forked RNG, blocked from any enclosing trace)."""
+    if recording():  # a run of the model must not become part of a recorded step
+        raise CaptureError("estimator B's check of the order of the draws runs the model")
+    with fork_rng(), torch.no_grad(), poutine.block():
+        found = get_dependencies(model, tuple(args), dict(kwargs or {}))["prior_dependencies"]
+    return {site: set(upstream) - {site} for site, upstream in found.items()}
+
+
+def _distribution_tensors(fn, seen=None):
+    """The tensors a distribution holds (its parameters, through wrapped distributions and
+    transforms)."""
+    seen = set() if seen is None else seen
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    for value in vars(fn).values():
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                yield item
+            elif isinstance(item, torch.distributions.Distribution | Transform):
+                yield from _distribution_tensors(item, seen)
+
+
+def _follows(site: dict, value: torch.Tensor) -> bool | None:
+    """Whether the distribution of the model's ``site`` is computed from ``value`` (another
+    site's draw), read off the autograd graph; ``None`` where there is none to read."""
+    if not (torch.is_grad_enabled() and value.requires_grad):
+        return None
+    params = [t for t in _distribution_tensors(site["fn"]) if t.requires_grad]
+    if not params:
+        return False  # computed from nothing that requires grad, so not from value
+    grads = torch.autograd.grad(
+        params, [value], [torch.ones_like(t) for t in params], retain_graph=True,
+        allow_unused=True,
+    )  # fmt: skip
+    return grads[0] is not None
+
+
+def check_site_order(model_trace, guide_trace, dependencies=None) -> None:
+    """Raise :class:`AnalyticKLError` if the guide draws a latent site before one that the
+    model's distribution at that site depends on.
 
     Estimator B takes each site's ``KL(q(z_s | .) || p(z_s | .))`` at the values drawn before
     it, which is ``E_q[log q(z_s | .) - log p(z_s | .)]`` only if the model's parents of
     ``z_s`` are drawn before ``z_s`` in the guide too. A bottom-up guide of a top-down model,
     ``q(z1 | x) q(z2 | z1)`` for ``p(z2) p(z1 | z2)``, would otherwise take ``KL(q(z1 | x) ||
-    p(z1 | z2))`` at a ``z2`` drawn from ``z1``: a biased bound (either way). Same order is
-    what Pyro's ``TraceMeanField_ELBO`` checks, with a warning; here it is an error.
+    p(z1 | z2))`` at a ``z2`` drawn from ``z1``: a biased bound (either way). Other orders
+    of independent sites are exact (a global latent the model draws after the data plate,
+    which the amortized guides draw first).
+
+    Guides drawing in the model's order pass at once. For each pair drawn in the other
+    order, whether the model's distribution follows the later draw is read off the autograd
+    graph; where there is none (``torch.no_grad``, a draw without parameters), from
+    ``dependencies`` (a callable returning :func:`model_dependencies`); failing both, the
+    pair is refused (Pyro's ``TraceMeanField_ELBO`` checks the order only, and warns).
     """
     in_guide = {n for n, s in guide_trace.nodes.items() if s["type"] == "sample"}
     model_order = [
@@ -89,18 +144,37 @@ def check_site_order(model_trace, guide_trace) -> None:
         and name in in_guide
     ]
     wanted = set(model_order)
-    guide_order = [n for n in guide_trace.nodes if n in wanted]
-    for first, (m, g) in enumerate(zip(model_order, guide_order)):
-        if m != g:
-            before = model_order[first : model_order.index(g)]
-            raise AnalyticKLError(
-                f"estimator B: the guide samples latent site '{g}' before {before}, which "
-                f"the model samples before '{g}' (model order {model_order}, guide order "
-                f"{guide_order}). Each site's closed-form KL is taken at the values drawn "
-                f"before it, which is exact only when the guide draws the latents in the "
-                f"model's order (a bottom-up guide of a top-down model would give a biased "
-                f"bound). Sample them in the model's order in the guide, or use estimator 'A'"
-            )
+    position = {n: i for i, n in enumerate(n for n in guide_trace.nodes if n in wanted)}
+    # (t, s): the model draws t before s, the guide s before t
+    swapped = [
+        (t, s)
+        for k, t in enumerate(model_order)
+        for s in model_order[k + 1 :]
+        if position[s] < position[t]
+    ]
+    parents, why = None, ""
+    for t, s in swapped:
+        follows = _follows(model_trace.nodes[s], model_trace.nodes[t]["value"])
+        if follows is None and dependencies is not None and not why:
+            if parents is None:
+                try:
+                    parents = dependencies()
+                except CaptureError:
+                    raise
+                except Exception as err:  # a model get_dependencies cannot follow
+                    why = f" (its dependencies could not be traced: {type(err).__name__}: {err})"
+            if parents is not None:
+                follows = t in parents.get(s, ())
+        if follows is False:
+            continue
+        raise AnalyticKLError(
+            f"estimator B: the guide draws latent site '{s}' before '{t}', but the model's "
+            f"distribution at '{s}' {'depends' if follows else 'may depend'} on '{t}'{why}. "
+            f"Each site's closed-form KL is taken at the values drawn before it, which is "
+            f"exact only when the model's parents of a site are drawn before it in the guide "
+            f"too (a bottom-up guide of a top-down model gives a biased bound). Draw '{t}' "
+            f"before '{s}' in the guide, or use estimator 'A'"
+        )
 
 
 def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
@@ -108,9 +182,8 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
     log_prob_sum - sum_latent scaled KL(q || p)``, a differentiable tensor.
 
     Raises :class:`AnalyticKLError` for a guide-only (auxiliary) site, a latent site missing
-    from the guide, latents drawn in another order than the model's
-    (:func:`check_site_order`), or a pair of distributions without a registered closed-form
-    KL.
+    from the guide, or a pair of distributions without a registered closed-form KL. The
+    order of the draws is checked where the traces are made (:func:`check_site_order`).
     """
     # Guide-only sites first: a joint guide sets the model's latents through Delta sites
     # from an auxiliary draw, and a KL of those Deltas would be silently wrong.
@@ -125,7 +198,6 @@ def analytic_kl_elbo_particle(model_trace, guide_trace) -> torch.Tensor:
                 f"global latents). Use estimator 'A' (or AutoDelta / a guide sampling the "
                 f"model's sites directly)"
             )
-    check_site_order(model_trace, guide_trace)
     elbo_particle = 0.0
     for name, model_site in model_trace.nodes.items():
         if model_site["type"] != "sample":
@@ -183,11 +255,19 @@ def _same_weight(model_site: dict, guide_site: dict) -> bool:
 class AnalyticKL_ELBO(TraceMeanField_ELBO):
     """Estimator B: strict analytic-KL ELBO (eq. 7).
 
-    Like :class:`~pyro.infer.TraceMeanField_ELBO` (same mean-field assumptions: the guide
-    factorises over latent sites and every latent is reparameterised), but a latent site
-    without a closed-form KL, or a guide-only (auxiliary) site, raises
-    :class:`AnalyticKLError` instead of silently switching to a Monte Carlo term.
+    Like :class:`~pyro.infer.TraceMeanField_ELBO` (every latent is reparameterised, and its
+    KL is taken given the draws before it), but a latent site without a closed-form KL, a
+    guide-only (auxiliary) site, or a guide drawing a site before one its model distribution
+    depends on (:func:`check_site_order`) raises :class:`AnalyticKLError` instead of
+    silently switching to a Monte Carlo term or warning.
     """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        # Trace_ELBO's traces, without TraceMeanField_ELBO's warning about the order of the
+        # draws: check_site_order tells the orders that matter, and refuses them
+        model_trace, guide_trace = Trace_ELBO._get_trace(self, model, guide, args, kwargs)
+        check_site_order(model_trace, guide_trace, lambda: model_dependencies(model, args, kwargs))
+        return model_trace, guide_trace
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
         elbo_particle = analytic_kl_elbo_particle(model_trace, guide_trace)

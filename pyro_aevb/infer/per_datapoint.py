@@ -29,7 +29,7 @@ from ..poutine import (
 )
 from ..poutine.plates import global_latent_error
 from ..validation import check_choice, check_data, check_positive_int
-from .elbo import ESTIMATORS, AnalyticKLError, check_site_order, site_kl
+from .elbo import ESTIMATORS, AnalyticKLError, check_site_order, model_dependencies, site_kl
 
 __all__ = [
     "elbo_per_datapoint",
@@ -45,7 +45,7 @@ def _log_prob(site: dict) -> torch.Tensor:
 
 
 def elbo_particle_per_datapoint(
-    model_trace, guide_trace, estimator: str, plate_name: str
+    model_trace, guide_trace, estimator: str, plate_name: str, dependencies=None
 ) -> torch.Tensor:
     """One particle's per-datapoint bound ``(batch,)`` from a guide trace and the model
     replayed on it (global latents already conditioned).
@@ -67,7 +67,7 @@ def elbo_particle_per_datapoint(
             f"exists for that. Use estimator 'A'"
         )
     if estimator == "B":
-        check_site_order(model_trace, guide_trace)
+        check_site_order(model_trace, guide_trace, dependencies)
     total = None
     for site in aux.values():
         term = -sum_to_plate(_log_prob(site), site, plate_name)
@@ -147,6 +147,11 @@ def elbo_per_datapoint(
     return program_elbo(program, x, estimator, num_particles)
 
 
+def _dependencies(program: PerDatapointProgram, x: torch.Tensor):
+    """The model's dependencies on ``x``, when :func:`check_site_order` needs them."""
+    return lambda: model_dependencies(program.model, (x,), {})
+
+
 def stacked_elbo(
     program: PerDatapointProgram,
     x: torch.Tensor,
@@ -161,7 +166,9 @@ def stacked_elbo(
         raise ValueError("the per-datapoint bound needs a guide q(z | x); got None")
     x_rep = replicate_rows(x, num_particles)
     guide_trace, model_trace = trace_guide_and_model(program.model, program.guide, x_rep)
-    per_row = elbo_particle_per_datapoint(model_trace, guide_trace, estimator, program.plate_name)
+    per_row = elbo_particle_per_datapoint(
+        model_trace, guide_trace, estimator, program.plate_name, _dependencies(program, x_rep)
+    )
     per_row = check_per_datapoint(per_row, x_rep.shape[0], "the bound")
     per_particle = per_row.reshape(num_particles, x.shape[0])
     return per_particle.mean(0) if reduce else per_particle
@@ -177,6 +184,6 @@ def program_elbo(
     for _ in range(num_particles):
         guide_trace, model_trace = trace_guide_and_model(program.model, program.guide, x)
         total = total + elbo_particle_per_datapoint(
-            model_trace, guide_trace, estimator, program.plate_name
+            model_trace, guide_trace, estimator, program.plate_name, _dependencies(program, x)
         )
     return check_per_datapoint(total / num_particles, x.shape[0], "the bound")

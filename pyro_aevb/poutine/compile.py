@@ -44,6 +44,7 @@ their gradients.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -64,6 +65,7 @@ __all__ = [
     "RecordedFunction",
     "describe_error",
     "capture",
+    "recording",
     "structure_of",
 ]
 
@@ -413,6 +415,24 @@ def _sample_checks_skipped():
         Distribution._validate_sample = original
 
 
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def _recording_now():
+    _state.recording = True
+    try:
+        yield
+    finally:
+        _state.recording = False
+
+
+def recording() -> bool:
+    """Whether :func:`capture` is recording now (on this thread): code that must not be part
+    of a recording (a run of the model for a one-off check) asks first."""
+    return getattr(_state, "recording", False)
+
+
 def capture(
     fn: Callable[..., Sequence[torch.Tensor]],
     inputs: Sequence[torch.Tensor],
@@ -439,7 +459,7 @@ def capture(
     try:
         with fork_rng(), pyro.validation_enabled(False):
             with value_checks_skipped(), _sample_checks_skipped(), torch.enable_grad():
-                with _ValueReads(inputs, what) as reads:
+                with _ValueReads(inputs, what) as reads, _recording_now():
                     gm = make_fx(flat, tracing_mode="real")(*inputs)
     except CaptureError:
         raise
