@@ -63,6 +63,7 @@ from ..poutine import (
     plate_frame,
     require_plate,
 )
+from ..poutine.compile import recording
 from ..poutine.layout import fixed_support, same_support, support_tensors
 from ..poutine.plates import ProgramContractError
 from ..poutine.program import site_mask
@@ -182,6 +183,20 @@ class LocalSite:
                 plate = (made or {}).get(f.name) or pyro.plate(f.name, f.size, dim=f.dim)
                 stack.enter_context(plate)
             yield
+
+
+def _call_kind(args, kwargs) -> tuple:
+    """What a call's arguments are, for :meth:`AmortizedGuide._subsampling_on`: tensors by
+    shape, numbers and ``None`` by value, anything else by type."""
+
+    def kind(v):
+        if isinstance(v, torch.Tensor):
+            return ("tensor", tuple(v.shape))
+        if v is None or isinstance(v, bool | int | float | str):
+            return v
+        return type(v).__name__
+
+    return tuple(kind(v) for v in args), tuple(sorted((k, kind(v)) for k, v in kwargs.items()))
 
 
 def _is_identity(transform: Transform) -> bool:
@@ -398,7 +413,9 @@ class AmortizedGuide(PyroModule):
         self._takes_num_data = accepts_num_data(model)
         # the model subsamples its data plate itself (pyro.plate(name, N, subsample=...) or
         # subsample_size=M), not from a num_data argument: read from the model on each call
+        # then; whether it does, by the kind of call (_subsampling_on)
         self._model_subsamples = False
+        self._subsampling: dict = {}
         # plates other than the data plate, made once per call (several sites share them)
         self._call_plates: dict = {}
 
@@ -536,6 +553,7 @@ class AmortizedGuide(PyroModule):
         # must say the same N, and encode the rows the model uses. A full size that came
         # from the num_data argument is not the model's own.
         self._model_subsamples = self._num_data(args, kwargs) is None and full != frame.size
+        self._subsampling = {_call_kind(args, kwargs): self._model_subsamples}
         if frame.size != x.shape[0] and not (self._model_subsamples and full == x.shape[0]):
             raise ProgramContractError(
                 f"the model's data plate '{self.plate_name}' has {frame.size} rows (of "
@@ -552,7 +570,7 @@ class AmortizedGuide(PyroModule):
             # a guide that failed to build stays unbuilt (and says so), not half-built
             self.local_sites, self.layout, self.nets, self.global_guide = None, None, None, None
             self._row_shape = self._dtype = None
-            self._model_subsamples = False
+            self._model_subsamples, self._subsampling = False, {}
             raise
 
     def _build(self, x: torch.Tensor, *args, **kwargs) -> None:
@@ -669,11 +687,26 @@ class AmortizedGuide(PyroModule):
             except NonlocalExit as stop:
                 stop.reset_stack()
                 fn, given = stop.site["fn"], stop.site["value"]
-                m = fn.subsample_size if fn.subsample_size is not None else len(given)
-                return fn.size, m, given
+                if fn.subsample_size is not None:
+                    return fn.size, fn.subsample_size, given
+                return fn.size, fn.size if given is None else len(given), given
         raise ProgramContractError(
             f"the model did not open its data plate '{self.plate_name}' on these arguments"
         )
+
+    def _subsampling_on(self, args, kwargs) -> bool:
+        """Whether the model subsamples its data plate itself on calls of this kind (the
+        shapes of the tensor arguments, the other arguments' values: ``idx=None`` or given,
+        ``subsample_size=min(10, len(x))``), read from the model once per kind of call (a
+        run up to its data plate), and from the first call while a step is recorded."""
+        if recording():
+            return self._model_subsamples
+        kind = _call_kind(args, kwargs)
+        found = self._subsampling.get(kind)
+        if found is None:
+            size, m, _ = self._model_plate(args, kwargs)
+            found = self._subsampling[kind] = m != size
+        return found
 
     def _data_plate(self, x: torch.Tensor, args, kwargs):
         """``(plate, rows)``: the guide's data plate, standing for as many datapoints as the
@@ -685,7 +718,7 @@ class AmortizedGuide(PyroModule):
         plate does, and the model gets the same rows by replay."""
         n, dim, name = x.shape[0], self._plate_dim, self.plate_name
         num_data, given = self._num_data(args, kwargs), None
-        if num_data is None and self._model_subsamples:
+        if num_data is None and self._subsampling_on(args, kwargs):
             num_data, m, given = self._model_plate(args, kwargs)
             if m != n:
                 if num_data != n:

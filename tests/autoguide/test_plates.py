@@ -193,3 +193,41 @@ def test_plates_the_guide_cannot_serve_are_named():
 
     with pytest.raises(ValueError, match=r"hidden_dims and activation .* would be ignored"):
         AmortizedNormal(wishart, encoder=torch.nn.Linear(2, 4), hidden_dims=(64,))
+
+
+def test_whether_the_model_subsamples_is_read_for_each_kind_of_call():
+    """A guide first called without the model's indices (no subsampling), later with them;
+    and one set up on few rows (or loaded into a fresh guide) for a model whose
+    subsample_size is min(10, len(x)): each kind of call is read from the model, so the
+    model keeps its rows and both programs are scaled alike."""
+    N = 50
+
+    def model(x, idx=None):
+        with pyro.plate("data", len(x), subsample=idx) as rows:
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(rows)), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[rows, 0])
+
+    pyro.clear_param_store()
+    x, idx = torch.randn(N, 2), torch.tensor([3, 7, 11, 20, 41])
+    guide = AmortizedNormal(model, hidden_dims=(4,))
+    guide(x)
+    guide_trace, model_trace = _traces(model, guide, x, idx)
+    assert torch.equal(model_trace.nodes["data"]["value"], idx)
+    assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == N / 5
+    guide_trace, model_trace = _traces(model, guide, x)  # and back to all rows
+    assert guide_trace.nodes["z"]["value"].shape == (N,) and model_trace.nodes["z"]["scale"] == 1
+
+    def capped(x):
+        with pyro.plate("data", len(x), subsample_size=min(10, len(x))) as rows:
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(rows)), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[rows, 0])
+
+    pyro.clear_param_store()
+    small = AmortizedNormal(capped, hidden_dims=(4,))
+    small(torch.randn(5, 2))
+    fresh = AmortizedNormal(capped, hidden_dims=(4,))
+    fresh.load_state_dict(small.state_dict())
+    for guide in (small, fresh):
+        guide_trace, model_trace = _traces(capped, guide, x)
+        assert torch.equal(model_trace.nodes["data"]["value"], guide_trace.nodes["data"]["value"])
+        assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == N / 10
