@@ -40,7 +40,9 @@ def image_grid(images, image_shape: tuple[int, int], ncols: int, pad: int = 1) -
     if isinstance(pad, bool) or not isinstance(pad, int | np.integer) or pad < 0:
         raise ValueError(f"pad must be an int >= 0 (pixels between tiles), got {pad!r}")
     n = images.shape[0] if images.ndim else 0
-    if images.ndim < 1 or images[0].size != h * w:
+    if n == 0:
+        raise ValueError(f"image_grid needs at least one image, got shape {images.shape}")
+    if images[0].size != h * w:
         raise ValueError(
             f"image_shape={(h, w)} needs {h * w} values per image, but the images have shape "
             f"{tuple(images.shape)} ({images[0].size if images.ndim else 0} values each)"
@@ -65,9 +67,11 @@ def _image_shape(image_shape) -> tuple[int, int]:
 
 def _save(fig, path) -> Path:
     """Render ``fig`` and write it atomically: an interrupted write keeps the figure that
-    was there. The format follows the suffix (png without one)."""
+    was there. The format follows the suffix (``.png`` is added to a path without one)."""
     path = Path(path)
-    fmt = path.suffix[1:].lower() or "png"
+    if not path.suffix:  # as matplotlib names it
+        path = path.with_suffix(".png")
+    fmt = path.suffix[1:].lower()
     buffer = io.BytesIO()
     fig.savefig(buffer, format=fmt, dpi=100, bbox_inches="tight")
     return write_bytes_atomic(path, buffer.getvalue())
@@ -96,16 +100,21 @@ def manifold_grid(n: int, latent_dim: int = 2, dims: tuple[int, int] = (0, 1)) -
             f"the manifold grid spans two latent coordinates; the latent space has "
             f"latent_dim={latent_dim}"
         )
-    a, b = dims
-    if not all(isinstance(d, int) and 0 <= d < latent_dim for d in (a, b)) or a == b:
+    ok = len(dims) == 2 if isinstance(dims, Sequence | np.ndarray) else False
+    ok = ok and all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool) and 0 <= d < latent_dim
+        for d in dims
+    )
+    if not ok or dims[0] == dims[1]:
         raise ValueError(
             f"dims must be two different coordinates in [0, {latent_dim}), got {dims!r}"
         )
+    a, b = (int(d) for d in dims)
     u = (np.arange(n) + 0.5) / n
     g = torch.as_tensor(norm.ppf(u), dtype=torch.float32)
     z = torch.zeros(n * n, latent_dim)
-    z[:, dims[0]] = g.repeat(n)
-    z[:, dims[1]] = g.flip(0).repeat_interleave(n)
+    z[:, a] = g.repeat(n)
+    z[:, b] = g.flip(0).repeat_interleave(n)
     return z
 
 

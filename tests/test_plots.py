@@ -79,8 +79,13 @@ def test_bad_plot_arguments_are_named():
         image_grid(imgs, (4,), ncols=3)
     with pytest.raises(ValueError, match="latent_dim=1"):
         manifold_grid(3, latent_dim=1)
-    with pytest.raises(ValueError, match="dims must be two different coordinates"):
-        manifold_grid(3, latent_dim=3, dims=(0, 0))
+    for dims in ((0, 0), (0, 1, 2), (0, 3), 5):
+        with pytest.raises(ValueError, match="dims must be two different coordinates"):
+            manifold_grid(3, latent_dim=3, dims=dims)
+    z = manifold_grid(3, latent_dim=3, dims=(np.int64(0), np.int64(2)))  # numpy ints are ints
+    assert torch.equal(z[:, 1], torch.zeros(9))
+    with pytest.raises(ValueError, match="at least one image"):
+        image_grid(imgs[:0], (2, 2), ncols=3)
 
 
 def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -101,6 +106,8 @@ def test_a_figure_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         plot_samples(vae, path, (4, 4), n=9)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]  # no temporary left
+    monkeypatch.undo()
+    assert plot_samples(vae, tmp_path / "no_suffix", (4, 4), n=4) == tmp_path / "no_suffix.png"
 
 
 def test_posterior_contours_name_datapoints_the_result_does_not_hold(tmp_path):
