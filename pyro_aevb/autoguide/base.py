@@ -54,6 +54,7 @@ from torch.distributions.transforms import (
     Transform,
 )
 
+from ..device import fork_rng
 from ..nn.mlp import init_normal_
 from ..poutine import (
     UNCONSTRAINED_OF,
@@ -486,7 +487,7 @@ class AmortizedGuide(PyroModule):
         x = self._data(args, kwargs)
         model = self.model
         # a throw-away run of the model: fork the RNG so the caller's draws are not shifted
-        with torch.random.fork_rng(devices=[]), poutine.block():
+        with fork_rng(), poutine.block():
             # with gradients: a support whose bounds follow a parameter is told by them
             trace = poutine.trace(model).get_trace(*args, **kwargs)
             with torch.no_grad():
@@ -595,7 +596,7 @@ class AmortizedGuide(PyroModule):
             factory = GLOBAL_GUIDES.get(spec, spec) if isinstance(spec, str) else spec
             self.global_guide = factory(poutine.block(model, expose=list(globals_)))
             # create its parameters now (a throw-away run), so that a checkpoint loads into them
-            with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+            with fork_rng(), poutine.block(), torch.no_grad():
                 self.global_guide(*args, **kwargs)
 
     def _claim_store_entries(self) -> None:
@@ -681,7 +682,7 @@ class AmortizedGuide(PyroModule):
         def at_plate(msg) -> bool:
             return msg["name"] == self.plate_name and site_is_subsample(msg)
 
-        with torch.random.fork_rng(devices=[]), poutine.block(), torch.no_grad():
+        with fork_rng(), poutine.block(), torch.no_grad():
             try:
                 poutine.escape(self.model, at_plate)(*args, **kwargs)
             except NonlocalExit as stop:
@@ -886,7 +887,7 @@ class AmortizedGuide(PyroModule):
         site the transform of the guide's centre in unconstrained space (the median for the
         Gaussian guides; for a flow, the flow's image of its base median)."""
         if not self.built:
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng():
                 self._setup(*args, **kwargs)
         out = {} if self.global_guide is None else dict(self.global_guide.median(*args, **kwargs))
         x = self._data(args, kwargs)

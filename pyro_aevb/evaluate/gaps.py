@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import fork_rng
 from ..infer.refine import RefinedGuide, refine
 from ..poutine import PerDatapointProgram
 from ..validation import check_data, check_positive_int, check_seed
@@ -163,7 +164,7 @@ def gap_report(
     x = check_data(x, "x")
     num_particles = check_positive_int(num_particles, "num_particles", minimum=2)
     seed = check_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng():
         torch.manual_seed(seed)
         program = PerDatapointProgram(
             model, guide, x, plate_name=plate_name, global_values=global_values

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import fork_rng
 from ..mcmc import PerDatapointPotential, sample
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import as_program
@@ -232,7 +233,7 @@ def compare_with_mcmc(
     names = [
         f"{s.name}[{i}]" if s.size > 1 else s.name for s in layout.sites for i in range(s.size)
     ]
-    with torch.random.fork_rng(devices=[]):
+    with fork_rng():
         torch.manual_seed(seed)
         potential = PerDatapointPotential(program, x)
         q_draws, log_q, log_p = guide_draws(potential, num_guide_samples)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device import fork_rng
 from ..poutine import as_program
 from ..validation import check_data, check_positive_float, check_positive_int, check_seed
 from .per_datapoint import stacked_elbo
@@ -181,7 +182,7 @@ def refine(
     history = []
     window = max(1, steps // 5)
     averaged = {k: torch.zeros_like(v) for k, v in params.items()}
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    rng = fork_rng() if seed is not None else contextlib.nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)

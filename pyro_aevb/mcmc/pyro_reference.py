@@ -233,7 +233,7 @@ def sample_posterior_pyro(
         chain_flat = []
         for i in range(batch):
             xi = x[i : i + 1]
-            with torch.random.fork_rng(devices=[]):
+            with fork_rng():
                 torch.manual_seed(_run_seed(seed, i, c))
                 if initial_positions is not None:
                     initial_params = _unflatten_unconstrained(initial_positions[c, i], layout)

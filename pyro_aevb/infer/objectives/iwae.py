@@ -29,6 +29,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 
+from ...device import fork_rng
 from ...models.vae import VAE, program_override
 from ...poutine import (
     PerDatapointProgram,
@@ -159,7 +160,7 @@ class PyroIWAEObjective(_IWAEBound):
         k = self.num_particles
         x_rep = replicate_rows(x, k)
         what = f"the model and guide on {k} stacked copies of the minibatch (IWAE's particles)"
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), poutine.block():
+        with fork_rng(), torch.no_grad(), poutine.block():
             # plate over the rows given, guide sites matching the model's latents (a scale
             # inside the plate is applied by this objective, as by Trace_ELBO: no warning)
             PerDatapointProgram(model, guide, x_rep, plate_name=plate, warn=False)
