@@ -414,6 +414,11 @@ def _train(args, dataset, out_dir: Path, run, settings: dict) -> dict:
         "samples_per_second": result.samples / train_seconds,
         "seconds": seconds,
         "figures": [str(p) for p in figures],
+        # figures left from before this training (--no-figures on a resumed run): they show
+        # the model as it was then
+        "figures_from_before": [
+            str(out_dir / n) for n in FIGURE_NAMES if args.no_figures and (out_dir / n).is_file()
+        ],
     }
     write_json_atomic(out_dir / "summary.json", summary)
     return summary
@@ -450,6 +455,8 @@ def _print_summary(summary: dict) -> None:
             print(f"{split + ' bound':<18}{bound:.2f} nats per datapoint{at}")
     for p in summary["figures"]:
         print(f"figure            {p}")
+    for p in summary.get("figures_from_before") or []:
+        print(f"figure (older)    {p}: from before this training (pyro-aevb figures redraws it)")
 
 
 #: Files the command line writes beside a run's checkpoint (the trainer refuses a folder

@@ -66,6 +66,13 @@ def test_train_resume_and_figures(tmp_path, capsys):
     assert json.loads((out / "history.json").read_text())[-1]["samples"] == 2000
     assert main(["figures", str(out), "--out", str(tmp_path / "figs")]) == 0
     assert (tmp_path / "figs" / "samples.png").is_file()
+    # figures in the run's folder drawn before a resume with --no-figures are named as older
+    assert main(["figures", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--num-samples", "2500", "--resume"]) == 0
+    assert f"figure (older)    {out / 'samples.png'}: from before" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["figures"] == [] and str(out / "samples.png") in summary["figures_from_before"]
 
 
 def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
