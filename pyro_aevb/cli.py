@@ -45,11 +45,10 @@ from .plots import (
     plot_samples,
 )
 from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
-from .train.checkpoint import previous_checkpoint_path
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.fingerprint import data_fingerprint, describe_fingerprint, same_data
 from .train.interrupt import exit_status, signal_name
-from .train.runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
+from .train.runs import RUN_FILES
 from .train.trainer import Trainer
 from .validation import check_seed
 from .version import __version__
@@ -459,14 +458,8 @@ def _print_summary(summary: dict) -> None:
         print(f"figure (older)    {p}: from before this training (pyro-aevb figures redraws it)")
 
 
-#: Files the command line writes beside a run's checkpoint (the trainer refuses a folder
-#: holding its own: checkpoint, history, config).
-RUN_FILES = (
-    CHECKPOINT_NAME,
-    previous_checkpoint_path(CHECKPOINT_NAME).name,
-    HISTORY_NAME,
-    CONFIG_NAME,
-)
+#: Files the command line writes beside a run's own (the trainer refuses a folder holding
+#: those, RUN_FILES).
 RESULT_PATTERNS = ("summary.json", "evaluate-*.json", "gaps-*.json", "gaps-*.png", *FIGURE_NAMES)
 
 

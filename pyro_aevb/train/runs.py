@@ -21,15 +21,28 @@ from torch import nn
 from ..autoguide import build_guide
 from ..models.presets import build_model
 from ..poutine import ProgramParams, collect_params, owner_modules
-from .checkpoint import json_safe, load_checkpoint, missing_checkpoint_hint, read_json
+from .checkpoint import (
+    json_safe,
+    load_checkpoint,
+    missing_checkpoint_hint,
+    previous_checkpoint_path,
+    read_json,
+)
 from .payload import MalformedCheckpointError, check_module_states, check_training_payload
 from .resume import config_differences
 
-__all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "CONFIG_NAME", "Run", "load_run"]
+__all__ = ["CHECKPOINT_NAME", "HISTORY_NAME", "CONFIG_NAME", "RUN_FILES", "Run", "load_run"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_NAME = "history.json"
 CONFIG_NAME = "config.json"
+#: The files of a run the trainer writes: a folder holding any of them holds a run.
+RUN_FILES = (
+    CHECKPOINT_NAME,
+    previous_checkpoint_path(CHECKPOINT_NAME).name,
+    HISTORY_NAME,
+    CONFIG_NAME,
+)
 
 
 @dataclass

@@ -64,7 +64,6 @@ from ..version import __version__
 from .checkpoint import (
     load_checkpoint,
     missing_checkpoint_hint,
-    previous_checkpoint_path,
     remove_stale_temps,
     save_checkpoint,
     write_json_atomic,
@@ -91,7 +90,7 @@ from .payload import (
     check_restorable,
 )
 from .resume import config_differences, resumed_lr
-from .runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME
+from .runs import CHECKPOINT_NAME, CONFIG_NAME, HISTORY_NAME, RUN_FILES
 
 __all__ = [
     "fit",
@@ -524,17 +523,12 @@ class Trainer:
     def _open_run(self, resume: bool) -> None:
         """Start a new run in ``out_dir`` or restore the one there (``resume``)."""
         checkpoint = self.out_dir / CHECKPOINT_NAME if self.out_dir else None
-        names = (
-            []
-            if checkpoint is None
-            else [CHECKPOINT_NAME, previous_checkpoint_path(checkpoint).name]
-        )
         if self._lock is not None:
             # the lock is held: temporaries of the run's own files are a killed run's. Only
             # the lock's holder may say so: the other ranks of a data-parallel job hold no
             # lock, and their job may have been refused one held by a live run, whose
             # temporaries are being written.
-            remove_stale_temps(self.out_dir, [*names, HISTORY_NAME, CONFIG_NAME], exclusive=True)
+            remove_stale_temps(self.out_dir, list(RUN_FILES), exclusive=True)
         if resume:
             if checkpoint is None or not checkpoint.is_file():
                 hint = "pass the out_dir of the run to continue"
@@ -546,8 +540,7 @@ class Trainer:
             self._restore(load_checkpoint(checkpoint), checkpoint)
         else:
             if checkpoint is not None:
-                own = [*names, HISTORY_NAME, CONFIG_NAME]
-                found = [n for n in own if (self.out_dir / n).exists()]
+                found = [n for n in RUN_FILES if (self.out_dir / n).exists()]
                 if found:
                     raise FileExistsError(
                         f"{self.out_dir} holds an earlier run ({', '.join(found)}); pass "
