@@ -187,7 +187,7 @@ class LocalSite:
 
 
 def _call_kind(args, kwargs) -> tuple:
-    """What a call's arguments are, for :meth:`AmortizedGuide._subsampling_on`: tensors by
+    """What a call's arguments are, for :meth:`AmortizedGuide._own_subsample`: tensors by
     shape, numbers and ``None`` by value, anything else by type."""
 
     def kind(v):
@@ -414,7 +414,7 @@ class AmortizedGuide(PyroModule):
         self._takes_num_data = accepts_num_data(model)
         # the model subsamples its data plate itself (pyro.plate(name, N, subsample=...) or
         # subsample_size=M), not from a num_data argument: read from the model on each call
-        # then; whether it does, by the kind of call (_subsampling_on)
+        # then; whether it does, by the kind of call (_own_subsample)
         self._model_subsamples = False
         self._subsampling: dict = {}
         # plates other than the data plate, made once per call (several sites share them)
@@ -695,19 +695,23 @@ class AmortizedGuide(PyroModule):
             f"the model did not open its data plate '{self.plate_name}' on these arguments"
         )
 
-    def _subsampling_on(self, args, kwargs) -> bool:
-        """Whether the model subsamples its data plate itself on calls of this kind (the
-        shapes of the tensor arguments, the other arguments' values: ``idx=None`` or given,
-        ``subsample_size=min(10, len(x))``), read from the model once per kind of call (a
-        run up to its data plate), and from the first call while a step is recorded."""
+    def _own_subsample(self, args, kwargs):
+        """``(N, M, indices or None)`` of the model's data plate on this call when the model
+        subsamples it itself, else ``None``. Whether it does is read from the model once per
+        kind of call (the shapes of the tensor arguments, the other arguments' values:
+        ``idx=None`` or given, ``subsample_size=min(10, len(x))``), and from the first call
+        while a step is recorded; where it does, the plate is read on every call (its
+        indices)."""
         if recording():
-            return self._model_subsamples
-        kind = _call_kind(args, kwargs)
-        found = self._subsampling.get(kind)
-        if found is None:
-            size, m, _ = self._model_plate(args, kwargs)
-            found = self._subsampling[kind] = m != size
-        return found
+            subsamples = self._model_subsamples
+        else:
+            subsamples = self._subsampling.get(_call_kind(args, kwargs))
+        if subsamples is False:
+            return None
+        size, m, given = self._model_plate(args, kwargs)
+        if subsamples is None:
+            self._subsampling[_call_kind(args, kwargs)] = m != size
+        return (size, m, given) if m != size else None
 
     def _data_plate(self, x: torch.Tensor, args, kwargs):
         """``(plate, rows)``: the guide's data plate, standing for as many datapoints as the
@@ -719,8 +723,9 @@ class AmortizedGuide(PyroModule):
         plate does, and the model gets the same rows by replay."""
         n, dim, name = x.shape[0], self._plate_dim, self.plate_name
         num_data, given = self._num_data(args, kwargs), None
-        if num_data is None and self._subsampling_on(args, kwargs):
-            num_data, m, given = self._model_plate(args, kwargs)
+        own = None if num_data is not None else self._own_subsample(args, kwargs)
+        if own is not None:
+            num_data, m, given = own
             if m != n:
                 if num_data != n:
                     raise ProgramContractError(
