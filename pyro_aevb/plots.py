@@ -45,7 +45,7 @@ def image_grid(images, image_shape: tuple[int, int], ncols: int, pad: int = 1) -
     if images[0].size != h * w:
         raise ValueError(
             f"image_shape={(h, w)} needs {h * w} values per image, but the images have shape "
-            f"{tuple(images.shape)} ({images[0].size if images.ndim else 0} values each)"
+            f"{tuple(images.shape)} ({images[0].size} values each)"
         )
     nrows = -(-n // ncols)
     grid = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad), dtype=np.float32)

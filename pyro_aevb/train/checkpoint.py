@@ -334,7 +334,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, exclusive: bool = False
     """Atomically write ``obj`` as indented, standard JSON (non-finite numbers as ``null``);
     ``exclusive`` as for :func:`write_bytes_atomic`."""
     data = (json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n").encode()
-    return _atomic_write(Path(path), data, exclusive=exclusive)
+    return write_bytes_atomic(path, data, exclusive)
 
 
 def read_json(path: str | os.PathLike) -> Any:
