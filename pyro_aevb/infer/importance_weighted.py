@@ -70,6 +70,7 @@ masked-autoregressive flows, one pass per dimension for an inverse autoregressiv
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -78,6 +79,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 
 from ..poutine import DataPlateRows, plate_frame, replicate_rows, sample_sites, sum_to_plate
+from ..poutine.params import buffer_values, modules_run, restore_buffers
 from .per_datapoint import check_per_datapoint
 
 __all__ = ["IWAETerms", "run_stacked", "trace_terms", "iwae_loss_and_backward"]
@@ -96,11 +98,15 @@ class IWAETerms:
     leaves, paths : list of torch.Tensor or None
         For DReG: the detached leaves the terms were evaluated at, and the reparameterised
         values they copy (with the graph to the guide's parameters), site by site.
+    buffers : list or None
+        For DReG: the modules' buffers as the guide's first run left them
+        (:func:`~pyro_aevb.poutine.params.buffer_values`), put back after the backward pass.
     """
 
-    def __init__(self, log_p, log_q, global_term, leaves=None, paths=None):
+    def __init__(self, log_p, log_q, global_term, leaves=None, paths=None, buffers=None):
         self.log_p, self.log_q, self.global_term = log_p, log_q, global_term
         self.leaves, self.paths = leaves, paths
+        self.buffers = buffers
 
     @property
     def log_w(self) -> torch.Tensor:
@@ -167,10 +173,16 @@ def run_stacked(
     """
     x_rep = replicate_rows(x, num_particles)
     rows = x_rep.shape[0]
-    with DataPlateRows(plate_name, rows):
+    with (
+        DataPlateRows(plate_name, rows),
+        modules_run() if dreg else contextlib.nullcontext() as ran,
+    ):
         guide_trace = poutine.trace(guide).get_trace(x_rep)
-    leaves = paths = None
+    leaves = paths = drawn_buffers = None
     if dreg:
+        # the guide runs twice: its buffers (BatchNorm statistics) as the first run left them
+        # are put back after the backward pass, so a step updates them once, as stock Pyro's
+        drawn_buffers = buffer_values(ran)
         values = guide_trace.copy()
         leaves, paths = [], []
         for name in _local_latent_names(guide_trace, plate_name):
@@ -185,7 +197,9 @@ def run_stacked(
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x_rep)
     log_p, log_q, global_term = trace_terms(model_trace, guide_trace, plate_name, rows)
     shape = (num_particles, x.shape[0])
-    return IWAETerms(log_p.reshape(shape), log_q.reshape(shape), global_term, leaves, paths)
+    return IWAETerms(
+        log_p.reshape(shape), log_q.reshape(shape), global_term, leaves, paths, drawn_buffers
+    )
 
 
 def iwae_loss_and_backward(
@@ -196,15 +210,24 @@ def iwae_loss_and_backward(
 
     Returns the loss as a detached scalar. If a log weight or ``G`` is not finite (NaN, or an
     infinite weight that would give NaN gradients), nothing is differentiated and the
-    returned loss is NaN, so that the trainer stops before an update.
+    returned loss is NaN, so that the trainer stops before an update. The buffers the terms
+    hold (:attr:`IWAETerms.buffers`) are put back afterwards.
     """
+    try:
+        return _loss_and_backward(terms, scale, params, dreg)
+    finally:
+        if terms.buffers:
+            restore_buffers(terms.buffers)
+
+
+def _loss_and_backward(terms: IWAETerms, scale: float, params, dreg: bool) -> torch.Tensor:
     log_w = terms.log_w
     num_particles = log_w.shape[0]
     bound_rows = torch.logsumexp(log_w, dim=0) - math.log(num_particles)
     loss = -scale * bound_rows.sum() - terms.global_term
     if not (bool(torch.isfinite(log_w).all()) and bool(torch.isfinite(terms.global_term))):
         return torch.full_like(loss, math.nan).detach()
-    params = list(params)
+    params = [p for p in params if p.requires_grad]  # a frozen one gets no gradient
     if not params:
         return loss.detach()
     if not dreg:

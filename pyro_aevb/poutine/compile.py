@@ -35,7 +35,8 @@ sample) is frozen at recording time: callers compare a
 (``float(self.beta_buffer)``); :func:`structure_of` gives a signature of the sites, shapes,
 plates, distribution types and scales of traces, which callers compare on a traced run now
 and then to catch a program whose structure changes. A draw from a user's own
-``torch.Generator`` is refused (the recording replays the global RNG only). Tensors the
+``torch.Generator``, or from Python's or NumPy's global generator, is refused (the recording
+replays torch's global RNG only). Tensors the
 function reads that are not inputs (buffers, constants) are read by reference at every run,
 so in-place updates of them are seen; trainable tensors must be passed as inputs to get
 their gradients.
@@ -44,11 +45,13 @@ their gradients.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -456,6 +459,7 @@ def capture(
             raise TypeError("the recorded function must return a sequence of tensors")
         return tuple(out)
 
+    python_rngs = _python_rng_states()
     try:
         with fork_rng(), pyro.validation_enabled(False):
             with value_checks_skipped(), _sample_checks_skipped(), torch.enable_grad():
@@ -473,6 +477,14 @@ def capture(
                 f"repeat"
             ) from err
         raise CaptureError(f"recording {what} failed: {describe_error(err)}") from err
+    drew = _restore_python_rngs(python_rngs)
+    if drew:
+        # a replay would take the branch of the recording run's draw at every step
+        raise CaptureError(
+            f"{what} drew from {drew}'s random number generator (e.g. random.random() or "
+            f"np.random.rand() deciding a branch), which a recording cannot repeat; use "
+            f"torch's (torch.rand) so that Pyro's seeding covers it"
+        )
     varying = _varying_nodes(gm.graph)
     for node in gm.graph.nodes:
         if node.op != "call_function":
@@ -492,6 +504,26 @@ def capture(
     # described after the run: a copy made inside it would be recorded too
     read = [_read_record(t) for r in reads.reads if (t := r()) is not None]
     return RecordedFunction(_simplify(gm), inputs, read)
+
+
+def _python_rng_states() -> tuple:
+    """The states of Python's and NumPy's global random number generators."""
+    return random.getstate(), np.random.get_state()  # noqa: NPY002 -- the legacy global one
+
+
+def _restore_python_rngs(states: tuple) -> str:
+    """Put back the states of :func:`_python_rng_states` (a recording run must not shift the
+    caller's streams); returns ``"Python"``/``"NumPy"`` if a run drew from one, else ``""``."""
+    py, npy = states
+    drew = []
+    if random.getstate() != py:
+        drew.append("Python")
+        random.setstate(py)
+    now = np.random.get_state()  # noqa: NPY002
+    if now[0] != npy[0] or now[2:] != npy[2:] or not np.array_equal(now[1], npy[1]):
+        drew.append("NumPy")
+        np.random.set_state(npy)  # noqa: NPY002
+    return " and ".join(drew)
 
 
 def _scale_key(scale):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import pyro
 import pyro.poutine as poutine
@@ -31,11 +31,17 @@ from ..device import fork_rng
 
 __all__ = [
     "ProgramParams",
+    "buffer_values",
     "buffers_kept",
+    "check_params_cover",
+    "untrained_param_sites",
+    "modules_run",
+    "restore_buffers",
     "collect_params",
     "eval_mode",
     "owner_modules",
     "row_coupling_modules",
+    "UntrainedParamError",
 ]
 
 _DIVIDER = "$$$"  # pyro.module's separator between the module name and the parameter name
@@ -51,6 +57,53 @@ def owner_modules(*programs) -> list[nn.Module]:
     return out
 
 
+class UntrainedParamError(ValueError):
+    """A training step used a parameter that the run does not train (see
+    :func:`check_params_cover`)."""
+
+
+def untrained_param_sites(params: Iterable[torch.Tensor], *traces) -> list:
+    """``(name, leaf)`` of the param sites of ``traces`` (Pyro traces of a training step)
+    holding a trainable tensor that is not among ``params``: a ``pyro.param`` first created
+    after training started, a module replaced by a new one -- or a stale param-store entry the
+    programs do not compute with. :func:`check_params_cover` tells them apart after the
+    backward pass: their gradients are cleared here, so that only that pass can set them."""
+    known = getattr(params, "_ids", None)
+    if known is None:
+        known = {id(p) for p in params}
+    out = []
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] != "param":
+                continue
+            value = site["value"]
+            leaf = getattr(value, "unconstrained", None)
+            leaf = leaf() if callable(leaf) else value
+            if isinstance(leaf, torch.Tensor) and leaf.requires_grad and id(leaf) not in known:
+                leaf.grad = None
+                out.append((name, leaf))
+    return out
+
+
+def check_params_cover(sites: list) -> None:
+    """After the backward pass of a step: raise :class:`UntrainedParamError` if one of the
+    :func:`untrained_param_sites` got a gradient (the loss depends on it). Pyro's ``SVI``
+    would start training it; an optimizer and checkpoints built on the first minibatch's
+    parameters would silently leave it at its initial value. Their gradients are cleared."""
+    used = [name for name, leaf in sites if leaf.grad is not None]
+    for _, leaf in sites:
+        leaf.grad = None
+    if used:
+        raise UntrainedParamError(
+            f"param site '{used[0]}' holds a tensor that was not among the parameters when "
+            f"training started (a pyro.param first created after the first step, or a module "
+            f"replaced by a new one): the optimizer and the checkpoints hold the parameters "
+            f"the programs used on their first minibatch, so it would never be trained. "
+            f"Create it before training (run the programs once with the settings that create "
+            f"it, or call pyro.param('{used[0]}', ...) before fit)"
+        )
+
+
 class ProgramParams:
     """An ordered set of trainable tensors, with names for checkpoints.
 
@@ -61,7 +114,10 @@ class ProgramParams:
     store_names : list of str
         Param-store entries touched by the programs that no module owns, sorted.
     tensors : list of torch.Tensor
-        Every trainable leaf tensor: the modules' parameters, then the store entries.
+        Every trainable leaf tensor: the modules' parameters, then the store entries. A
+        parameter frozen now (``requires_grad_(False)``) is among them: it gets no gradient
+        while it is frozen (the optimizers skip it) and is trained once it is unfrozen, as
+        Pyro's ``SVI`` does (a fine-tuning schedule that unfreezes a decoder mid-run).
     buffers : dict of str to torch.Tensor
         Buffers of the other modules the programs run (``pyro.module`` inside a plain
         function: BatchNorm statistics), named ``"<i>.<buffer>"`` by the order in which the
@@ -86,7 +142,7 @@ class ProgramParams:
         tensors = []
         for m in self.modules:
             for p in m.parameters():
-                if p.requires_grad and id(p) not in seen:
+                if id(p) not in seen:
                     seen.add(id(p))
                     tensors.append(p)
         for name in self.store_names:
@@ -97,6 +153,7 @@ class ProgramParams:
                 seen.add(id(p))
                 tensors.append(p)
         self.tensors = tensors
+        self._ids = seen  # for check_params_cover
 
     def __iter__(self):
         return iter(self.tensors)
@@ -221,9 +278,43 @@ def buffers_kept(
     finally:
         if hook is not None:
             hook.remove()
-        with torch.no_grad():
-            for b, value in saved.values():
-                b.copy_(value)
+        restore_buffers(list(saved.values()))
+
+
+def buffer_values(modules: Sequence[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(buffer, copy of its value)`` for the buffers of ``modules``, for
+    :func:`restore_buffers`."""
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m in modules:
+        for b in m.buffers():
+            if id(b) not in seen:
+                seen[id(b)] = (b, b.detach().clone())
+    return list(seen.values())
+
+
+def restore_buffers(saved: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy the values of :func:`buffer_values` back (in place: an autograd graph that saved
+    a buffer must have been differentiated already)."""
+    with torch.no_grad():
+        for b, value in saved:
+            b.copy_(value)
+
+
+@contextlib.contextmanager
+def modules_run() -> Iterator[list[nn.Module]]:
+    """Yields a list that fills with the modules whose ``forward`` runs inside (a global
+    forward pre-hook, so modules used by plain-function programs count too)."""
+    called: list[nn.Module] = []
+
+    def seen(module, args) -> None:
+        if all(module is not m for m in called):
+            called.append(module)
+
+    hook = register_module_forward_pre_hook(seen)
+    try:
+        yield called
+    finally:
+        hook.remove()
 
 
 @contextlib.contextmanager

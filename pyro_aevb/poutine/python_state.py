@@ -11,7 +11,8 @@ before each replay and re-checks (training) or re-records (potentials) when it c
 * of every ``nn.Module`` the programs own or run (and their submodules): its public
   attributes -- numbers, strings, ``None`` and flags (``training``) by value, anything else
   (a tensor, a tuple, an object) by identity -- which parameters, buffers and submodules it
-  holds, and each parameter's ``requires_grad``;
+  holds, each parameter's ``requires_grad``, and a ``PyroModule``'s ``PyroSample`` priors
+  and ``PyroParam`` declarations;
 * of the object behind a bound-method program that is not a module: the same attributes;
 * of the programs' functions, the functions and lambdas defined inside them, and the helper
   functions of their own module they name: the global variables and closure cells they
@@ -31,6 +32,8 @@ read in Python while recording are watched by the recording itself
 
 from __future__ import annotations
 
+import functools
+import sys
 import types
 from collections.abc import Callable, Iterable
 
@@ -51,10 +54,17 @@ def _value(value):
     return value if type(value) in _SCALARS else (id(value),)
 
 
-def _attributes(d: dict, ignored) -> tuple:
-    """``(name, value)`` of an object's public attributes (see :func:`_value`)."""
+def _attributes(d: dict, ignored, deep: bool = False) -> tuple:
+    """``(name, value)`` of an object's public attributes (see :func:`_value`); with ``deep``
+    (an object of the user's class), one level into a config object, dict or list it holds
+    (``self.cfg.beta``, ``self.hparams["beta"]``; see :func:`_shallow`)."""
+    value = _shallow if deep else _value
     if ignored:
-        return tuple([(k, _value(v)) for k, v in d.items() if k[0] != "_" and k not in ignored])
+        return tuple([(k, value(v)) for k, v in d.items() if k[0] != "_" and k not in ignored])
+    if deep:
+        return tuple(
+            [(k, v if type(v) in _SCALARS else _shallow(v)) for k, v in d.items() if k[0] != "_"]
+        )
     return tuple([(k, v if type(v) in _SCALARS else (id(v),)) for k, v in d.items() if k[0] != "_"])
 
 
@@ -62,6 +72,9 @@ def _attributes(d: dict, ignored) -> tuple:
 MAX_ENTRIES = 64
 #: At most this many functions are watched (the programs' and the helpers they name).
 MAX_FUNCTIONS = 32
+#: An attribute shown not to change the numbers at this many consecutive steps (a step
+#: counter) is no longer watched (:meth:`PythonState.harmless`).
+IGNORE_AFTER_CONSECUTIVE = 3
 
 
 def _plain_object(value) -> bool:
@@ -76,12 +89,17 @@ def _plain_object(value) -> bool:
     )
 
 
-def _shallow(value):
+def _shallow(value, names: tuple = ()):
     """:func:`_value`, and one level into a small container or a plain object: a rebound
-    ``cfg.beta``, ``params["w"]`` or ``scales[0]`` read by a program is a change."""
+    ``cfg.beta``, ``params["w"]`` or ``scales[0]`` read by a program is a change; of a module
+    or class of the user's (``settings.noise``, ``Config.noise``), the attributes among
+    ``names`` (the names the reading code uses)."""
     kind = type(value)
     if kind in _SCALARS:
         return value
+    if (kind is types.ModuleType or isinstance(value, type)) and names and _user_code(value):
+        d = vars(value)
+        return (id(value), tuple([(n, _value(d[n])) for n in names if n in d]))
     if kind is dict and len(value) <= MAX_ENTRIES:
         return (id(value), tuple([(k, _value(v)) for k, v in value.items() if type(k) in _SCALARS]))
     if kind in (list, tuple) and len(value) <= MAX_ENTRIES:
@@ -91,10 +109,101 @@ def _shallow(value):
     return (id(value),)
 
 
+def _pyro_entries(d: dict) -> tuple:
+    """A PyroModule's ``_pyro_samples`` and ``_pyro_params`` entries, by identity."""
+    samples, params = d.get("_pyro_samples"), d.get("_pyro_params")
+    if not samples and not params:
+        return ()
+    return tuple([(k, id(v)) for k, v in (samples or {}).items()]) + tuple(
+        [(k, id(v)) for k, v in (params or {}).items()]
+    )
+
+
 def _functions(program: Callable) -> list:
-    """The plain functions behind a program (a function, a bound method's function)."""
-    fn = getattr(program, "__func__", program)
-    return [fn] if hasattr(fn, "__code__") and hasattr(fn, "__globals__") else []
+    """The plain functions behind a program: a function, a bound method's function, a
+    callable object's ``__call__``, and through ``functools.partial`` (Pyro's handlers,
+    ``poutine.scale(model, s)``, are partials of a library function and the model) the
+    function it wraps and the functions among its arguments; library functions left out."""
+    out = []
+    stack = [program]
+    while stack:
+        p = stack.pop()
+        if isinstance(p, functools.partial):
+            stack.extend([p.func, *[a for a in p.args if callable(a)]])
+            continue
+        fn = getattr(p, "__func__", p)
+        if not hasattr(fn, "__code__") and callable(fn) and _user_code(type(fn)):
+            # a callable object of the user's class (an nn.Module's __call__ is torch's)
+            fn = getattr(type(fn).__call__, "__func__", type(fn).__call__)
+        if (
+            hasattr(fn, "__code__")
+            and hasattr(fn, "__globals__")
+            and str(getattr(fn, "__module__", "")).split(".")[0] not in _LIBRARY_FUNCTIONS
+        ):
+            out.append(fn)
+    return out
+
+
+def _owner(program: Callable):
+    """The object whose attributes a program reads: a bound method's owner, a callable
+    object (not a plain function), through ``functools.partial``."""
+    while isinstance(program, functools.partial):
+        program = program.func
+    owner = getattr(program, "__self__", None)
+    if owner is None and not isinstance(program, (types.FunctionType, type)):
+        owner = program
+    return owner
+
+
+def _partials(program: Callable) -> list:
+    """The ``functools.partial`` objects around a program (their bound arguments are read)."""
+    out = []
+    while isinstance(program, functools.partial):
+        out.append(program)
+        program = program.func
+    return out
+
+
+# Functions of these packages are not watched (Pyro's handler wrappers, torch's functions).
+_LIBRARY_FUNCTIONS = ("torch", "pyro", "numpy", "scipy", "functools")
+
+_LIBRARIES = (
+    "pyro_aevb",
+    "torch",
+    "pyro",
+    "numpy",
+    "scipy",
+    "builtins",
+    "functools",
+    "typing",
+    "abc",
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_code(obj) -> bool:
+    """Whether a class or module is the user's (not Python's, torch's, Pyro's, ...)."""
+    name = getattr(obj, "__module__", None) if isinstance(obj, type) else obj.__name__
+    if not isinstance(name, str) or not name:
+        return False
+    root = name.split(".")[0]
+    return root not in _LIBRARIES and root not in sys.stdlib_module_names
+
+
+def _user_classes(objects) -> list[type]:
+    """The user's classes in the MROs of ``objects``' types (their class attributes and
+    methods are read through ``self``)."""
+    out: list[type] = []
+    for obj in objects:
+        for cls in type(obj).__mro__:
+            if _user_code(cls) and all(cls is not c for c in out):
+                out.append(cls)
+    return out
+
+
+def _class_attributes(cls: type) -> tuple:
+    """A class's public attributes holding numbers, strings, flags or ``None``."""
+    return tuple([(k, v) for k, v in vars(cls).items() if k[0] != "_" and type(v) in _SCALARS])
 
 
 def _names(code: types.CodeType) -> tuple:
@@ -158,15 +267,40 @@ class PythonState:
                     self._modules.append(sub)
         self._objects = []
         for p in programs:
-            owner = getattr(p, "__self__", None)
+            owner = _owner(p)
             if owner is None or isinstance(owner, nn.Module):
                 continue
             if all(owner is not o for o in self._objects):
                 self._objects.append(owner)
-        self._functions = _with_helpers([f for p in programs for f in _functions(p)])
-        self._global_names = [_names(f.__code__) for f in self._functions]
+        # modules of the user's classes: their config objects are watched one level deep
+        self._deep = [_user_code(type(m)) for m in self._modules]
+        self._partials = [q for p in programs for q in _partials(p)]
+        # the user's classes of the modules and objects: class attributes read through
+        # ``self``, and methods (a ``forward``, ``self.noise_scale()``) whose globals count
+        self._classes = _user_classes([*self._modules, *self._objects])
+        methods = [
+            v
+            for cls in self._classes
+            for v in vars(cls).values()
+            if isinstance(v, types.FunctionType)
+        ]
+        self._functions = _with_helpers(
+            [f for p in programs for f in _functions(p)]
+            + [m for m in methods if m.__code__.co_names or m.__closure__]
+        )
+        # the globals the functions read, one entry per module namespace: (namespace, names,
+        # the first function's name); and the functions with closure cells
+        groups: dict[int, tuple] = {}
+        for f in self._functions:
+            glob, names, first = groups.get(id(f.__globals__), (f.__globals__, {}, f.__name__))
+            names.update(dict.fromkeys(_names(f.__code__)))
+            groups[id(glob)] = (glob, names, first)
+        self._globals = [(g, tuple(names), first) for g, names, first in groups.values()]
+        self._closures = [f for f in self._functions if f.__closure__]
         # part -> attribute names left out of snapshots (see ignore)
         self._ignored: dict = {}
+        # (part, name) -> (last step it changed harmlessly, consecutive steps so far)
+        self._harmless: dict = {}
 
     def snapshot(self) -> dict:
         """The current state: a dict of keys to comparable values (equal dicts: no change)."""
@@ -176,24 +310,30 @@ class PythonState:
             d = m.__dict__
             params = d["_parameters"].values()
             out["m", i] = (
-                _attributes(d, ign.get(("m", i))),
+                _attributes(d, ign.get(("m", i)), self._deep[i]),
                 tuple(map(id, params)),
                 tuple([p.requires_grad for p in params if p is not None]),
                 tuple(map(id, d["_buffers"].values())),
                 tuple(map(id, d["_modules"].values())),
+                # a PyroModule's PyroSample priors and PyroParam declarations (``m.s =
+                # PyroSample(prior)`` rebinds an entry of these private dicts)
+                _pyro_entries(d),
             )
         for i, obj in enumerate(self._objects):
-            out["o", i] = _attributes(getattr(obj, "__dict__", {}), ign.get(("o", i)))
-        for i, fn in enumerate(self._functions):
-            glob = fn.__globals__
+            out["o", i] = _attributes(getattr(obj, "__dict__", {}), ign.get(("o", i)), True)
+        for i, cls in enumerate(self._classes):
+            out["k", i] = _class_attributes(cls)
+        for i, q in enumerate(self._partials):
+            out["p", i] = tuple(
+                [(f"argument {j}", _shallow(a)) for j, a in enumerate(q.args)]
+                + [(k, _shallow(v)) for k, v in q.keywords.items()]
+            )
+        for i, (glob, names, _) in enumerate(self._globals):
             skip = ign.get(("g", i)) or ()
             out["g", i] = tuple(
-                [
-                    (n, _shallow(glob[n]))
-                    for n in self._global_names[i]
-                    if n in glob and n not in skip
-                ]
+                [(n, _shallow(glob[n], names)) for n in names if n in glob and n not in skip]
             )
+        for i, fn in enumerate(self._closures):
             cells = []
             for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
                 try:
@@ -290,6 +430,21 @@ class PythonState:
             if name is not None and key[0] in ("m", "o", "g"):
                 self._ignored.setdefault(key, set()).add(name)
 
+    def harmless(self, changes: Iterable, step: int) -> None:
+        """Note that ``changes`` (from :meth:`changes`) left the numbers equal at ``step``.
+
+        An attribute that changes harmlessly at :data:`IGNORE_AFTER_CONSECUTIVE` consecutive
+        steps (a counter the user keeps on a module) is ignored from then on; one that changes
+        now and then (an epoch counter that a KL warm-up reads) stays watched, so a later
+        change of it that does change the numbers is still seen.
+        """
+        for change in changes:
+            last, count = self._harmless.get(change, (None, 0))
+            count = count + 1 if last == step - 1 else 1
+            self._harmless[change] = (step, count)
+            if count >= IGNORE_AFTER_CONSECUTIVE:
+                self.ignore([change])
+
     def describe(self, changes: Iterable) -> str:
         """Readable names of changes, e.g. ``"VAE.beta, Pyro's param store"``."""
         names = []
@@ -303,8 +458,14 @@ class PythonState:
                 names.append(f"{module}.{what}")
             elif kind == "o":
                 names.append(f"{type(self._objects[key[1]]).__name__}.{name}")
+            elif kind == "k":
+                names.append(f"class attributes of {self._classes[key[1]].__name__}")
+            elif kind == "p":
+                names.append(f"{name or 'the arguments'} of a functools.partial program")
             else:
-                fn = self._functions[key[1]].__name__
-                where = "global" if kind == "g" else "closure variable"
+                if kind == "g":
+                    fn, where = self._globals[key[1]][2], "global"
+                else:
+                    fn, where = self._closures[key[1]].__name__, "closure variable"
                 names.append(f"{where} {name!r} of {fn}" if name else f"{where}s of {fn}")
         return ", ".join(names)

@@ -284,6 +284,7 @@ class DataParallelObjective:
         self.shards = world_size if self.fast else shards
         self.per_rank = self.shards // world_size
         self._ddp = None
+        self._frozen: tuple | None = None  # which parameters were frozen at the first step
         self._module_params: list[torch.Tensor] = []
         self._store_params: list[torch.Tensor] = []
         if world_size > 1:
@@ -324,7 +325,7 @@ class DataParallelObjective:
         self._module_params = [
             p for m in state_params.modules for p in m.parameters() if p.requires_grad
         ]
-        ids = {id(p) for p in self._module_params}
+        ids = {id(p) for m in state_params.modules for p in m.parameters()}
         self._store_params = [p for p in inner.params if id(p) not in ids]
         # without module parameters (only pyro.param entries) there is nothing for DDP to
         # wrap: every gradient goes through the explicit all-reduce
@@ -350,6 +351,17 @@ class DataParallelObjective:
         """One step on the global minibatch ``x = data[idx]`` (the same on every rank); returns
         the global loss, the same on every rank. A non-finite loss is returned without an
         update, as :meth:`BoundObjective.train_step` does."""
+        frozen = tuple(not p.requires_grad for p in self.inner.params)
+        if self._frozen is None:
+            self._frozen = frozen
+        elif frozen != self._frozen:
+            # DistributedDataParallel fixes the parameters it reduces when it wraps the
+            # modules; a changed set would be reduced wrongly or hang the ranks
+            raise ValueError(
+                "a parameter was frozen or unfrozen (requires_grad) during data-parallel "
+                "training; which parameters are trained must stay as it was at the first "
+                "step: change it before training, or train in one process"
+            )
         loss = self._fast_step(x) if self.fast else self._pyro_step(x)
         if math.isfinite(loss):
             optimizer.step()
@@ -365,7 +377,7 @@ class DataParallelObjective:
         local = inner.kernel.loss_and_grads(
             x[start:stop], num_data, scale=scale, noise_rows=(start, M)
         )
-        grads = [p.grad for p in inner.params]
+        grads = [p.grad for p in inner.params if p.grad is not None]
         return self._average(grads, float(local))
 
     def _pyro_step(self, x: torch.Tensor) -> float:

@@ -518,7 +518,7 @@ def test_eval_mode_between_checks_is_noticed():
     assert objective.path == "pyro"
 
 
-def test_a_python_change_that_leaves_the_numbers_is_checked_once_then_not_watched():
+def test_a_counter_changed_at_every_step_is_checked_three_times_then_not_watched():
     m, x, objective, stock = _annealed_pair(Switchable)
     for seed in range(4):
         _step(objective, x, seed)
@@ -527,8 +527,178 @@ def test_a_python_change_that_leaves_the_numbers_is_checked_once_then_not_watche
         for seed in range(4, 7):
             m.unrelated_counter = seed  # a user's bookkeeping, read by nothing
             _step(objective, x, seed)
-    # step 5 was a check (the attribute was new), steps 6 and 7 pure replays
-    assert objective.path == "compiled" and objective.num_checks == 4
+    # steps 5, 6 and 7 were checks (three consecutive harmless changes: a counter)
+    assert objective.path == "compiled" and objective.num_checks == 6
+    for seed in (7, 8):  # step 8: a regular check; step 9: a replay
+        m.unrelated_counter = 100 + seed
+        _step(objective, x, seed)
+    assert objective.num_checks == 7
+
+
+def test_an_epoch_counter_that_changes_the_numbers_only_later_is_still_watched():
+    """KL warm-up by epoch: the first change of the epoch leaves the numbers equal (still
+    warming up); the later one that switches beta on must not replay the old recording."""
+
+    class WarmUp(Annealed):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+
+        def model(self, x):
+            self.beta = 0.01 if self.epoch < 2 else 1.0
+            super().model(x)
+
+        def guide(self, x):
+            self.beta = 0.01 if self.epoch < 2 else 1.0
+            super().guide(x)
+
+    m, x, objective, stock = _annealed_pair(WarmUp)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="training on stock Pyro")  # no fallback
+        for seed in range(120):
+            m.epoch = seed // 60  # epochs of 60 steps: 0, 1 (beta unchanged)
+            _assert_same_step(objective, stock, x, seed)
+        for seed in range(120, 130):
+            m.epoch = 2  # beta switches on between regular checks
+            _assert_same_step(objective, stock, x, seed)
+    assert objective.path == "compiled" and objective.num_recorded_again == 1
+
+
+def test_a_batchnorm_momentum_changed_between_checks_updates_the_statistics_as_stock():
+    """A momentum is read in Python and changes no loss or gradient, only the running
+    statistics: the check compares the buffers too, and the programs are recorded anew."""
+    import copy
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+            self.W = nn.Parameter(0.3 * torch.randn(3, 2))
+
+        def model(self, x):
+            pyro.module(self.pname, self)
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z @ self.W.T, 0.5).to_event(1), obs=x)
+
+        def guide(self, x):
+            pyro.module(self.pname, self)
+            mu, s = self.enc(x).chunk(2, -1)
+            with pyro.plate("data", len(x)):
+                pyro.sample("z", dist.Normal(mu, s.exp()).to_event(1))
+
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    mc = Normed().double()
+    ms = copy.deepcopy(mc)
+    mc.pname, ms.pname = "bn_compiled", "bn_stock"
+    xs = [torch.randn(10, 3, dtype=torch.float64) + i for i in range(12)]
+    compiled = ELBO("A").bind(TrainingProgram(mc.model, mc.guide, num_data=50))
+    stock = PyroELBOObjective(TrainingProgram(ms.model, ms.guide, num_data=50), "A")
+    compiled.setup(xs[0])
+    stock.setup(xs[0])
+    for seed in range(12):
+        if seed == 5:  # between the checks of steps 4 and 8
+            mc.enc[1].momentum = ms.enc[1].momentum = 0.9
+        _step(compiled, xs[seed], seed)
+        _step(stock, xs[seed], seed)
+        for name in ("running_mean", "running_var"):
+            torch.testing.assert_close(
+                getattr(mc.enc[1], name), getattr(ms.enc[1], name), rtol=1e-12, atol=0
+            )
+    assert compiled.path == "compiled" and compiled.num_recorded_again == 1
+
+
+def test_a_program_drawing_from_pythons_or_numpys_rng_runs_on_stock_pyro():
+    import random
+
+    import numpy as np
+
+    class Coin(Annealed):
+        def model(self, x):
+            # a Python draw deciding a branch: a recording would freeze the branch
+            self.noise = 0.5 if random.random() < 0.5 else 2.0
+            super().model(x)
+
+    class NumpyCoin(Annealed):
+        def model(self, x):
+            self.noise = 0.5 if np.random.rand() < 0.5 else 2.0  # noqa: NPY002
+            super().model(x)
+
+    for cls, name in ((Coin, "Python"), (NumpyCoin, "NumPy")):
+        random.seed(0)
+        np.random.seed(0)  # noqa: NPY002
+        with pytest.warns(UserWarning, match=f"drew from {name}'s random number generator"):
+            m, x, objective, _ = _annealed_pair(cls)
+        assert objective.path == "pyro"
+
+
+@pytest.mark.parametrize("fast", ["auto", "off"])
+def test_a_pyro_param_created_after_training_started_is_an_error_not_left_untrained(fast):
+    """Pyro's SVI would start training it; an optimizer built on the first minibatch's
+    parameters would leave it at its initial value: an error naming it."""
+
+    class Lazy(Annealed):
+        def __init__(self):
+            super().__init__()
+            self.with_bias = False
+
+        def model(self, x):
+            pyro.module("annealed", self)
+            bias = pyro.param("out_bias", torch.zeros(3, dtype=x.dtype)) if self.with_bias else 0
+            with pyro.plate("data", len(x)):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(z @ self.W.T + bias, 0.5).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    m = Lazy().double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+
+    def switch_on(trainer, record):
+        m.with_bias = True
+
+    with pytest.raises(ValueError, match="param site 'out_bias' holds a tensor that was not"):
+        fit(
+            m,
+            x,
+            batch_size=10,
+            num_samples=200,
+            eval_every=40,
+            fast=fast,
+            progress=False,
+            callback=switch_on,
+            seed=0,
+        )
+
+
+@pytest.mark.parametrize("fast", ["auto", "off"])
+def test_a_parameter_unfrozen_mid_run_is_trained(fast):
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    m = Annealed().double()
+    m.W.requires_grad_(False)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    at_unfreeze = {}
+
+    def unfreeze(trainer, record):
+        if not at_unfreeze:
+            m.W.requires_grad_(True)
+            at_unfreeze["W"] = m.W.detach().clone()
+
+    res = fit(
+        m,
+        x,
+        batch_size=10,
+        num_samples=200,
+        eval_every=40,
+        fast=fast,
+        progress=False,
+        callback=unfreeze,
+        seed=0,
+    )
+    assert res.path == ("compiled" if fast == "auto" else "pyro")
+    assert not torch.equal(m.W.detach(), at_unfreeze["W"])
 
 
 _NOISE = 0.5  # a global read by the plain-function model below

@@ -3,11 +3,12 @@
 import copy
 import io
 
+import pyro
 import pytest
 import torch
 from torch import nn
 
-from pyro_aevb import evaluate_bound
+from pyro_aevb import evaluate_bound, fit
 from pyro_aevb.infer.objectives import (
     ELBO,
     CompiledELBOObjective,
@@ -428,3 +429,42 @@ def test_fused_adagrad_generic_cases():
     assert type(explicit) is torch.optim.Adagrad
     adam = make_optimizer("adam", [p], lr=1.0)
     assert adam.param_groups[0]["fused"]
+
+
+@pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+def test_a_decoder_frozen_mid_run_stays_frozen_on_the_fused_path_as_on_stock_pyro(optimizer):
+    """Fine-tuning the encoder only: a callback freezes the decoder after the first
+    evaluation; the fused path gives it no gradient from then on (it kept training it), and
+    the run equals stock Pyro's."""
+    x = (torch.rand(200, 12, generator=torch.Generator().manual_seed(0)) < 0.4).double()
+    states = {}
+    for fast in ("auto", "off"):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = mlp_vae(12, 3, hidden_dims=8).double()
+        frozen = {}
+
+        def freeze(trainer, record, vae=vae, frozen=frozen):
+            if not frozen:
+                vae.decoder.requires_grad_(False)
+                frozen.update({k: v.clone() for k, v in vae.decoder.state_dict().items()})
+
+        res = fit(
+            vae,
+            x,
+            batch_size=20,
+            num_samples=600,
+            eval_every=200,
+            fast=fast,
+            optimizer=optimizer,
+            lr=0.01,
+            progress=False,
+            callback=freeze,
+            seed=0,
+        )
+        assert res.path == ("fast" if fast == "auto" else "pyro")
+        for k, v in vae.decoder.state_dict().items():
+            assert torch.equal(v, frozen[k]), k
+        states[fast] = vae.state_dict()
+    for k, v in states["auto"].items():
+        torch.testing.assert_close(v, states["off"][k], rtol=1e-9, atol=1e-12)

@@ -18,8 +18,8 @@ from user_models import GlobalNoiseModel, PyroExampleVAE, TinyConvVAE, TwoLatent
 from pyro_aevb import ELBO, IWAE, fit, log_marginal, mlp_vae
 from pyro_aevb.cli import main
 from pyro_aevb.evaluate.iwae import iwae_log_weights
-from pyro_aevb.models import LinearGaussian
-from pyro_aevb.poutine import replicate_rows
+from pyro_aevb.models import VAE, LinearGaussian
+from pyro_aevb.poutine import TrainingProgram, replicate_rows
 
 TOL = dict(rtol=1e-10, atol=1e-10)  # float64: the same arithmetic up to rounding
 
@@ -576,3 +576,43 @@ def test_a_scale_the_objective_applies_is_not_reported_as_dropped():
         bound_objective(IWAE(3), m, 60, x)
     with pytest.warns(UserWarning, match="are scaled"):
         log_marginal(m.model, m.guide, x, "iwae", num_particles=3)
+
+
+def _normed_or_dropout_vae(layer):
+    torch.manual_seed(0)
+    enc = nn.Sequential(nn.Linear(6, 8), layer, nn.Tanh(), nn.Linear(8, 4))
+    dec = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 6))
+    return VAE(enc, dec, "bernoulli", 2, 6, weight_prior_std=None).double()
+
+
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+def test_a_vae_with_dropout_or_batchnorm_in_training_takes_the_pyro_path(layer):
+    """The direct path runs the encoder on the M rows, the Pyro path on the K M stacked
+    particles (one dropout mask per particle, batch statistics over K M rows): not the same
+    numbers, so the direct path is not used, and says why."""
+    vae = _normed_or_dropout_vae(nn.Dropout(0.3) if layer == "dropout" else nn.BatchNorm1d(8))
+    bound = IWAE(3).bind(TrainingProgram(vae.model, vae.guide, num_data=100))
+    assert bound.path == "pyro"
+    assert "training mode" in bound.path_reason
+    vae.eval()
+    assert IWAE(3).bind(TrainingProgram(vae.model, vae.guide, num_data=100)).path == "direct"
+
+
+def test_dreg_updates_batchnorm_statistics_once_per_step_as_the_plain_gradient_does():
+    """DReG runs the guide twice (a draw, then a replay at detached leaves); set-up runs are
+    throw-away: the running statistics after a few steps are those of one update a step."""
+    x = (torch.rand(10, 6, generator=torch.Generator().manual_seed(1)) < 0.4).double()
+    stats = []
+    for dreg in (False, True):
+        pyro.clear_param_store()
+        vae = _normed_or_dropout_vae(nn.BatchNorm1d(8))
+        bound = IWAE(3, dreg=dreg).bind(TrainingProgram(vae.model, vae.guide, num_data=100))
+        bound.setup(x)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            bound.loss_and_grads(x)
+        bn = vae.encoder[1]
+        assert int(bn.num_batches_tracked) == 3
+        stats.append((bn.running_mean.clone(), bn.running_var.clone()))
+    for a, b in zip(*stats, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

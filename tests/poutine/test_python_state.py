@@ -107,14 +107,11 @@ def test_helpers_lambdas_plain_objects_and_dicts_the_programs_read():
         pyro.sample("z", dist.Normal(x * w * _helper_scale(), 1.0).to_event(1))
 
     state = PythonState([model])
-    assert _changed(state, lambda: setattr(_CFG, "beta", 0.5)) == (
-        "global '_CFG' of model, global '_CFG' of _helper_scale"
-    )
+    # the globals of one module are watched once (named after the first function reading them)
+    assert _changed(state, lambda: setattr(_CFG, "beta", 0.5)) == "global '_CFG' of model"
     before = state.snapshot()
     _TABLE["w"] = 3.0  # read by a helper function of the same module
-    assert "global '_TABLE' of _helper_scale" in state.describe(
-        state.changes(before, state.snapshot())
-    )
+    assert "global '_TABLE' of model" in state.describe(state.changes(before, state.snapshot()))
     before = state.snapshot()
     _CFG.opts["scale"] = 5.0  # two levels down: not seen (documented)
     assert state.snapshot() == before
@@ -157,3 +154,129 @@ def test_settle_ignores_objects_the_programs_rebuild_and_returns_counters():
     m.calls += 1
     (change,) = state.settle(before, state.snapshot())
     assert state.describe([change]) == "Rebuilding.calls"
+
+
+class _Settings:
+    noise = 0.5  # a class attribute read through the class or through self
+
+
+class _ConfiguredNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.cfg = _Config()  # a config object held by a module of the user's
+        self.hparams = {"beta": 1.0}
+
+    def noise(self):
+        return _Settings.noise * _THRESHOLD  # a method: its globals count
+
+    def model(self, x):
+        pyro.module("net", self)
+        loc = self.lin(x) * self.cfg.beta * self.hparams["beta"]
+        pyro.sample("z", dist.Normal(loc, self.noise()).to_event(2))
+
+
+def test_class_attributes_config_objects_and_methods_of_the_users_classes():
+    pyro.clear_param_store()
+    net = _ConfiguredNet()
+    state = PythonState([net.model])
+    assert _changed(state, lambda: setattr(net.cfg, "beta", 0.3)) == "_ConfiguredNet.cfg"
+    assert _changed(state, lambda: net.hparams.__setitem__("beta", 2.0)) == (
+        "_ConfiguredNet.hparams"
+    )
+    assert (
+        _changed(state, lambda: setattr(_Settings, "noise", 0.7)) == "global '_Settings' of model"
+    )
+    assert "class attributes of _Settings" not in _changed(state, lambda: None)
+    # a class attribute read through self (no instance attribute shadows it)
+    assert _changed(state, lambda: setattr(_ConfiguredNet, "dropout", 0.1)) == (
+        "class attributes of _ConfiguredNet"
+    )
+    del _ConfiguredNet.dropout
+
+
+def test_functools_partial_programs_and_callable_objects():
+    import functools
+
+    def model(x, k):
+        pyro.sample("z", dist.Normal(x * _THRESHOLD, float(k)).to_event(1))
+
+    class CallableModel:
+        def __init__(self):
+            self.noise = 0.5
+
+        def __call__(self, x):
+            pyro.sample("z", dist.Normal(x, self.noise).to_event(1))
+
+    args = {"k": 2}
+    part = functools.partial(model, k=args["k"])
+    state = PythonState([part])
+    assert _changed(state, lambda: globals().__setitem__("_THRESHOLD", 0.7)) == (
+        "global '_THRESHOLD' of model"
+    )
+    globals()["_THRESHOLD"] = 0.5
+    scale = [1.0]
+    part = functools.partial(model, k=scale)
+    state = PythonState([part])
+    assert _changed(state, lambda: scale.__setitem__(0, 3.0)) == (
+        "k of a functools.partial program"
+    )
+    obj = CallableModel()
+    state = PythonState([obj])
+    assert _changed(state, lambda: setattr(obj, "noise", 2.0)) == "CallableModel.noise"
+
+
+def test_a_replaced_pyro_sample_prior_is_a_change():
+    from pyro.nn import PyroModule, PyroSample
+
+    class Prior(PyroModule):
+        def __init__(self):
+            super().__init__()
+            self.s = PyroSample(dist.LogNormal(0.0, 1.0))
+
+        def model(self, x):
+            pyro.sample("x", dist.Normal(0.0, self.s).expand([len(x)]).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    m = Prior()
+    state = PythonState([m.model])
+    assert "Prior.parameters" in _changed(
+        state, lambda: setattr(m, "s", PyroSample(dist.LogNormal(2.0, 0.1)))
+    )
+
+
+def test_a_counter_is_dropped_after_consecutive_harmless_changes_an_epoch_counter_is_not():
+    pyro.clear_param_store()
+    net = Net()
+    state = PythonState([net.model])
+    for step in (10, 20, 30):  # now and then: stays watched
+        before = state.snapshot()
+        net.beta = step
+        state.harmless(state.changes(before, state.snapshot()), step)
+    before = state.snapshot()
+    net.beta = 1.0
+    assert state.changes(before, state.snapshot())
+    for step in (40, 41, 42):  # at every step: a counter, no longer watched
+        before = state.snapshot()
+        net.beta = float(step)
+        state.harmless(state.changes(before, state.snapshot()), step)
+    before = state.snapshot()
+    net.beta = 0.0
+    assert not state.changes(before, state.snapshot())
+
+
+def test_the_globals_of_a_model_wrapped_in_pyros_handlers_are_watched():
+    import pyro.poutine as poutine
+
+    def model(x):
+        pyro.sample("z", dist.Normal(x * _THRESHOLD, 1.0).to_event(1))
+
+    wrapped = poutine.scale(poutine.condition(model, {}), 0.5)
+    state = PythonState([wrapped])
+    assert _changed(state, lambda: globals().__setitem__("_THRESHOLD", 0.7)) == (
+        "global '_THRESHOLD' of model"
+    )
+    globals()["_THRESHOLD"] = 0.5
+    before = state.snapshot()
+    poutine.trace(wrapped).get_trace(torch.zeros(2))
+    assert state.snapshot() == before  # a run of the handlers changes nothing watched

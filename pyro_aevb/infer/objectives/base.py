@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 
+import pyro.poutine as poutine
 import torch
 
 from ...poutine import ProgramParams, TrainingProgram, as_program
+from ...poutine.params import check_params_cover, untrained_param_sites
 from ...validation import check_choice, check_positive_int
 from ..elbo import ESTIMATORS, make_elbo
 from ..per_datapoint import program_elbo
@@ -127,8 +129,14 @@ class PyroELBOObjective(BoundObjective):
 
     def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
         self.zero_grad()
-        loss = self.elbo.differentiable_loss(self.program.model_n, self.program.guide_n, x)
+        # the param sites, as SVI collects them: a parameter the run does not train is an
+        # error here, where SVI would start training it
+        with poutine.trace(param_only=True) as capture:
+            loss = self.elbo.differentiable_loss(self.program.model_n, self.program.guide_n, x)
+        unknown = untrained_param_sites(self.params, capture.trace)
         loss.backward()
+        if unknown:
+            check_params_cover(unknown)
         return loss.detach()
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,9 @@ its gradient in every trained tensor -- without Pyro's per-site work at every st
    after a change of Python state, where the programs are recorded anew (an annealing
    factor set between epochs), unless such changes come more often than every
    :data:`RECORD_AGAIN_MIN_STEPS` steps. A changed attribute that leaves the numbers equal
-   is not watched again (a counter the user keeps on a module). Programs that change their
+   at several consecutive steps is not watched again (a step counter the user keeps on a
+   module); one that changes now and then stays watched (an epoch counter that a KL warm-up
+   reads only from some epoch on). Programs that change their
    own Python state while running (a counter incremented in the model) are not recorded.
    The runs that are not training steps (recording, compiling, a check's replay) restore
    the modules' buffers afterwards, so a
@@ -67,7 +69,7 @@ from ...poutine.compile import (
     structure_of,
 )
 from ...poutine.log_prob_rewrites import cheaper_log_probs
-from ...poutine.params import buffers_kept
+from ...poutine.params import buffers_kept, check_params_cover, untrained_param_sites
 from ...poutine.python_state import PythonState
 from ...validation import check_choice, check_positive_int
 from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
@@ -215,6 +217,7 @@ class CompiledELBOObjective(BoundObjective):
         self._main_shape = None
         self._why_not_fused = ""
         self._python_state: PythonState | None = None
+        self._unknown_params: list = []  # param sites of a traced step the run does not train
 
     # ------------------------------------------------------------------ set-up
     def plan(self, num_steps: int) -> None:
@@ -284,13 +287,17 @@ class CompiledELBOObjective(BoundObjective):
         called in their set-up trace are named up front (and no global hook is set)."""
         return buffers_kept([*self.program.modules, *self.program.called_modules], discover=False)
 
-    def _loss_terms(self, x: torch.Tensor):
+    def _loss_terms(self, x: torch.Tensor, check_params: bool = False):
         """The ELBO's traces of the programs on ``x``: ``(loss tensor, structure)``, the loss
-        accumulated over particles exactly as Pyro's ``differentiable_loss`` does."""
+        accumulated over particles exactly as Pyro's ``differentiable_loss`` does; with
+        ``check_params``, the param sites holding a tensor the run does not train are kept
+        for :func:`~pyro_aevb.poutine.params.check_params_cover` after the backward pass."""
         loss = value = 0.0
         structure = ()
         model, guide = self.program.model_n, self.program.guide_n
         for model_trace, guide_trace in self.elbo._get_traces(model, guide, (x,), {}):
+            if check_params:
+                self._unknown_params += untrained_param_sites(self.params, guide_trace, model_trace)
             loss = loss + elbo_loss_particle(model_trace, guide_trace, self.estimator) / (
                 self.num_particles
             )
@@ -396,8 +403,11 @@ class CompiledELBOObjective(BoundObjective):
         """The step on Pyro's traces (stock numbers): ``(loss, structure)``, gradients in
         ``p.grad``."""
         self.zero_grad()
-        loss, structure = self._loss_terms(x)
+        self._unknown_params = []
+        loss, structure = self._loss_terms(x, check_params=True)
         loss.backward()
+        if self._unknown_params:
+            check_params_cover(self._unknown_params)
         return loss.detach(), structure
 
     def _check_due(self) -> bool:
@@ -431,6 +441,38 @@ class CompiledELBOObjective(BoundObjective):
                 return f"the recorded {what} Pyro's (the programs read Python state that changed)"
         return None
 
+    def _buffers(self) -> list[torch.Tensor]:
+        """The buffers of the modules the programs run (BatchNorm's running statistics)."""
+        seen: dict[int, torch.Tensor] = {}
+        for top in [*self.program.modules, *self.program.called_modules]:
+            for b in top.buffers():
+                seen.setdefault(id(b), b)
+        return list(seen.values())
+
+    def _buffer_values(self) -> list[torch.Tensor]:
+        return [b.detach().clone() for b in self._buffers()]
+
+    def _buffers_differ(self, replayed: list[torch.Tensor]) -> str | None:
+        """``None`` if the traced step left the buffers as the recording's run did (a
+        BatchNorm's momentum is read in Python: a change of it changes the running statistics
+        but not the loss or the gradients), else what differs."""
+        for a, b in zip(replayed, self._buffers(), strict=True):
+            if a.shape != b.shape:
+                return "a buffer changed shape"
+            if not (a.is_floating_point() or a.is_complex()):
+                same = bool(torch.equal(a, b))
+            else:
+                rtol = 1e-4 if a.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+                scale = float(b.abs().max()) if b.numel() else 0.0
+                err = float((a - b).abs().max()) if b.numel() else 0.0
+                same = err <= rtol * scale + 1e-30
+            if not same:
+                return (
+                    "the recorded updates of the modules' buffers (running statistics) no "
+                    "longer equal Pyro's (the programs read Python state that changed)"
+                )
+        return None
+
     def loss_and_grads(self, x: torch.Tensor) -> torch.Tensor:
         if self.fell_back:
             return self.stock.loss_and_grads(x)
@@ -460,10 +502,13 @@ class CompiledELBOObjective(BoundObjective):
         try:
             with fork_rng(), self._buffers_kept():
                 replayed = rec.fn(*inputs)
+                replayed_buffers = self._buffer_values()
         except RuntimeError as err:
             return self._replay_failed(x, err)
         loss, structure = self._traced_step(x)
-        differs = self._agree(rec, replayed, loss, structure)
+        differs = self._agree(rec, replayed, loss, structure) or self._buffers_differ(
+            replayed_buffers
+        )
         if differs is not None and (changed or values_read) and self._may_record_again():
             # the programs' Python state changed (an annealing factor set between epochs):
             # this step ran on Pyro's traces; the next one records the programs anew
@@ -478,9 +523,10 @@ class CompiledELBOObjective(BoundObjective):
             after = f", after a change of {' and '.join(after)}," if after else ""
             self._fall_back(f"at step {self.steps}{after} {differs}")
             return loss
-        # the changed state does not change the numbers: not watched again (the regular
-        # checks still run)
-        self._python_state.ignore(changed)
+        # the changed state does not change the numbers now; a counter that changes at every
+        # step is no longer watched (the regular checks still run), anything else stays
+        # watched (an epoch counter that a KL warm-up reads only from some epoch on)
+        self._python_state.harmless(changed, self.steps)
         rec.fn.accept_values_read()
         rec.state = self._python_state.snapshot()
         return loss

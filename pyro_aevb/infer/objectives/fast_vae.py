@@ -371,7 +371,9 @@ class FastVAE:
             self._forward(plan, x, noise_rows)
             loss = self._loss_and_backward(plan, x, num_data / M if scale is None else scale, grads)
         for p, g in zip(self.params, grads, strict=True):
-            p.grad = g
+            # a parameter frozen since set-up (a fine-tuning schedule) gets no gradient, as
+            # with backward(); the optimizers skip it
+            p.grad = g if p.requires_grad else None
         return torch.full((), loss, dtype=dtype, device=device)
 
     def bound(self, x: torch.Tensor) -> torch.Tensor:

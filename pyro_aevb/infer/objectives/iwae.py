@@ -39,6 +39,7 @@ from ...poutine import (
     replicate_rows,
     trace_guide_and_model,
 )
+from ...poutine.params import buffers_kept, row_coupling_modules
 from ...poutine.program import first_trace_errors
 from ...validation import check_bool, check_choice, check_positive_int
 from ..importance_weighted import IWAETerms, iwae_loss_and_backward, run_stacked
@@ -160,7 +161,8 @@ class PyroIWAEObjective(_IWAEBound):
         k = self.num_particles
         x_rep = replicate_rows(x, k)
         what = f"the model and guide on {k} stacked copies of the minibatch (IWAE's particles)"
-        with fork_rng(), torch.no_grad(), poutine.block():
+        # a throw-away run: no draw shifted, no BatchNorm statistic updated
+        with fork_rng(), torch.no_grad(), poutine.block(), buffers_kept():
             # plate over the rows given, guide sites matching the model's latents (a scale
             # inside the plate is applied by this objective, as by Trace_ELBO: no warning)
             PerDatapointProgram(model, guide, x_rep, plate_name=plate, warn=False)
@@ -260,6 +262,14 @@ class VAEIWAEObjective(_IWAEBound):
             return f"plate_name is {program.plate_name!r}; the VAE's plate is 'data'"
         if any(m is not vae for m in program.modules):
             return "the program trains modules besides the VAE"
+        coupling = row_coupling_modules([vae])
+        if coupling:
+            # the Pyro path runs them on the K stacked copies (one dropout mask per particle,
+            # batch statistics over K M rows); the encoder's single run here would not
+            return (
+                f"the VAE has {', '.join(coupling)} in training mode, which the direct path "
+                f"would run on the M rows instead of the K M stacked particles"
+            )
         return None
 
     def setup(self, x: torch.Tensor) -> None:
