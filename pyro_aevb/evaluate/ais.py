@@ -51,7 +51,12 @@ from ..mcmc.potential import PerDatapointPotential, value_and_grad
 from ..mcmc.potentials import make_potential
 from ..poutine import as_program, plate_frame
 from ..validation import check_choice, check_data, check_positive_int
-from .result import importance_ess, logmeanexp_with_stderr, warn_unreliable
+from .result import (
+    fewer_than_two_effective,
+    importance_ess,
+    logmeanexp_with_stderr,
+    warn_unreliable,
+)
 
 __all__ = [
     "AISResult",
@@ -449,7 +454,13 @@ def bdmc(
     Returns
     -------
     (forward, reverse) : tuple of AISResult
-        ``forward.estimate <= log p(x_i) <= reverse.estimate`` in expectation.
+        ``forward.estimate <= log p(x_i) <= reverse.estimate`` in expectation. The reverse
+        bound is an expectation over the exact sample ``z`` too, and every reverse chain of a
+        datapoint starts from the same one: its standard error is the spread of the chains
+        *given* that ``z`` and leaves out how ``z`` moves the bound. With few temperatures a
+        datapoint's upper bound can therefore lie below ``log p(x_i)`` by many of its
+        standard errors (a negative ``gap``); the sandwich is meant for the mean over many
+        simulated datapoints, and tightens as ``num_temps`` grows.
     """
     t_start = time.perf_counter()
     run = _AISRun(
@@ -567,7 +578,12 @@ class _AISRun:
             warn_unreliable(
                 "bdmc (reverse AIS)" if reverse else "ais",
                 estimate,
-                [("fewer than 2 effective chains", importance_ess(log_w) < 2)],
+                [
+                    (
+                        "fewer than 2 effective chains",
+                        fewer_than_two_effective(importance_ess(log_w)),
+                    )
+                ],
                 f"their standard errors are not to be trusted, and their estimates (stochastic "
                 f"{bound} log p(x); more temperatures (num_temps) or chains"
                 + (", or init='encoder' with a guide" if start_hint else ""),

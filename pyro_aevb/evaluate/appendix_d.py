@@ -426,13 +426,9 @@ def appendix_d(
     _check_split(split, num_chains, fit_fraction)  # before any sampling
     seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
-    if program.masked_names:
-        raise ValueError(
-            f"latent site(s) {list(program.masked_names)} are masked in the model (entries "
-            f"with no density there, as Pyro's obs_mask makes for the missing entries): HMC "
-            f"draws of those entries are an unbounded random walk, so the density Appendix D "
-            f"fits to the draws is not the posterior's; use method 'ais' or 'iwae'"
-        )
+    program.check_no_masked_latents(
+        "the density Appendix D fits to the draws", "use method 'ais' or 'iwae'"
+    )
     guide = program.guide
     if init_particles is None:
         init_particles = default_init_particles(guide)

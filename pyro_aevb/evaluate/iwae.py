@@ -38,6 +38,7 @@ from ..poutine import PerDatapointProgram, as_program, replicate_rows, trace_gui
 from ..validation import check_bool, check_choice, check_data, check_positive_int
 from .result import (
     MIN_DRAWS_FOR_PARETO_K,
+    fewer_than_two_effective,
     importance_ess,
     logmeanexp_with_stderr,
     pareto_k,
@@ -179,7 +180,7 @@ def iwae(
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
     ess, k_hat = importance_ess(log_w), pareto_k(log_w, dim=0)  # k-hat: seconds for 1000 rows
     if num_particles > 1:
-        checks = [("fewer than 2 effective weights", ess < 2)]
+        checks = [("fewer than 2 effective weights", fewer_than_two_effective(ess))]
         if num_particles >= MIN_DRAWS_FOR_PARETO_K:  # fewer: k-hat itself is too noisy
             checks.append(("weight Pareto k > 0.7", k_hat > 0.7))
         warn_unreliable(

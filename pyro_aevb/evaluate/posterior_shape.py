@@ -229,6 +229,10 @@ def compare_with_mcmc(
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)
     if program.guide is None:
         raise ValueError("compare_with_mcmc compares a guide with the posterior; got guide=None")
+    program.check_no_masked_latents(
+        "the posterior moments, R-hat and ESS compare_with_mcmc reports",
+        "compare the guide on a model without the mask (e.g. the complete rows)",
+    )
     layout = program.layout
     names = [
         f"{s.name}[{i}]" if s.size > 1 else s.name for s in layout.sites for i in range(s.size)

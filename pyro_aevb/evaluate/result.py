@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
@@ -14,10 +17,13 @@ import torch
 __all__ = [
     "LogMarginalResult",
     "logmeanexp_with_stderr",
+    "fewer_than_two_effective",
     "importance_ess",
     "pareto_k",
     "to_jsonable",
+    "unreliable_collected",
     "warn_unreliable",
+    "warn_unreliable_merged",
 ]
 
 #: Fewer weights than this make the Pareto ``k-hat`` too noisy to warn on.
@@ -47,17 +53,63 @@ def logmeanexp_with_stderr(
     return log_mean, sd / n.sqrt()
 
 
+def fewer_than_two_effective(ess: torch.Tensor) -> torch.Tensor:
+    """``ess < 2``, with room for rounding: two equal weights (an exact proposal) give
+    :func:`importance_ess` ``2 (1 - 1e-7)`` in float32, which is not a degenerate estimate."""
+    return ess < 2.0 - 1e-3
+
+
 def importance_ess(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``(sum w)^2 / sum w^2`` along ``dim``: how many of the weights carry the mean (1 when
     one weight dominates, all of them when they are equal)."""
     return torch.exp(2 * torch.logsumexp(log_w, dim) - torch.logsumexp(2 * log_w, dim))
 
 
+_COLLECTED: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "pyro_aevb_unreliable", default=None
+)
+
+
+@contextlib.contextmanager
+def unreliable_collected() -> Iterator[list]:
+    """Inside, :func:`warn_unreliable` logs nothing: it appends ``(method, checks, advice)``
+    (the checks' masks on the CPU) to the yielded list, for a caller that estimates rows in
+    blocks to warn once over all rows (:func:`warn_unreliable_merged`)."""
+    sink: list = []
+    token = _COLLECTED.set(sink)
+    try:
+        yield sink
+    finally:
+        _COLLECTED.reset(token)
+
+
+def warn_unreliable_merged(collected: list[tuple[int, list]], sizes: list[int]) -> None:
+    """One :func:`warn_unreliable` over all rows from blocks' collections: ``collected`` holds
+    ``(block index, what unreliable_collected gathered)``, ``sizes`` the blocks' rows; a
+    flagged row is named by its index among all rows."""
+    merged: dict = {}  # (method, what) -> ({block: mask}, advice)
+    for k, items in collected:
+        for method, checks, advice in items:
+            for what, bad in checks:
+                masks, _ = merged.setdefault((method, what), ({}, advice))
+                masks[k] = bad
+    for (method, what), (masks, advice) in merged.items():
+        full = torch.cat(
+            [masks.get(k, torch.zeros(n, dtype=torch.bool)) for k, n in enumerate(sizes)]
+        )
+        warn_unreliable(method, full, [(what, full)], advice)
+
+
 def warn_unreliable(
     method: str, estimate: torch.Tensor, checks: list[tuple[str, torch.Tensor]], advice: str
 ) -> None:
     """Log a warning (logger ``pyro_aevb``) for each check that flags datapoints: ``checks``
-    holds ``(what, (B,) bool)`` pairs, ``advice`` what it means and what may help."""
+    holds ``(what, (B,) bool)`` pairs, ``advice`` what it means and what may help (inside
+    :func:`unreliable_collected`, collected instead)."""
+    sink = _COLLECTED.get()
+    if sink is not None:
+        sink.append((method, [(w, b.detach().bool().cpu()) for w, b in checks], advice))
+        return
     logger = logging.getLogger("pyro_aevb")
     for what, bad in checks:
         if bool(bad.any()):

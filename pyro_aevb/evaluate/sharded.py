@@ -43,7 +43,7 @@ from ..train.distributed import (
     world,
 )
 from ..validation import check_positive_int
-from .result import LogMarginalResult
+from .result import LogMarginalResult, unreliable_collected, warn_unreliable_merged
 
 __all__ = ["block_seed", "block_bounds", "estimate_in_blocks", "merge_blocks", "merge_means"]
 
@@ -61,9 +61,16 @@ def block_bounds(num_rows: int, block_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + block_size, num_rows)) for s in range(0, num_rows, block_size)]
 
 
+#: Options that hold one entry per datapoint (BDMC's exact posterior samples ``z``): cut to
+#: each block's rows. Any other option (a grid of KDE bandwidths that happens to have as many
+#: entries as there are rows) is the same for every block.
+PER_DATAPOINT_OPTIONS = ("z",)
+
+
 def _slice_options(options: dict, start: int, stop: int, num_rows: int) -> dict:
-    """Options for the rows ``start:stop``: per-datapoint tensors (leading dimension
-    ``num_rows``, e.g. BDMC's exact samples ``z``, or a dict of them) are cut to the block."""
+    """Options for the rows ``start:stop``: the per-datapoint tensors of
+    :data:`PER_DATAPOINT_OPTIONS` (leading dimension ``num_rows``, or a dict of them) are cut
+    to the block."""
 
     def cut(value):
         if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == num_rows:
@@ -72,7 +79,7 @@ def _slice_options(options: dict, start: int, stop: int, num_rows: int) -> dict:
             return {k: cut(v) for k, v in value.items()}
         return value
 
-    return {k: cut(v) for k, v in options.items()}
+    return {k: cut(v) if k in PER_DATAPOINT_OPTIONS else v for k, v in options.items()}
 
 
 def _to_cpu(result: LogMarginalResult) -> LogMarginalResult:
@@ -88,6 +95,10 @@ def _to_cpu(result: LogMarginalResult) -> LogMarginalResult:
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(u, v) for u, v in zip(a, b, strict=True))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (
             isinstance(a, torch.Tensor)
@@ -138,7 +149,7 @@ def merge_blocks(
     settings = dict(blocks[0].settings)
     settings.update({"seed": seed, "block_size": block_size, "num_blocks": len(blocks)})
     rest = [{k: v for k, v in r.settings.items() if k != "seed"} for r in blocks]
-    if any(s != rest[0] for s in rest[1:]):
+    if not all(_same(rest[0], s) for s in rest[1:]):
         # e.g. globals conditioned on a point estimate that differs between blocks
         settings["block_settings"] = rest
     return LogMarginalResult(
@@ -181,15 +192,25 @@ def estimate_in_blocks(
     local = []
     for k in range(first, last):
         start, stop = blocks[k]
-        part = estimate(
-            x[start:stop], block_seed(seed, k), _slice_options(options, start, stop, x.shape[0])
-        )
-        local.append((k, _to_cpu(part)))
+        # the blocks' warnings about unreliable rows are held back and given once, over all
+        # rows, with each row's index in x (a block's own would count from its first row)
+        with unreliable_collected() as flagged:
+            part = estimate(
+                x[start:stop],
+                block_seed(seed, k),
+                _slice_options(options, start, stop, x.shape[0]),
+            )
+        local.append((k, _to_cpu(part), flagged))
     if size > 1:
         local = [item for items in all_gather_objects(local) for item in items]
-    results = [r for _, r in sorted(local, key=lambda kr: kr[0])]
+    local.sort(key=lambda item: item[0])
+    if rank == 0:
+        warn_unreliable_merged([(k, f) for k, _, f in local], [b - a for a, b in blocks])
     return merge_blocks(
-        results, seed=seed, block_size=block_size, seconds=time.perf_counter() - t_start
+        [r for _, r, _ in local],
+        seed=seed,
+        block_size=block_size,
+        seconds=time.perf_counter() - t_start,
     )
 
 

@@ -79,23 +79,38 @@ class RefinedGuide:
         self.params = {k: v.detach() for k, v in params.items()}
         self.x = x
         self.diagnostics = diagnostics or {}
+        self._index: dict | None = None  # a row's bytes -> its index (see _params_for)
 
     def _params_for(self, x: torch.Tensor) -> dict:
+        """The refined parameters of the rows of ``x``: the refined rows themselves, stacked
+        copies of them (particles), or any of them in any order (a block of an evaluation
+        in blocks, one row for a Pyro MCMC chain), found by their values."""
         b = self.x.shape[0]
         rows = x.shape[0]
-        if rows % b or x.shape[1:] != self.x.shape[1:]:
+        if x.shape[1:] != self.x.shape[1:]:
             raise ValueError(
                 f"this refined guide holds parameters for {b} rows of shape "
                 f"{tuple(self.x.shape[1:])}; it was called with x of shape {tuple(x.shape)}. "
                 f"Refine the rows you evaluate: refine(model, guide, x)"
             )
         k = rows // b
-        if not torch.equal(x.reshape(k, b, *x.shape[1:]), self.x.expand(k, *self.x.shape)):
+        if rows % b == 0 and torch.equal(
+            x.reshape(k, b, *x.shape[1:]), self.x.expand(k, *self.x.shape)
+        ):
+            return {n: v.repeat((k,) + (1,) * (v.dim() - 1)) for n, v in self.params.items()}
+        index = self._index or {
+            row.numpy().tobytes(): j
+            for j, row in reversed(list(enumerate(self.x.detach().cpu().reshape(b, -1))))
+        }
+        self._index = index
+        found = [index.get(row.numpy().tobytes()) for row in x.detach().cpu().reshape(rows, -1)]
+        if any(j is None for j in found):
             raise ValueError(
-                "this refined guide was called on other rows than it was refined on; "
-                "refine(model, guide, x) for the rows you evaluate"
+                f"this refined guide was called on {sum(j is None for j in found)} row(s) it was "
+                f"not refined on; refine(model, guide, x) for the rows you evaluate"
             )
-        return {n: v.repeat((k,) + (1,) * (v.dim() - 1)) for n, v in self.params.items()}
+        idx = torch.tensor(found, device=self.x.device)
+        return {n: v[idx] for n, v in self.params.items()}
 
     def __call__(self, x, *args, **kwargs):
         return self.owner.local_guide(self._params_for(x))(x, *args, **kwargs)

@@ -44,6 +44,7 @@ import torch
 from ..device import fork_rng
 from ..poutine.compile import CaptureError, RecordedFunction, capture, describe_error
 from ..poutine.log_prob_rewrites import cheaper_log_probs
+from ..poutine.params import owner_modules
 from ..poutine.python_state import PythonState
 from .potential import PerDatapointPotential, log_density_per_datapoint
 
@@ -63,6 +64,12 @@ logger = logging.getLogger("pyro_aevb")
 _RECORDINGS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _module_tree(program) -> set[int]:
+    """``id`` of the modules owning ``program`` (a module, a bound method's owner) and of
+    their submodules."""
+    return {id(sub) for m in owner_modules(program) for sub in m.modules()}
+
+
 class _Recordings(dict):
     """A program's recordings by chunk shape, with the Python state they hold (a
     :class:`~pyro_aevb.poutine.python_state.PythonState` snapshot, shared: all were made in
@@ -70,8 +77,13 @@ class _Recordings(dict):
 
     def __init__(self, program):
         super().__init__()
+        # the model's state only: the recordings are of the model (the guide's draws are
+        # inputs), and a guide that rebuilds objects at every call (an autoguide's plates)
+        # must not make every evaluation record the model again
+        model_tree = _module_tree(program.raw_model)
+        guide_tree = _module_tree(program.raw_guide) - model_tree
         self.python_state = PythonState(
-            [program.raw_model, program.raw_guide], program.called_modules
+            [program.raw_model], [m for m in program.called_modules if id(m) not in guide_tree]
         )
         self.state = self.python_state.snapshot()
 

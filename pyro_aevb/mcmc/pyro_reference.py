@@ -83,7 +83,11 @@ class PyroMCMCResult:
         """Per-datapoint acceptance, step size, divergences, and ArviZ ESS / R-hat.
 
         ESS is ArviZ's bulk ESS (minimum over a datapoint's latent coordinates); R-hat (the
-        maximum) is only reported with at least 2 chains per datapoint.
+        maximum) is only reported with at least 2 chains per datapoint. Both are taken on the
+        unconstrained draws the chains move in (:attr:`samples`): ESS is the same on the
+        constrained draws of :attr:`inference_data` (rank-normalised), R-hat's folded part
+        can differ a little there for a constrained latent (``log``/``logit`` change the
+        folding).
         """
         out = {
             "accept_rate": self.accept_rate.mean(0),
@@ -163,9 +167,11 @@ def sample_posterior_pyro(
     target_accept : float
         Pyro's ``target_accept_prob`` for step-size adaptation (the paper: 0.9).
     num_steps, trajectory_length : int, float
-        HMC only. Pyro's HMC keeps the trajectory length ``step_size * num_steps`` fixed
-        while it adapts the step size, so ``num_steps`` leapfrog steps hold only at the
-        initial step size 1; pass ``trajectory_length`` to set it directly.
+        HMC only. ``num_steps`` leapfrog steps per transition whatever the adapted step size
+        (the paper's 4; Pyro's own ``HMC(num_steps=...)`` would instead keep the trajectory
+        length ``step_size * num_steps`` fixed and take ``int(4 / step_size)`` steps once the
+        step size shrinks); or ``trajectory_length``, Pyro's way, which then sets the number
+        of steps from the adapted step size.
     max_tree_depth : int
         NUTS only.
     adapt_mass : bool
@@ -327,13 +333,26 @@ def _make_kernel(kernel, model, target_accept, num_steps, trajectory_length, dep
             target_accept_prob=target_accept,
             adapt_mass_matrix=adapt_mass,
         )
-    return HMC(
+    return FixedStepsHMC(
         model,
-        step_size=1.0,
         num_steps=num_steps,
         target_accept_prob=target_accept,
         adapt_mass_matrix=adapt_mass,
     )
+
+
+class FixedStepsHMC(HMC):
+    """Pyro's :class:`~pyro.infer.mcmc.HMC` with ``num_steps`` leapfrog steps per transition
+    at every step size (Pyro's keeps ``step_size * num_steps`` fixed while it adapts the step
+    size, so its number of steps grows as the step size shrinks)."""
+
+    def __init__(self, model, num_steps: int, **kwargs):
+        super().__init__(model, step_size=1.0, num_steps=num_steps, **kwargs)
+        self._fixed_num_steps = num_steps
+
+    @property
+    def num_steps(self) -> int:
+        return self._fixed_num_steps
 
 
 @torch.no_grad()

@@ -127,7 +127,7 @@ class BatchedHMCResult:
 
         ESS (bulk) and split R-hat are ArviZ's, taken per datapoint as the minimum ESS and the
         maximum R-hat over the latent coordinates; R-hat needs at least 2 chains per datapoint
-        (or 4 draws for split R-hat of one chain).
+        (there is none for one chain).
         """
         out = {
             "accept_rate": self.per_datapoint(self.accept_rate).mean(0),

@@ -380,6 +380,18 @@ class PerDatapointProgram:
         self.dtype = first.dtype
         self._layout = None
 
+    def check_no_masked_latents(self, what: str, instead: str) -> None:
+        """Refuse latents the model masks in part: MCMC draws of their masked entries (which
+        carry no density) are an unbounded random walk, so ``what`` would describe those
+        instead of the posterior; ``instead`` says what to use."""
+        if self.masked_names:
+            raise ValueError(
+                f"latent site(s) {list(self.masked_names)} are masked in the model (entries "
+                f"with no density there, as Pyro's obs_mask makes for the missing entries): HMC "
+                f"draws of those entries are an unbounded random walk, so {what} would not be "
+                f"the posterior's; {instead}"
+            )
+
     @property
     def layout(self) -> LatentLayout:
         """The local latents' unconstrained layout (raises for a model without local latents)."""
@@ -584,13 +596,22 @@ def _check_guide_matches(model_trace, guide_trace, plate_name: str, skip=()) -> 
 
 def site_mask(site: dict) -> torch.Tensor | bool | None:
     """The site's mask if it masks anything (``False`` or a tensor with a ``False`` entry),
-    else ``None``."""
-    mask = site.get("mask")
-    if mask is None or mask is True:
-        return None
-    if isinstance(mask, torch.Tensor) and bool(mask.all()):
-        return None
-    return mask
+    else ``None``: ``poutine.mask``'s or ``obs_mask``'s (the site's ``mask``), or that of a
+    distribution made with ``.mask(m)`` (a ``MaskedDistribution``, also inside
+    ``.to_event``)."""
+    masks = [site.get("mask")]
+    fn = site.get("fn")
+    while fn is not None:
+        if isinstance(fn, dist.MaskedDistribution):
+            masks.append(fn._mask)
+        fn = getattr(fn, "base_dist", None)
+    for mask in masks:
+        if mask is None or mask is True:
+            continue
+        if isinstance(mask, torch.Tensor) and bool(mask.all()):
+            continue
+        return mask
+    return None
 
 
 def as_program(

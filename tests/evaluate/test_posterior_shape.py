@@ -5,8 +5,10 @@ import math
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
+from pyro_aevb import log_marginal
 from pyro_aevb.evaluate import compare_with_mcmc
 from pyro_aevb.plots import plot_posterior_contours
 
@@ -59,3 +61,29 @@ def test_diagonal_guide_on_a_correlated_posterior_matches_the_exact_shape(ppca, 
     }
     assert "var_ratio" in res.to_dict() and "KL(q || p)" in res.summary()
     assert plot_posterior_contours(res, tmp_path / "contours.png").stat().st_size > 1000
+
+
+def test_latents_masked_through_the_distribution_are_refused_as_through_poutine_mask():
+    """``dist.Normal(...).mask(m)`` leaves the masked entries without a density, as
+    ``poutine.mask`` does: HMC draws of them are a random walk, so the posterior moments,
+    R-hat and ESS (and Appendix D's fitted density) would describe that walk."""
+
+    def model(x):
+        m = x[:, 2] > 0.5
+        with pyro.plate("data", x.shape[0]):
+            z1 = pyro.sample("z1", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            z2 = pyro.sample("z2", dist.Normal(torch.zeros(x.shape[0]), 1.0).mask(m))
+            pyro.sample("x1", dist.Normal(z1, 0.5), obs=x[:, 0])
+            pyro.sample("x2", dist.Normal(z2, 0.5).mask(m), obs=x[:, 1])
+
+    def guide(x):
+        m = x[:, 2] > 0.5
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z1", dist.Normal(0.8 * x[:, 0], 0.45))
+            pyro.sample("z2", dist.Normal(0.8 * x[:, 1], 0.45).mask(m))
+
+    x = torch.tensor([[0.3, -0.2, 1.0], [1.0, 0.5, 0.0]])
+    with pytest.raises(ValueError, match=r"\['z2'\] are masked in the model"):
+        compare_with_mcmc(model, guide, x, num_samples=10, num_warmup=10)
+    with pytest.raises(ValueError, match=r"\['z2'\] are masked in the model"):
+        log_marginal(model, guide, x, "appendix_d", num_samples=10, num_warmup=10)

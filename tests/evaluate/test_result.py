@@ -4,7 +4,12 @@ import math
 import numpy as np
 import torch
 
-from pyro_aevb.evaluate.result import LogMarginalResult, logmeanexp_with_stderr
+from pyro_aevb.evaluate.result import (
+    LogMarginalResult,
+    fewer_than_two_effective,
+    importance_ess,
+    logmeanexp_with_stderr,
+)
 
 
 def test_logmeanexp_with_stderr_matches_direct_formula():
@@ -46,3 +51,10 @@ def test_to_dict_is_json_and_summary_reads_well():
     text = result.summary()
     assert "log p(x) [bdmc] over 2 datapoints" in text and "BDMC upper bound" in text
     assert "accept_rate" in text and "num_temps=10" in text
+
+
+def test_two_equal_weights_are_not_fewer_than_two_effective():
+    """An exact proposal at K = 2 gives equal weights: ESS 2 up to rounding, not a warning."""
+    log_w = torch.full((2, 5), -3.7) + torch.tensor([0.0, 1e-7, 0.0, 0.0, 0.0])
+    assert not bool(fewer_than_two_effective(importance_ess(log_w)).any())
+    assert bool(fewer_than_two_effective(importance_ess(torch.tensor([[0.0], [-5.0]]))).all())

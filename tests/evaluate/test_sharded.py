@@ -2,6 +2,8 @@
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from distributed_helpers import EVAL_CASES, eval_case, eval_worker, run_ranks
@@ -70,3 +72,42 @@ def test_block_seeds_differ_and_a_group_needs_a_block_size(ppca, monkeypatch):
         log_marginal(
             ppca.model, ppca.guide, ppca.simulate(4), "iwae", block_size=0, distributed=False
         )
+
+
+def _normal_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def _guide_bad_above_5(x):
+    """The exact posterior N(x/2, 1/2), except a poor proposal for rows with x > 5."""
+    loc = torch.where(x > 5, torch.full_like(x, -10.0), 0.5 * x)
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.Normal(loc, math.sqrt(0.5)))
+
+
+def test_warnings_about_unreliable_rows_name_them_among_all_rows_once(caplog):
+    x = torch.zeros(12)
+    x[9] = 8.0  # only row 9 has a poor proposal; blocks of 4: it is row 1 of block 2
+    with caplog.at_level("WARNING", logger="pyro_aevb"):
+        log_marginal(_normal_model, _guide_bad_above_5, x, "iwae", num_particles=50, block_size=4)
+    flagged = [r.getMessage() for r in caplog.records if "effective weights" in r.getMessage()]
+    assert len(flagged) == 1
+    assert "1 of 12 datapoints" in flagged[0] and "(first: [9])" in flagged[0]
+
+
+def test_an_option_with_as_many_entries_as_rows_is_not_cut_into_blocks():
+    """A grid of KDE bandwidths that happens to have one entry per row is the same for
+    every block (only per-datapoint options such as BDMC's z are cut)."""
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.5 * x, math.sqrt(0.5)))
+
+    x = torch.linspace(-2, 2, 6)
+    grid = torch.tensor([0.01, 0.02, 0.04, 0.3, 0.6, 1.2])
+    kw = dict(density="kde", bandwidths=grid, num_samples=40, num_warmup=50, seed=0)
+    blocked = log_marginal(_normal_model, guide, x, "appendix_d", block_size=3, **kw)
+    assert torch.equal(blocked.settings["bandwidths"], grid)
+    assert "block_settings" not in blocked.settings

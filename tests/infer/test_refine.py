@@ -50,10 +50,21 @@ def test_refinement_reaches_the_best_diagonal_gaussian_per_datapoint(model):
         exact_best = model.analytic_elbo(x, mean, var.sqrt())
         got = elbo_per_datapoint(model.model, refined, x, num_particles=2000)
     torch.testing.assert_close(got, exact_best, atol=0.05, rtol=0)
-    # IWAE runs it on stacked copies of the rows; other rows are refused
+    # IWAE runs it on stacked copies of the rows; the rows in another order, or some of them
+    # (a block of an evaluation in blocks), get their own parameters; other rows are refused
     assert log_marginal(model.model, refined, x, "iwae", num_particles=50).estimate.shape == (6,)
-    with pytest.raises(ValueError, match="other rows"):
-        elbo_per_datapoint(model.model, refined, x.flip(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            elbo_per_datapoint(model.model, refined, x.flip(0), num_particles=2000),
+            exact_best.flip(0),
+            atol=0.05,
+            rtol=0,
+        )
+    blocked = log_marginal(model.model, refined, x, "iwae", num_particles=50, block_size=4)
+    assert blocked.estimate.shape == (6,)
+    torch.testing.assert_close(blocked.estimate, exact_best, atol=0.2, rtol=0)
+    with pytest.raises(ValueError, match="1 row\\(s\\) it was not refined on"):
+        elbo_per_datapoint(model.model, refined, torch.cat([x[:2], x[2:3] + 1.0]))
 
 
 def test_gap_report_recovers_both_gaps_exactly(model, tmp_path):

@@ -16,7 +16,7 @@ from user_models import (
     counting,
 )
 
-from pyro_aevb import log_marginal
+from pyro_aevb import AmortizedNormal, log_marginal
 from pyro_aevb.mcmc import PerDatapointPotential, hmc
 from pyro_aevb.mcmc.compiled_potential import CompiledPotential
 from pyro_aevb.mcmc.potentials import make_potential
@@ -522,3 +522,27 @@ def test_state_read_through_helpers_plain_objects_and_dicts_is_seen_at_once(chan
     torch.testing.assert_close(value, ref_value, **F64)
     torch.testing.assert_close(grad, ref_grad, **F64)
     assert pot.path == "compiled" and pot.num_checks == checks
+
+
+def test_a_guide_rebuilding_objects_per_call_does_not_make_the_model_record_again(caplog):
+    """AIS from the encoder runs the guide at every step; an autoguide with Pyro's AutoNormal
+    for a global latent rebuilds its plates each call. The recordings are of the model: the
+    guide's Python state is not watched, so the model is recorded once."""
+
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 10.0))  # a global latent
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(mu, 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    x = torch.randn(8) + 2.0
+    guide = AmortizedNormal(model, hidden_dims=(8,))
+    guide(x)
+    with caplog.at_level("INFO", logger="pyro_aevb"):
+        res = log_marginal(
+            model, guide, x, "ais", seed=0, num_chains=4, num_temps=20, init="encoder"
+        )
+    assert res.diagnostics["potential"] == "compiled"
+    assert not [r for r in caplog.records if "recording again" in r.getMessage()]

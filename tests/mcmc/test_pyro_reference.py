@@ -98,3 +98,26 @@ def test_bounds_that_follow_another_latent_are_refused_and_bounds_from_the_data_
     res = sample_posterior_pyro(bounded_by_data, x, num_samples=5, num_warmup=5)
     z = res.constrained["z"]
     assert bool(((z > 0) & (z < x.abs() + 1.0)).all())
+
+
+def test_pyro_hmc_takes_num_steps_leapfrog_steps_at_the_adapted_step_size(ppca, monkeypatch):
+    """The paper's 4 leapfrog steps per transition, whatever step size the adaptation finds
+    (Pyro's HMC(num_steps=4) keeps step_size * 4 fixed instead)."""
+    import pyro.infer.mcmc.hmc as pyro_hmc
+
+    used = []
+    original = pyro_hmc.HMC.sample
+
+    def sample(self, params):
+        if self._t >= self._warmup_steps:
+            used.append(self.num_steps)
+        return original(self, params)
+
+    monkeypatch.setattr(pyro_hmc.HMC, "sample", sample)
+    x = ppca.simulate(2)
+    res = sample_posterior_pyro(
+        ppca.model, x, kernel="hmc", num_steps=4, num_samples=10, num_warmup=30, guide=ppca.guide
+    )
+    assert set(used) == {4}
+    # adapted away from 1 (where Pyro's own rule would take int(4 / step_size) steps)
+    assert not bool(torch.isclose(res.step_size, torch.ones(())).any())
