@@ -210,6 +210,19 @@ def mismatch_worker(rank: int, out: Path) -> None:
             )
         except ValueError as err:
             errors[case] = str(err)
+    # each rank resumes from its own folder, at another point of the run (not a shared out_dir)
+    own = out / f"own-rank{rank}"
+    kw = dict(guide=None, num_samples=40 * (rank + 1), batch_size=10, progress=False, out_dir=own)
+    for distributed, resume in ((False, False), (True, True)):
+        pyro.clear_param_store()
+        m = case_model("pyro")
+        kw.update(guide=m.guide, distributed=distributed, resume=resume)
+        if resume:
+            kw["num_samples"] = 120
+        try:
+            fit(m.model, x, **kw)
+        except ValueError as err:
+            errors["checkpoint"] = str(err)
     torch.save(errors, out / f"mismatch-rank{rank}.pt")
 
 

@@ -58,6 +58,10 @@ def _is_int(value, minimum: int = 0) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum
 
 
+def _positive_int(value) -> bool:
+    return _is_int(value) and value >= 1
+
+
 def _is_finite(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -157,6 +161,18 @@ def check_restorable(payload: dict[str, Any], path: str | Path) -> None:
     objective_state = payload.get("objective_state", {})
     if not isinstance(objective_state, dict):
         raise _fail(path, "'objective_state' must be a dict")
+    for i, record in enumerate(payload["history"]):
+        if record["samples"] > progress["samples"]:
+            raise _fail(
+                path,
+                f"history record {i} is at {record['samples']} samples, past the "
+                f"{progress['samples']} the checkpoint has trained",
+            )
+    parallel = payload["config"].get("data_parallel")
+    if parallel is not None and (
+        not isinstance(parallel, dict) or not _positive_int(parallel.get("shards", 1))
+    ):
+        raise _fail(path, f"config['data_parallel'] must hold an int shards >= 1, got {parallel!r}")
 
 
 def check_generator_state(saved: torch.Tensor, current: torch.Tensor, name: str, path) -> None:

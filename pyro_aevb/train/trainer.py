@@ -19,6 +19,7 @@ the position in it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -407,7 +408,7 @@ class Trainer:
             self.objective = self.parallel
         self.progress = progress and (self.parallel is None or self.parallel.is_main)
         params = list(self.objective.params)
-        if not params:
+        if not any(p.requires_grad for p in params):
             raise ValueError(
                 "the model and guide have no trainable parameter (no pyro.param, no "
                 "pyro.module or PyroModule parameter with requires_grad): there is nothing "
@@ -509,6 +510,7 @@ class Trainer:
         self._loss_count = 0
 
         self._last_save = time.monotonic()
+        self._saved_as: tuple | None = None  # (step, samples, records) of the last save
         # One job per run directory: locked before looking for a checkpoint, so two runs
         # cannot both find none and overwrite each other; held until run() ends.
         # (in a data-parallel run rank 0 owns the directory: it writes the run's files)
@@ -516,6 +518,18 @@ class Trainer:
         self._lock = RunLock(self.out_dir).acquire() if self.out_dir and owner else None
         try:
             self._open_run(resume)
+            if self.parallel is not None and self.parallel.world_size > 1:
+                # every rank restores the checkpoint itself: ranks that found different ones
+                # (an out_dir that is not shared, a stale copy) would train out of step, and
+                # rank 0 would overwrite the last good checkpoint with their mixture
+                check_same_settings(
+                    {
+                        "progress": (self.step, self.samples, len(self.history)),
+                        "parameters": _digest(self.objective.params),
+                    },
+                    f"checkpoints to resume from (out_dir {self.out_dir} must be the same "
+                    f"folder on every rank)",
+                )
         except BaseException:
             self.close()
             raise
@@ -617,7 +631,7 @@ class Trainer:
             self.state_params.load_state_dict(payload["program_state"])
             self.optimizer.load_state_dict(payload["optimizer_state"])
             self.objective.load_state_dict(payload.get("objective_state", {}))
-        except (KeyError, TypeError, IndexError, RuntimeError) as err:
+        except (KeyError, TypeError, IndexError, RuntimeError, ValueError) as err:
             raise MalformedCheckpointError(
                 f"checkpoint {path} does not fit this run: {type(err).__name__}: {err}"
             ) from err
@@ -640,6 +654,7 @@ class Trainer:
         self.perm, self.pos = progress["perm"], progress["pos"]
         self._loss_sum, self._loss_count = float(progress["loss_sum"]), progress["loss_count"]
         self.history = list(payload["history"])
+        self._saved_as = (self.step, self.samples, len(self.history))  # on disk as it is
         if self.samples >= self.total:
             logger.warning(
                 "the checkpoint has already seen %d samples, at least this run's budget of %d: "
@@ -657,6 +672,11 @@ class Trainer:
         """
         if self.out_dir is None or (self.parallel is not None and not self.parallel.is_main):
             return None  # in a data-parallel run rank 0 writes the run's files
+        saved_as = (self.step, self.samples, len(self.history))
+        if saved_as == self._saved_as:
+            # this state is on disk already (a second Ctrl-C during an evaluation's save):
+            # writing it again would turn the previous checkpoint into a copy of it
+            return self.out_dir / CHECKPOINT_NAME
         if not all_finite(self.objective.params):
             raise NonFiniteLossError("parameters became non-finite; checkpoint not overwritten")
         bad = self._non_finite_optimizer_state()
@@ -679,6 +699,7 @@ class Trainer:
         write_json_atomic(self.out_dir / CONFIG_NAME, self.config)
         write_json_atomic(self.out_dir / HISTORY_NAME, self.history)
         self._last_save = time.monotonic()
+        self._saved_as = saved_as
         return path
 
     # ------------------------------------------------------------------ evaluation
@@ -711,21 +732,34 @@ class Trainer:
             self.parallel.check_in_sync()
             if not self.parallel.is_main:
                 self._loss_sum, self._loss_count = 0.0, 0
-                return self.parallel.share_record(None)
-        with fork_rng(), self._evaluation_mode():
-            torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
-            for split, data in (("train", self.train), ("test", self.test)):
-                if data is None or not self.objective.has_bound or self.bound_unavailable:
-                    continue
-                subset = data if self.eval_size is None else data[: self.eval_size]
-                with torch.no_grad():
-                    mean, stderr = _mean_and_stderr(self._bound(subset))
-                record[f"{split}_bound"] = mean
-                record[f"{split}_bound_stderr"] = stderr
-            record.update(self.objective.diagnostics())
-            if self.callback is not None:  # gradients allowed: it may run HMC
-                self.callback(self, record)
-                _check_json_record(record)
+                shared = self.parallel.share_record(None)
+                failed = shared.get(_EVALUATION_FAILED) if isinstance(shared, dict) else None
+                if failed is not None:
+                    # rank 0's evaluation raised: the same error here, not a lost connection
+                    kind, message = failed
+                    raise (ValueError if kind == "ValueError" else RuntimeError)(
+                        f"{message} (raised by rank 0's evaluation)"
+                    )
+                return shared
+        try:
+            with fork_rng(), self._evaluation_mode():
+                torch.manual_seed(self.seed + _EVAL_SEED_OFFSET)
+                for split, data in (("train", self.train), ("test", self.test)):
+                    if data is None or not self.objective.has_bound or self.bound_unavailable:
+                        continue
+                    subset = data if self.eval_size is None else data[: self.eval_size]
+                    with torch.no_grad():
+                        mean, stderr = _mean_and_stderr(self._bound(subset))
+                    record[f"{split}_bound"] = mean
+                    record[f"{split}_bound_stderr"] = stderr
+                record.update(self.objective.diagnostics())
+                if self.callback is not None:  # gradients allowed: it may run HMC
+                    self.callback(self, record)
+                    _check_json_record(record)
+        except Exception as err:
+            if self.parallel is not None:  # the other ranks wait for this record
+                self.parallel.share_record({_EVALUATION_FAILED: (type(err).__name__, str(err))})
+            raise
         # only now: an evaluation that fails leaves the running mean for its retry on resume
         self._loss_sum, self._loss_count = 0.0, 0
         if self.parallel is not None:
@@ -1198,12 +1232,26 @@ def _mlp_vae(module: VAE) -> bool:
     )
 
 
+# The key of the record rank 0 shares when its evaluation raised.
+_EVALUATION_FAILED = "__evaluation_failed__"
+
+
+def _digest(tensors) -> str:
+    """SHA-256 of the tensors' values (to compare the ranks' states once)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _saved_parallel_config(out_dir, resume: bool) -> dict | None:
     """The ``data_parallel`` entry of the checkpoint a resumed run continues (its shards)."""
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
     if not resume or checkpoint is None or not checkpoint.is_file():
         return None
-    return load_checkpoint(checkpoint)["config"].get("data_parallel", {})
+    payload = load_checkpoint(checkpoint)
+    check_restorable(payload, checkpoint)  # read before the restore checks it again
+    return payload["config"].get("data_parallel", {})
 
 
 def _model_owner(module, model_fn):

@@ -182,3 +182,67 @@ def test_a_guide_given_to_monte_carlo_em_is_refused_not_ignored():
     x = (torch.rand(20, 20) < 0.3).float()
     with pytest.raises(ValueError, match="guide= is given, but Monte Carlo EM uses no guide"):
         fit(vae, x, guide=guide, objective=MonteCarloEM(), num_samples=20, progress=False)
+
+
+def test_a_run_resumed_between_evaluations_records_the_same_acceptance_rate(tmp_path, monkeypatch):
+    """The acceptance totals since the last record are part of the checkpoint: a run killed
+    after a save between two evaluations, and resumed, gives the history of an uninterrupted
+    run (here: a copy of the run folder taken after the extra checkpoint at 300 samples)."""
+    import shutil
+
+    from pyro_aevb.train import trainer as trainer_module
+
+    save = trainer_module.Trainer.save
+    copy = tmp_path / "killed_at_300"
+
+    def save_and_copy(self):
+        path = save(self)
+        if self.samples == 300 and not copy.exists():
+            shutil.copytree(self.out_dir, copy, ignore=shutil.ignore_patterns(".pyro-aevb.lock"))
+        return path
+
+    monkeypatch.setattr(trainer_module.Trainer, "save", save_and_copy)
+    x = (torch.rand(100, 20, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    kw = dict(algorithm="mcem", batch_size=50, progress=False, seed=0, eval_every=200)
+    pyro.clear_param_store()
+    whole = fit(
+        mlp_vae(20, 2, 8), x, num_samples=400, out_dir=tmp_path / "run", checkpoint_every=100, **kw
+    )
+    pyro.clear_param_store()
+    resumed = fit(mlp_vae(20, 2, 8), x, num_samples=400, out_dir=copy, resume=True, **kw)
+
+    def numbers(history):  # wall times differ between runs
+        return [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in history]
+
+    assert numbers(resumed.history) == numbers(whole.history)
+
+
+def test_a_diverging_m_step_undoes_the_whole_step():
+    """A later M-step's non-finite loss: the earlier M-steps' updates and the E-step's chains
+    are undone, so the parameters are those before the minibatch, as the error says."""
+    from pyro_aevb.poutine import TrainingProgram
+    from pyro_aevb.train.optim import make_optimizer
+
+    torch.manual_seed(0)
+    vae = mlp_vae(20, 2, 8)
+    x = (torch.rand(50, 20) < 0.3).float()
+    bound = MonteCarloEM(num_m_steps=3).bind(TrainingProgram(vae.model, None, num_data=50))
+    bound.setup(x)
+    optimizer = make_optimizer("adagrad", bound.params, 0.01)
+    idx = torch.arange(50)
+    bound.train_step(x, idx, optimizer)  # chains initialised, one good step
+    before = [p.detach().clone() for p in bound.params]
+    chains, step_size = bound.chains.clone(), bound.step_size.clone()
+    calls = {"n": 0}
+    original = bound.loss_and_grads
+
+    def third_fails(xb, u):
+        calls["n"] += 1
+        loss = original(xb, u)
+        return loss if calls["n"] < 3 else torch.full_like(loss, float("inf"))
+
+    bound.loss_and_grads = third_fails
+    assert bound.train_step(x, idx, optimizer) == float("inf")
+    for p, q in zip(bound.params, before, strict=True):
+        assert torch.equal(p.detach(), q)
+    assert torch.equal(bound.chains, chains) and torch.equal(bound.step_size, step_size)

@@ -277,6 +277,15 @@ RESUME_MALFORMED = {
     ),
     "no progress": (_set(("progress",), KeyError), "'progress' must be a dict"),
     "lr missing": (lambda p: p["config"]["training"].pop("lr"), r"training.lr is None"),
+    "a record past the progress": (
+        lambda p: p["history"][-1].__setitem__("samples", 10**9),
+        "past the 320 the checkpoint has trained",
+    ),
+    "data_parallel shards 0": (
+        lambda p: p["config"].__setitem__("data_parallel", {"shards": 0}),
+        r"config\['data_parallel'\] must hold an int shards >= 1",
+    ),
+    "no config": (_set(("config",), KeyError), "'config' must be a dict"),
 }
 
 

@@ -95,6 +95,22 @@ def test_signal_during_an_evaluation_keeps_its_record(straight: Path, tmp_path: 
     assert_same_state(state_of(out), state_of(straight))
 
 
+def test_ctrl_c_during_an_evaluations_save_keeps_the_previous_checkpoint(tmp_path: Path):
+    """A second Ctrl-C while the evaluation saves: the state is on disk already, so it is not
+    written again (which would make checkpoint.prev.pt a copy of checkpoint.pt)."""
+    out = tmp_path / "run"
+
+    def callback(trainer, record):
+        if record["samples"] == 480:
+            trainer.save()  # the evaluation's save is under way when the interrupt comes
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_vae(), binary_data(), num_samples=960, out_dir=out, callback=callback, **FIT_KW)
+    assert load_checkpoint(out / "checkpoint.pt")["progress"]["samples"] == 480
+    assert load_checkpoint(out / "checkpoint.prev.pt")["progress"]["samples"] == 320
+
+
 def test_a_failed_evaluation_is_evaluated_again_on_resume(straight: Path, tmp_path: Path):
     out = tmp_path / "run"
     data = binary_data()

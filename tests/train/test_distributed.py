@@ -237,6 +237,8 @@ def test_ranks_given_other_data_or_another_estimator_all_refuse_naming_it(tmp_pa
         errors = torch.load(tmp_path / f"mismatch-rank{rank}.pt")
         assert "different training settings (data: rank 0" in errors["data"]
         assert "different training settings (training: rank 0" in errors["estimator"]
+        assert "different checkpoints to resume from" in errors["checkpoint"]
+        assert "progress: rank 0 (4, 40, " in errors["checkpoint"]
 
 
 def test_a_signal_that_reaches_one_rank_stops_all_naming_it_and_the_checkpoint(tmp_path):

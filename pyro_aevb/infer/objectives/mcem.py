@@ -27,6 +27,7 @@ training sample shows its cost next to AEVB's.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pyro.poutine as poutine
@@ -57,6 +58,12 @@ MCEM_OPTIONS = {
     "adapt_gain": 0.5,
     "step_size_jitter": 0.5,
 }
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"shape {tuple(value.shape)}"
+    return type(value).__name__
 
 
 class MonteCarloEM(Objective):
@@ -180,16 +187,43 @@ class MonteCarloEMObjective(BoundObjective):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"chains": self.chains, "step_size": self.step_size}
+        # the acceptance totals since the last record too: a run resumed between two
+        # evaluations records the same acceptance rate as one that was not interrupted
+        return {
+            "chains": self.chains,
+            "step_size": self.step_size,
+            "accept_sum": self._accept_sum,
+            "accept_count": self._accept_count,
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        unknown = sorted(set(state) - {"chains", "step_size", "accept_sum", "accept_count"})
+        if unknown:
+            raise ValueError(f"the checkpoint's MCEM state has unknown entries {unknown}")
         chains, step_size = state.get("chains"), state.get("step_size")
-        if chains is not None and chains.shape != (self.program.num_data, self.layout.dim):
-            raise ValueError(
-                f"the checkpoint's MCEM chains have shape {tuple(chains.shape)} but this run "
-                f"needs ({self.program.num_data}, {self.layout.dim}) (one per training point)"
-            )
+        n, d = self.program.num_data, self.layout.dim
+        if (chains is None) != (step_size is None):
+            raise ValueError("the checkpoint's MCEM state holds chains or step sizes, not both")
+        if chains is not None:
+            if not isinstance(chains, torch.Tensor) or chains.shape != (n, d):
+                raise ValueError(
+                    f"the checkpoint's MCEM chains must be a tensor of shape ({n}, {d}) (one "
+                    f"per training point), got {_describe(chains)}"
+                )
+            if not isinstance(step_size, torch.Tensor) or step_size.shape != (n,):
+                raise ValueError(
+                    f"the checkpoint's MCEM step sizes must be a tensor of shape ({n},), got "
+                    f"{_describe(step_size)}"
+                )
+            if not bool(torch.isfinite(chains).all()):
+                raise ValueError("the checkpoint's MCEM chains are not all finite")
+            if not bool((torch.isfinite(step_size) & (step_size > 0)).all()):
+                raise ValueError("the checkpoint's MCEM step sizes are not all finite and > 0")
+        accept_sum, accept_count = state.get("accept_sum", 0.0), state.get("accept_count", 0)
+        if not isinstance(accept_sum, float | int) or not isinstance(accept_count, int):
+            raise ValueError("the checkpoint's MCEM acceptance totals must be numbers")
         self.chains, self.step_size = chains, step_size
+        self._accept_sum, self._accept_count = float(accept_sum), int(accept_count)
 
     def diagnostics(self) -> dict:
         """Mean acceptance probability since the last call and mean step size."""
@@ -288,13 +322,28 @@ class MonteCarloEMObjective(BoundObjective):
         return loss.detach()
 
     def train_step(self, x, idx, optimizer) -> float:
+        """The E-step on the rows ``idx``, then the M-steps. A non-finite loss in any M-step
+        undoes the whole step (parameters, optimizer state, those rows' chains and step sizes)
+        before it is returned, so the trainer stops with the state before this minibatch."""
         if self.chains is None:
             self._init_chains(x)
+        before = (
+            [p.detach().clone() for p in self.params],
+            copy.deepcopy(optimizer.state_dict()),
+            self.chains[idx].clone(),
+            self.step_size[idx].clone(),
+        )
         u = self.e_step(x, idx)
         loss = float("nan")
         for _ in range(self.options.num_m_steps):
             loss = self.loss_and_grads(x, u).item()
             if not math.isfinite(loss):
+                params, opt_state, chains, step_size = before
+                with torch.no_grad():
+                    for p, value in zip(self.params, params, strict=True):
+                        p.copy_(value)
+                optimizer.load_state_dict(opt_state)
+                self.chains[idx], self.step_size[idx] = chains, step_size
                 return loss
             optimizer.step()
         return loss
