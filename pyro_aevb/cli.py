@@ -25,6 +25,7 @@ import torch
 
 from .autoguide import GUIDE_FAMILIES
 from .data import load_dataset
+from .data.datasets import canonical_name
 from .device import fork_rng
 from .evaluate import (
     METHOD_OPTIONS,
@@ -531,7 +532,7 @@ def cmd_demo(args) -> int:
 
 
 def _load_dataset(name: str, data_dir):
-    if data_dir is not None and name == "embedded-mnist":
+    if data_dir is not None and canonical_name(name) == "embedded-mnist":
         raise ValueError(
             f"--data-dir {data_dir} does not apply to the data set 'embedded-mnist' (it ships "
             f"with the package); leave --data-dir out"

@@ -552,8 +552,9 @@ def test_bdmc_refuses_a_split_it_would_not_use(tmp_path, capsys):
     assert "--split does not apply to --method bdmc" in capsys.readouterr().err
 
 
-def test_a_data_dir_for_the_embedded_slice_is_refused_not_ignored(tmp_path, capsys):
-    argv = ["train", "--dataset", "embedded-mnist", "--data-dir", str(tmp_path / "none"),
+@pytest.mark.parametrize("name", ["embedded-mnist", "Embedded_MNIST"])
+def test_a_data_dir_for_the_embedded_slice_is_refused_not_ignored(tmp_path, capsys, name):
+    argv = ["train", "--dataset", name, "--data-dir", str(tmp_path / "none"),
             "--out", str(tmp_path / "run"), "--num-samples", "100"]  # fmt: skip
     assert main(argv) == 2
     assert "does not apply to the data set 'embedded-mnist'" in capsys.readouterr().err

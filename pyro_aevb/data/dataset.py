@@ -95,6 +95,12 @@ class Dataset:
         event_shape = tuple(self.train.shape[1:])
         if event_shape not in layouts:
             event_shape = layouts[0]  # only to word the error below
+        for split in ("train", "test"):
+            if not isinstance(getattr(self, split), torch.Tensor):
+                raise TypeError(
+                    f"{self.name}: {split} must be a tensor (every Dataset has a train and a "
+                    f"test split), got {type(getattr(self, split)).__name__}"
+                )
         for split in ("train", "test", "validation"):
             x = getattr(self, split)
             labels = getattr(self, f"{split}_labels")

@@ -36,6 +36,7 @@ from .idx import read_idx_images, read_idx_labels
 __all__ = [
     "DATASET_NAMES",
     "Dataset",
+    "canonical_name",
     "load_dataset",
     "load_fashion_mnist",
     "load_frey_face",
@@ -225,7 +226,9 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
 }
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """A data set's name as :data:`DATASET_NAMES` spells it (case and ``_`` for ``-`` do not
+    matter); an unknown name is a ``ValueError`` listing the valid ones."""
     canonical = str(name).strip().lower().replace("_", "-")
     if canonical not in _LOADERS:
         raise ValueError(f"Unknown dataset {name!r}; valid names are {', '.join(DATASET_NAMES)}")
@@ -267,6 +270,6 @@ def load_dataset(
     FileNotFoundError
         A file is missing and could not (or may not) be downloaded.
     """
-    loader = _LOADERS[_canonical_name(name)]
+    loader = _LOADERS[canonical_name(name)]
     download, flatten = check_bool(download, "download"), check_bool(flatten, "flatten")
     return loader(data_dir=data_dir, download=download, flatten=flatten)

@@ -305,6 +305,14 @@ def fetch_verified(
     for path in candidates:
         if _is_present(path, spec):
             return read_verified(path, spec), path
+    if root.name == spec.folder and any(_is_present(root / p.name, spec) for p in candidates):
+        # the data directory is the data set's own folder: not a download into root/folder/
+        raise FileNotFoundError(
+            f"Data file not found: {' or '.join(str(p) for p in candidates)}, but "
+            f"{root / spec.remote_name} exists: the data directory {root} seems to be the "
+            f"{spec.folder}/ folder itself; point {DATA_ENV_VAR} (or data_dir=...) at its "
+            f"parent {root.parent}, whose layout is:\n{layout_help(spec.folder)}"
+        )
     if not download:
         raise _missing_error(candidates, spec, root, reason="download=False")
     try:
@@ -334,6 +342,10 @@ def _missing_error(
         f"Data file not found: {looked} ({reason}).\n"
         f"The data directory is {root}: set the environment variable {DATA_ENV_VAR} (or pass "
         f"data_dir=...) to a directory with this layout:\n{layout_help(spec.folder)}\n"
-        f"or call load_dataset(..., download=True) to download it from "
-        f"{' or '.join(spec.urls())} (SHA-256 of the {spec.content}: {spec.sha256})."
+        + (
+            "or call load_dataset(..., download=True) to download it from "
+            if reason == "download=False"
+            else "or download it by hand from "
+        )
+        + f"{' or '.join(spec.urls())} (SHA-256 of the {spec.content}: {spec.sha256})."
     )

@@ -150,10 +150,15 @@ def paper_frey_face_vae(latent_dim: int = 2, hidden_dims: int = 200, **kwargs) -
 
 
 def paper_vae(dataset, latent_dim: int, hidden_dims: int | None = None, **kwargs) -> VAE:
-    """The paper's VAE for a data set (a :class:`~pyro_aevb.data.Dataset` or its name and
-    ``data_dim``/``likelihood`` read from it): its hidden size (:data:`PAPER_HIDDEN`) unless
+    """The paper's VAE for a data set (a :class:`~pyro_aevb.data.Dataset`, whose ``name``,
+    ``data_dim`` and ``likelihood`` are read): its hidden size (:data:`PAPER_HIDDEN`) unless
     given, its decoder (Gaussian data get the sigmoid mean)."""
-    name = getattr(dataset, "name", dataset)
+    if not all(hasattr(dataset, a) for a in ("name", "data_dim", "likelihood")):
+        raise TypeError(
+            f"paper_vae needs a Dataset (e.g. load_dataset('mnist')), whose data_dim and "
+            f"likelihood it reads, got {dataset!r}"
+        )
+    name = dataset.name
     if hidden_dims is None:
         hidden_dims = PAPER_HIDDEN.get(name, 500)
     likelihood = dataset.likelihood

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import pyro_aevb.data.embedded as embedded_module
+from pyro_aevb import paper_vae
 from pyro_aevb.data import (
     DATASET_NAMES,
     Dataset,
@@ -340,3 +341,26 @@ def test_loader_and_subset_arguments_are_checked_by_name(tmp_path, monkeypatch):
             data.subset(num_train=bad)
     assert data.subset(num_train=3, num_test=0).train.shape[0] == 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_without_a_test_split_is_refused_when_made() -> None:
+    embedded = load_dataset("embedded-mnist")
+    with pytest.raises(TypeError, match="test must be a tensor"):
+        Dataset(
+            name="mine",
+            train=embedded.train,
+            test=None,
+            train_labels=None,
+            test_labels=None,
+            image_shape=(28, 28),
+            likelihood="bernoulli",
+            source="",
+            license="",
+        )
+
+
+def test_paper_vae_needs_a_dataset_and_says_so() -> None:
+    with pytest.raises(TypeError, match="paper_vae needs a Dataset"):
+        paper_vae("mnist", 20)
+    vae = paper_vae(load_dataset("embedded-mnist"), 3)
+    assert vae.data_dim == 784

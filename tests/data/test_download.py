@@ -219,6 +219,25 @@ def test_fetch_failed_download_is_file_not_found(
     assert "no_such_mirror" in message
 
 
+def test_a_failed_download_does_not_advise_downloading(fake_mnist: Path, tmp_path: Path) -> None:
+    (fake_mnist / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        fetch_verified(LABELS, tmp_path / "data", download=True)
+    assert "download=True" not in str(info.value) and "by hand" in str(info.value)
+
+
+def test_a_data_dir_that_is_the_data_sets_own_folder_is_named_not_downloaded_into(
+    fake_mnist: Path, tmp_path: Path, labels_idx: bytes
+) -> None:
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels_idx))
+    with pytest.raises(FileNotFoundError, match="seems to be the mnist/ folder itself") as info:
+        fetch_verified(LABELS, folder, download=True)
+    assert str(tmp_path / "data") in str(info.value)
+    assert not (folder / "mnist").exists()  # nothing downloaded into mnist/mnist/
+
+
 def test_fetch_refuses_bad_download(fake_mnist: Path, tmp_path: Path) -> None:
     (fake_mnist / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01garbage"))
     with pytest.raises(ValueError, match="integrity check"):
