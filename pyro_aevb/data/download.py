@@ -305,11 +305,12 @@ def fetch_verified(
     for path in candidates:
         if _is_present(path, spec):
             return read_verified(path, spec), path
-    if root.name == spec.folder and any(_is_present(root / p.name, spec) for p in candidates):
+    inside = [root / p.name for p in candidates if _is_present(root / p.name, spec)]
+    if root.name == spec.folder and inside:
         # the data directory is the data set's own folder: not a download into root/folder/
         raise FileNotFoundError(
             f"Data file not found: {' or '.join(str(p) for p in candidates)}, but "
-            f"{root / spec.remote_name} exists: the data directory {root} seems to be the "
+            f"{inside[0]} exists: the data directory {root} seems to be the "
             f"{spec.folder}/ folder itself; point {DATA_ENV_VAR} (or data_dir=...) at its "
             f"parent {root.parent}, whose layout is:\n{layout_help(spec.folder)}"
         )

@@ -84,7 +84,9 @@ class RefinedGuide:
     def _params_for(self, x: torch.Tensor) -> dict:
         """The refined parameters of the rows of ``x``: the refined rows themselves, stacked
         copies of them (particles), or any of them in any order (a block of an evaluation
-        in blocks, one row for a Pyro MCMC chain), found by their values."""
+        in blocks, one row for a Pyro MCMC chain), found by their values. Rows with equal
+        values (a data set with duplicates, each refined on its own) take the refined copies
+        in order of appearance."""
         b = self.x.shape[0]
         rows = x.shape[0]
         if x.shape[1:] != self.x.shape[1:]:
@@ -98,12 +100,22 @@ class RefinedGuide:
             x.reshape(k, b, *x.shape[1:]), self.x.expand(k, *self.x.shape)
         ):
             return {n: v.repeat((k,) + (1,) * (v.dim() - 1)) for n, v in self.params.items()}
-        index = self._index or {
-            row.numpy().tobytes(): j
-            for j, row in reversed(list(enumerate(self.x.detach().cpu().reshape(b, -1))))
-        }
-        self._index = index
-        found = [index.get(row.numpy().tobytes()) for row in x.detach().cpu().reshape(rows, -1)]
+        index = self._index
+        if index is None:  # a row's bytes -> the refined rows holding it, in order
+            index = {}
+            for j, row in enumerate(self.x.detach().cpu().reshape(b, -1)):
+                index.setdefault(row.numpy().tobytes(), []).append(j)
+            self._index = index
+        # the k-th copy of a row among those of x takes the k-th refined copy of it (a data
+        # set with duplicate rows refined each on its own), cycling for stacked particles
+        seen: dict = {}
+        found = []
+        for row in x.detach().cpu().reshape(rows, -1):
+            key = row.numpy().tobytes()
+            copies = index.get(key)
+            k = seen.get(key, 0)
+            seen[key] = k + 1
+            found.append(None if copies is None else copies[k % len(copies)])
         if any(j is None for j in found):
             raise ValueError(
                 f"this refined guide was called on {sum(j is None for j in found)} row(s) it was "

@@ -100,9 +100,9 @@ def _shallow(value, names: tuple = ()):
     if (kind is types.ModuleType or isinstance(value, type)) and names and _user_code(value):
         d = vars(value)
         return (id(value), tuple([(n, _value(d[n])) for n in names if n in d]))
-    if kind is dict and len(value) <= MAX_ENTRIES:
+    if isinstance(value, dict) and len(value) <= MAX_ENTRIES:  # OrderedDict, defaultdict too
         return (id(value), tuple([(k, _value(v)) for k, v in value.items() if type(k) in _SCALARS]))
-    if kind in (list, tuple) and len(value) <= MAX_ENTRIES:
+    if isinstance(value, list | tuple) and len(value) <= MAX_ENTRIES:
         return (id(value), tuple([_value(v) for v in value]))
     if _plain_object(value):
         return (id(value), _attributes(value.__dict__, None))
@@ -284,10 +284,9 @@ class PythonState:
             for v in vars(cls).values()
             if isinstance(v, types.FunctionType)
         ]
-        self._functions = _with_helpers(
-            [f for p in programs for f in _functions(p)]
-            + [m for m in methods if m.__code__.co_names or m.__closure__]
-        )
+        own = [f for p in programs for f in _functions(p)]
+        methods = [m for m in methods if m.__code__.co_names or m.__closure__]
+        self._functions = _with_helpers(own + methods[: max(0, MAX_FUNCTIONS - len(own))])
         # the globals the functions read, one entry per module namespace: (namespace, names,
         # the first function's name); and the functions with closure cells
         groups: dict[int, tuple] = {}
@@ -419,7 +418,12 @@ class PythonState:
         if changed:
             run_again()
             again = self.snapshot()
-            changed, after = self.value_changes(after, again), again
+            moving = self.value_changes(after, again)
+            # set by the programs from their input (self.n = len(x)): every run sets them, a
+            # replay's numbers do not depend on them (a recording is per input shape), so a
+            # change of them (a smaller last minibatch) is not a reason to check
+            self.ignore([c for c in changed if c not in moving])
+            changed, after = moving, self.snapshot()
         return changed, after
 
     def ignore(self, changes: Iterable) -> None:

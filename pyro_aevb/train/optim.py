@@ -52,8 +52,9 @@ class FusedAdagrad(torch.optim.Adagrad):
     """``torch.optim.Adagrad(fused=True)`` whose :meth:`step` skips the generic bookkeeping.
 
     Same state, same ``state_dict`` and same update as ``torch.optim.Adagrad``; only
-    :meth:`step` differs: in the common case (one parameter group, every parameter has a
-    gradient, state already initialised, no closure, no step hooks) it gathers the state
+    :meth:`step` differs: in the common case (one parameter group, state already
+    initialised, no closure, no step hooks; parameters without a gradient, e.g. frozen ones,
+    are left alone) it gathers the state
     lists and calls the fused kernel directly, and increments every parameter's ``step``
     counter with one operation (the ``step`` tensors are kept as views of one small
     buffer; a ``load_state_dict`` replaces them and they are re-linked on the next step).
@@ -99,19 +100,24 @@ class FusedAdagrad(torch.optim.Adagrad):
         if not self._fast_ok(closure):
             return self._generic_step(closure)
         group = self.param_groups[0]
-        params = group["params"]
         state = self.state
+        params = []
         grads = []
         sums = []
         steps = []
-        for p in params:
+        for p in group["params"]:
             g = p.grad
+            if g is None:  # a frozen parameter: not updated, as torch.optim.Adagrad does
+                continue
             st = state.get(p)
-            if g is None or not st or g.is_sparse:
+            if not st or g.is_sparse:
                 return self._generic_step(closure)
+            params.append(p)
             grads.append(g)
             sums.append(st["sum"])
             steps.append(st["step"])
+        if not params:
+            return None
         linked = self._linked_steps
         if (
             linked is None

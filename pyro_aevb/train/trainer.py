@@ -626,6 +626,9 @@ class Trainer:
         check_permutation(progress["perm"], self.num_train, path)
         params = list(self.objective.params)
         check_module_states(payload["program_state"], self.state_params.modules, path)
+        payload["optimizer_state"] = _with_frozen_parameters(
+            payload["optimizer_state"], self.optimizer, params, path
+        )
         check_optimizer_state(payload["optimizer_state"], params, path)
         try:
             self.state_params.load_state_dict(payload["program_state"])
@@ -1230,6 +1233,31 @@ def _mlp_vae(module: VAE) -> bool:
     return (
         len(module.event_shape) == 1 and type(module.encoder) is MLP and type(module.decoder) is MLP
     )
+
+
+def _with_frozen_parameters(saved: dict, optimizer, params: list, path) -> dict:
+    """An optimizer state saved before frozen parameters were among the trained ones (earlier
+    versions kept only the ``requires_grad`` parameters, in the same order) mapped onto this
+    run's list, the frozen ones keeping the fresh optimizer's state; any other state as is."""
+    groups = saved.get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)):
+        return saved
+    old = groups[0].get("params")
+    trained = [i for i, p in enumerate(params) if p.requires_grad]
+    if not isinstance(old, list) or len(old) == len(params) or len(old) != len(trained):
+        return saved
+    logger.info(
+        "%s: an optimizer state over the %d unfrozen parameters (an earlier version's), mapped "
+        "onto the run's %d parameters",
+        path,
+        len(old),
+        len(params),
+    )
+    state = dict(optimizer.state_dict()["state"])
+    for i, j in zip(old, trained, strict=True):
+        if i in saved.get("state", {}):
+            state[j] = saved["state"][i]
+    return {"state": state, "param_groups": [{**groups[0], "params": list(range(len(params)))}]}
 
 
 # The key of the record rank 0 shares when its evaluation raised.

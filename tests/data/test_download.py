@@ -235,6 +235,7 @@ def test_a_data_dir_that_is_the_data_sets_own_folder_is_named_not_downloaded_int
     with pytest.raises(FileNotFoundError, match="seems to be the mnist/ folder itself") as info:
         fetch_verified(LABELS, folder, download=True)
     assert str(tmp_path / "data") in str(info.value)
+    assert f"{folder / 't10k-labels-idx1-ubyte.gz'} exists" in str(info.value)
     assert not (folder / "mnist").exists()  # nothing downloaded into mnist/mnist/
 
 

@@ -1,5 +1,7 @@
 """PythonState: snapshots of the Python state programs read, and what they notice."""
 
+import collections
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -181,6 +183,11 @@ def test_class_attributes_config_objects_and_methods_of_the_users_classes():
     net = _ConfiguredNet()
     state = PythonState([net.model])
     assert _changed(state, lambda: setattr(net.cfg, "beta", 0.3)) == "_ConfiguredNet.cfg"
+    assert _changed(state, lambda: net.hparams.__setitem__("beta", 2.0)) == (
+        "_ConfiguredNet.hparams"
+    )
+    net.hparams = collections.OrderedDict(beta=1.0)  # dict subclasses too
+    state = PythonState([net.model])
     assert _changed(state, lambda: net.hparams.__setitem__("beta", 2.0)) == (
         "_ConfiguredNet.hparams"
     )

@@ -385,3 +385,37 @@ def test_stale_temporaries_are_cleaned_and_fresh_ones_kept(run_dir: Path, tmp_pa
         os.utime(path, (0, 0))  # left by a process killed long ago
     fit(tiny_vae(), binary_data(), num_samples=480, out_dir=out, resume=True, **FIT_KW)
     assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
+
+
+def test_a_checkpoint_with_the_optimizer_state_of_the_unfrozen_parameters_only_resumes(
+    tmp_path: Path,
+) -> None:
+    """Earlier versions kept only the parameters with requires_grad in the optimizer: such a
+    checkpoint of a run with a frozen parameter resumes, the same as one written now."""
+
+    def frozen_vae():
+        vae = tiny_vae()
+        vae.decoder.out.bias.requires_grad_(False)
+        return vae
+
+    data = binary_data()
+    now = tmp_path / "now"
+    fit(frozen_vae(), data, num_samples=320, out_dir=now, **FIT_KW)
+    frozen_index = [p.requires_grad for p in frozen_vae().parameters()].index(False)
+
+    def as_before(payload):
+        opt = payload["optimizer_state"]
+        kept = [i for i in opt["param_groups"][0]["params"] if i != frozen_index]
+        opt["state"] = {new: opt["state"][old] for new, old in enumerate(kept)}
+        opt["param_groups"][0]["params"] = list(range(len(kept)))
+
+    before = craft(now, tmp_path / "before", as_before)
+    for name in ("config.json", "history.json"):
+        (before / name).write_bytes((now / name).read_bytes())
+    results = [
+        fit(frozen_vae(), data, num_samples=480, out_dir=out, resume=True, **FIT_KW)
+        for out in (now, before)
+    ]
+    a, b = (dict(r.module.named_parameters()) for r in results)
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name

@@ -60,3 +60,24 @@ def test_the_lean_step_is_torchs_fused_adagrad_bit_for_bit():
         plain.step()
     for p, q in zip(ps, qs, strict=True):
         assert torch.equal(p, q)
+
+
+def test_the_lean_step_leaves_a_parameter_without_gradient_alone_as_torch_does(monkeypatch):
+    """A frozen parameter (no gradient) is skipped, on the lean path, not by falling back to
+    the generic step; the others are updated as torch's Adagrad updates them."""
+    torch.manual_seed(0)
+    ps = [torch.randn(30, 7, requires_grad=True), torch.randn(7, requires_grad=True)]
+    qs = [p.detach().clone().requires_grad_() for p in ps]
+    lean = optim.make_optimizer("adagrad", ps, lr=0.05)
+    plain = torch.optim.Adagrad(qs, lr=0.05, fused=True)
+    monkeypatch.setattr(lean, "_generic_step", None)  # the lean path only
+    for step in range(6):
+        for i, (p, q) in enumerate(zip(ps, qs, strict=True)):
+            frozen = i == 1 and step < 3  # the bias is frozen for the first three steps
+            g = None if frozen else torch.randn_like(p)
+            p.grad, q.grad = g, None if g is None else g.clone()
+        lean.step()
+        plain.step()
+        for p, q in zip(ps, qs, strict=True):
+            assert torch.equal(p, q)
+    assert lean.state_dict()["state"][1]["step"] == plain.state_dict()["state"][1]["step"]
