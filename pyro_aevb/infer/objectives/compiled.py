@@ -69,7 +69,12 @@ from ...poutine.compile import (
     structure_of,
 )
 from ...poutine.log_prob_rewrites import cheaper_log_probs
-from ...poutine.params import buffers_kept, check_params_cover, untrained_param_sites
+from ...poutine.params import (
+    buffer_values,
+    buffers_kept,
+    check_params_cover,
+    untrained_param_sites,
+)
 from ...poutine.python_state import PythonState
 from ...validation import check_choice, check_positive_int
 from ..elbo import AnalyticKLError, analytic_kl_elbo_particle, make_elbo
@@ -150,6 +155,19 @@ def _first_difference(recorded: tuple, traced: tuple) -> str:
             return f"recorded {a}, now {b}"
     longer, what = (recorded, "lost") if len(recorded) > len(traced) else (traced, "gained")
     return f"the programs {what} site {longer[min(len(recorded), len(traced))]}"
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, floor: float = 0.0) -> bool:
+    """``a`` equals ``b`` up to the rounding of another kernel order: within ``rtol`` (1e-4 in
+    single or half precision, 1e-9 in double) of ``b``'s largest magnitude, or of ``floor`` if
+    larger; integer tensors exactly."""
+    if not (b.is_floating_point() or b.is_complex()):
+        return bool(torch.equal(a, b))
+    if not b.numel():
+        return True
+    rtol = 1e-4 if b.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+    scale = max(float(b.abs().max()), floor)
+    return float((a - b).abs().max()) <= rtol * scale + 1e-30
 
 
 class _Recording:
@@ -285,7 +303,11 @@ class CompiledELBOObjective(BoundObjective):
         :func:`~pyro_aevb.poutine.params.buffers_kept`): a recording, a compilation, a
         check's replay. A replay runs no module's forward, so the modules the programs
         called in their set-up trace are named up front (and no global hook is set)."""
-        return buffers_kept([*self.program.modules, *self.program.called_modules], discover=False)
+        return buffers_kept(self._modules(), discover=False)
+
+    def _modules(self) -> list:
+        """The modules the programs run: those they hold and those their set-up trace called."""
+        return [*self.program.modules, *self.program.called_modules]
 
     def _loss_terms(self, x: torch.Tensor, check_params: bool = False):
         """The ELBO's traces of the programs on ``x``: ``(loss tensor, structure)``, the loss
@@ -418,7 +440,6 @@ class CompiledELBOObjective(BoundObjective):
         """``None`` if the traced step agrees with the recording, else what differs."""
         if structure != rec.structure:
             return f"their structure changed: {_first_difference(rec.structure, structure)}"
-        rtol = 1e-4 if loss.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
         traced = [loss] + [p.grad for p, has in zip(self.params, rec.has_grad, strict=True) if has]
         if any(b is None or a.shape != b.shape for a, b in zip(replayed, traced, strict=True)):
             return "a parameter's gradient changed shape or vanished"
@@ -432,41 +453,20 @@ class CompiledELBOObjective(BoundObjective):
         # gradient's tolerance is relative to at least 1% of the largest gradient.
         floor = 0.01 * max((float(b.abs().max()) for b in traced[1:] if b.numel()), default=0)
         for i, (a, b) in enumerate(zip(replayed, traced, strict=True)):
-            scale = float(b.abs().max()) if b.numel() else 0.0
-            if i > 0:
-                scale = max(scale, floor)
-            err = float((a - b).abs().max()) if b.numel() else 0.0
-            if not err <= rtol * scale + 1e-30:
+            if not _close(a, b, floor if i > 0 else 0.0):
                 what = "loss no longer equals" if i == 0 else "gradients no longer equal"
                 return f"the recorded {what} Pyro's (the programs read Python state that changed)"
         return None
 
-    def _buffers(self) -> list[torch.Tensor]:
-        """The buffers of the modules the programs run (BatchNorm's running statistics)."""
-        seen: dict[int, torch.Tensor] = {}
-        for top in [*self.program.modules, *self.program.called_modules]:
-            for b in top.buffers():
-                seen.setdefault(id(b), b)
-        return list(seen.values())
-
-    def _buffer_values(self) -> list[torch.Tensor]:
-        return [b.detach().clone() for b in self._buffers()]
-
-    def _buffers_differ(self, replayed: list[torch.Tensor]) -> str | None:
+    def _buffers_differ(self, replayed: list[tuple[torch.Tensor, torch.Tensor]]) -> str | None:
         """``None`` if the traced step left the buffers as the recording's run did (a
         BatchNorm's momentum is read in Python: a change of it changes the running statistics
-        but not the loss or the gradients), else what differs."""
-        for a, b in zip(replayed, self._buffers(), strict=True):
-            if a.shape != b.shape:
+        but not the loss or the gradients), else what differs. ``replayed`` holds
+        :func:`~pyro_aevb.poutine.params.buffer_values` pairs taken after the replay."""
+        for buffer, after_replay in replayed:
+            if after_replay.shape != buffer.shape:
                 return "a buffer changed shape"
-            if not (a.is_floating_point() or a.is_complex()):
-                same = bool(torch.equal(a, b))
-            else:
-                rtol = 1e-4 if a.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
-                scale = float(b.abs().max()) if b.numel() else 0.0
-                err = float((a - b).abs().max()) if b.numel() else 0.0
-                same = err <= rtol * scale + 1e-30
-            if not same:
+            if not _close(after_replay, buffer):
                 return (
                     "the recorded updates of the modules' buffers (running statistics) no "
                     "longer equal Pyro's (the programs read Python state that changed)"
@@ -502,7 +502,7 @@ class CompiledELBOObjective(BoundObjective):
         try:
             with fork_rng(), self._buffers_kept():
                 replayed = rec.fn(*inputs)
-                replayed_buffers = self._buffer_values()
+                replayed_buffers = buffer_values(self._modules())
         except RuntimeError as err:
             return self._replay_failed(x, err)
         loss, structure = self._traced_step(x)
