@@ -822,15 +822,21 @@ class Trainer:
             f"check the data."
         ) from cause
 
-    def _divergence(self, err: BaseException) -> str | None:
+    def _divergence(self, err: BaseException, evaluating: bool = False) -> str | None:
         """What ``err`` says about a divergence, or ``None`` if it is another failure: a
         distribution argument made invalid by the parameters (Pyro's validation), or
-        parameters that are no longer finite."""
+        parameters that are no longer finite. ``evaluating``: ``err`` came from the evaluation
+        after step ``self.step``, not from step ``self.step + 1``."""
         if not all_finite(self.objective.params):
             return (
                 f"parameters became non-finite before step {self.step + 1} (after "
                 f"{self.samples} training samples)"
             )
+        when = (
+            f"at the evaluation after step {self.step} ({self.samples} training samples)"
+            if evaluating
+            else f"by step {self.step + 1} ({self.samples} training samples before it)"
+        )
         violation = constraint_violation(err)
         # before any update the parameters are the initial ones: a bug, not a divergence
         # (MCEM updates several times within one step: the optimizer counts them)
@@ -839,14 +845,11 @@ class Trainer:
         )
         if isinstance(err, NonFinitePotentialError) and updated:
             return (
-                f"by step {self.step + 1} ({self.samples} training samples before it) the "
-                f"parameters give the model no finite density where the chains are ({err})"
+                f"{when} the parameters give the model no finite density where the chains "
+                f"are ({err})"
             )
         if violation is not None and updated:
-            return (
-                f"by step {self.step + 1} ({self.samples} training samples before it) the "
-                f"parameters make a distribution's argument invalid ({violation})"
-            )
+            return f"{when} the parameters make a distribution's argument invalid ({violation})"
         return None
 
     def _train_step(self, xb: torch.Tensor, idx: torch.Tensor) -> float:
@@ -882,7 +885,7 @@ class Trainer:
         try:
             record = self.evaluate()
         except (ValueError, RuntimeError) as err:
-            what = self._divergence(err)
+            what = self._divergence(err, evaluating=True)
             if what is not None:
                 self._fail(float("nan"), cause=err, what=what)
             self._save_progress_after_failure()

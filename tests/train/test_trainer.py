@@ -553,3 +553,26 @@ def test_a_vae_off_the_fused_path_warns_only_where_it_could_have_been_on_it(capl
     relu.encoder = MLP(6, 5, 4, activation="relu")
     with pytest.warns(UserWarning, match="not the fused fast path.*activation is 'relu'"):
         fit(relu, torch.rand(12, 6), batch_size=6, num_samples=12, eval_size=4, progress=False)
+
+
+def test_a_divergence_found_by_an_evaluation_names_the_evaluation_not_a_later_step():
+    """The evaluation after step N runs before step N + 1: its divergence says so."""
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_aevb.autoguide import AmortizedNormal
+
+    def model(x):
+        # the observation scale is invalid only on rows of magnitude above 2 (the test rows)
+        scale = pyro.param("scale_eval", lambda: torch.tensor(2.0)) - x.abs().amax()
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), scale).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    train = 0.3 * torch.rand(40, 1)
+    test = torch.full((10, 1), 5.0)
+    with pytest.raises(NonFiniteLossError, match=r"at the evaluation after step 4 \(40 training"):
+        fit(model, train, test, guide=AmortizedNormal(model, hidden_dims=(4,)), num_samples=40,
+            batch_size=10, eval_every=40, progress=False)  # fmt: skip
