@@ -246,3 +246,43 @@ def test_a_diverging_m_step_undoes_the_whole_step():
     for p, q in zip(bound.params, before, strict=True):
         assert torch.equal(p.detach(), q)
     assert torch.equal(bound.chains, chains) and torch.equal(bound.step_size, step_size)
+
+
+def test_an_error_in_a_later_m_step_undoes_the_whole_step():
+    """An M-step that raises after earlier updates (a non-finite gradient refused before its
+    update, an invalid distribution argument) undoes the step as a non-finite loss does,
+    acceptance totals included, and the error propagates."""
+    from pyro_aevb.poutine import TrainingProgram
+    from pyro_aevb.train.optim import make_optimizer
+
+    torch.manual_seed(0)
+    vae = mlp_vae(20, 2, 8)
+    x = (torch.rand(50, 20) < 0.3).float()
+    bound = MonteCarloEM(num_m_steps=3).bind(TrainingProgram(vae.model, None, num_data=50))
+    bound.setup(x)
+    optimizer = make_optimizer("adagrad", bound.params, 0.01)
+    idx = torch.arange(50)
+    bound.train_step(x, idx, optimizer)
+    before = [p.detach().clone() for p in bound.params]
+    first = next(iter(bound.params))
+    state = {k: v.clone() for k, v in optimizer.state[first].items()}
+    chains, step_size = bound.chains.clone(), bound.step_size.clone()
+    totals = (bound._accept_sum, bound._accept_count)
+    calls = {"n": 0}
+    original = bound.loss_and_grads
+
+    def third_raises(xb, u):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise ValueError("Expected parameter scale to satisfy the constraint GreaterThan")
+        return original(xb, u)
+
+    bound.loss_and_grads = third_raises
+    with pytest.raises(ValueError, match="Expected parameter scale"):
+        bound.train_step(x, idx, optimizer)
+    for p, q in zip(bound.params, before, strict=True):
+        assert torch.equal(p.detach(), q)
+    for k, v in optimizer.state[first].items():
+        assert torch.equal(v, state[k])
+    assert torch.equal(bound.chains, chains) and torch.equal(bound.step_size, step_size)
+    assert (bound._accept_sum, bound._accept_count) == totals

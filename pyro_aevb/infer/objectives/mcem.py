@@ -322,31 +322,48 @@ class MonteCarloEMObjective(BoundObjective):
         return loss.detach()
 
     def train_step(self, x, idx, optimizer) -> float:
-        """The E-step on the rows ``idx``, then the M-steps. A non-finite loss in any M-step
-        undoes the whole step (parameters, optimizer state, those rows' chains and step sizes)
-        before it is returned, so the trainer stops with the state before this minibatch."""
+        """The E-step on the rows ``idx``, then the M-steps. A non-finite loss in any M-step,
+        or an error in any (a non-finite gradient refused before its update, an invalid
+        distribution argument), undoes the whole step (parameters, optimizer state, those
+        rows' chains and step sizes, the acceptance totals) before the loss is returned or the
+        error raised, so the trainer stops with the state before this minibatch."""
         if self.chains is None:
             self._init_chains(x)
         before = (
-            [p.detach().clone() for p in self.params],
-            copy.deepcopy(optimizer.state_dict()),
             self.chains[idx].clone(),
             self.step_size[idx].clone(),
+            self._accept_sum,
+            self._accept_count,
         )
-        u = self.e_step(x, idx)
-        loss = float("nan")
-        for _ in range(self.options.num_m_steps):
-            loss = self.loss_and_grads(x, u).item()
-            if not math.isfinite(loss):
-                params, opt_state, chains, step_size = before
-                with torch.no_grad():
-                    for p, value in zip(self.params, params, strict=True):
-                        p.copy_(value)
-                optimizer.load_state_dict(opt_state)
-                self.chains[idx], self.step_size[idx] = chains, step_size
-                return loss
-            optimizer.step()
+        updated = None  # parameters and optimizer state before the first update
+        try:
+            u = self.e_step(x, idx)
+            loss = float("nan")
+            for _ in range(self.options.num_m_steps):
+                loss = self.loss_and_grads(x, u).item()
+                if not math.isfinite(loss):
+                    self._undo(idx, before, updated, optimizer)
+                    return loss
+                if updated is None:
+                    updated = (
+                        [p.detach().clone() for p in self.params],
+                        copy.deepcopy(optimizer.state_dict()),
+                    )
+                optimizer.step()
+        except Exception:
+            self._undo(idx, before, updated, optimizer)
+            raise
         return loss
+
+    def _undo(self, idx, before, updated, optimizer) -> None:
+        chains, step_size, self._accept_sum, self._accept_count = before
+        self.chains[idx], self.step_size[idx] = chains, step_size
+        if updated is not None:
+            params, opt_state = updated
+            with torch.no_grad():
+                for p, value in zip(self.params, params, strict=True):
+                    p.copy_(value)
+            optimizer.load_state_dict(opt_state)
 
     def bound(self, x):
         raise NotImplementedError("Monte Carlo EM has no encoder, so no per-datapoint bound")
