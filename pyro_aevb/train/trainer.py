@@ -839,10 +839,8 @@ class Trainer:
         )
         violation = constraint_violation(err)
         # before any update the parameters are the initial ones: a bug, not a divergence
-        # (MCEM updates several times within one step: the optimizer counts them)
-        updated = self.step > 0 or any(
-            float(st.get("step", 0)) > 0 for st in self.optimizer.state.values()
-        )
+        # (MCEM updates several times within one step, undone when one fails)
+        updated = self.step > 0 or self.objective.failed_after_update
         if isinstance(err, NonFinitePotentialError) and updated:
             return (
                 f"{when} the parameters give the model no finite density where the chains "

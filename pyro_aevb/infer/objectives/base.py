@@ -53,6 +53,9 @@ class BoundObjective:
     path = "base"
     #: Whether :meth:`bound` gives a per-datapoint ELBO (not so without an encoder).
     has_bound = True
+    #: Set by a :meth:`train_step` that raised after updating the parameters (several updates
+    #: per minibatch, all undone): the error came from trained parameters, not initial ones.
+    failed_after_update = False
 
     def __init__(self, program: TrainingProgram, estimator: str = "B", num_particles: int = 1):
         self.program = program

@@ -336,6 +336,7 @@ class MonteCarloEMObjective(BoundObjective):
             self._accept_count,
         )
         updated = None  # parameters and optimizer state before the first update
+        applied = 0
         try:
             u = self.e_step(x, idx)
             loss = float("nan")
@@ -350,8 +351,10 @@ class MonteCarloEMObjective(BoundObjective):
                         copy.deepcopy(optimizer.state_dict()),
                     )
                 optimizer.step()
+                applied += 1
         except Exception:
             self._undo(idx, before, updated, optimizer)
+            self.failed_after_update = applied > 0
             raise
         return loss
 
