@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +45,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.nn import PyroModule
+from pyro.params.param_store import param_with_module_name
 from pyro.poutine.runtime import NonlocalExit
 from pyro.poutine.util import site_is_subsample
 from torch import nn
@@ -230,6 +233,14 @@ def _elementwise(transform: Transform) -> Transform | None:
 def _local_site(name: str, site: dict, plate_name: str, offset: int) -> LocalSite:
     fn, value = site["fn"], site["value"]
     data = plate_frame(site, plate_name)
+    if not data.vectorized:
+        raise ProgramContractError(
+            f"local latent site '{name}' is inside the data plate '{plate_name}' used as a "
+            f"Python loop (for i in pyro.plate(...)), a sequential plate: an amortized guide "
+            f"encodes all rows of x at once and needs the vectorised plate, with "
+            f"pyro.plate('{plate_name}', len(x)) as a context manager and one site for all "
+            f"rows"
+        )
     if fn.support.is_discrete:
         raise ProgramContractError(
             f"local latent site '{name}' is discrete ({type(fn).__name__}): an amortized "
@@ -319,6 +330,11 @@ def _local_layout(trace, local_names, plate_name: str) -> LatentLayout:
     return LatentLayout.from_trace(trace, plate_name)
 
 
+#: The amortized guides alive in this process: a param-store entry holding one of their
+#: tensors belongs to that guide, not to a store loaded from a file.
+_LIVE_GUIDES: weakref.WeakSet = weakref.WeakSet()
+
+
 class AmortizedGuide(PyroModule):
     """Base class of the amortized autoguides; see the module docstring.
 
@@ -349,6 +365,15 @@ class AmortizedGuide(PyroModule):
         Prefix of the guide's entries in Pyro's param store (default: the class name). A
         guide re-registers its own tensors under it on every call, so several guides of one
         name may be used one after the other; to train two at once, name them apart.
+
+    Notes
+    -----
+    Pyro's param store: a guide starts from the entries under its name that the store holds
+    when it is built (its first call), as Pyro's autoguides do, e.g. after
+    ``pyro.get_param_store().load(path)``; entries of another live guide of the same name
+    are not taken, and entries that do not fit (another shape or name) are dropped with a
+    warning. Once built, the guide trains its own tensors: load a store before its first
+    call, or its :meth:`state_dict` at any time.
     """
 
     #: Registry key (:data:`AUTOGUIDES`) and config name; set by subclasses.
@@ -419,6 +444,7 @@ class AmortizedGuide(PyroModule):
         self._subsampling: dict = {}
         # plates other than the data plate, made once per call (several sites share them)
         self._call_plates: dict = {}
+        _LIVE_GUIDES.add(self)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -436,6 +462,12 @@ class AmortizedGuide(PyroModule):
 
     def _family_options(self) -> dict:
         return {}
+
+    @property
+    def takes_num_data(self) -> bool:
+        """Whether the guide takes a ``num_data`` argument: when the model does (the guide
+        passes its arguments to the model, and its data plate stands for the same N)."""
+        return self._takes_num_data
 
     @property
     def built(self) -> bool:
@@ -544,7 +576,7 @@ class AmortizedGuide(PyroModule):
         layout = _local_layout(trace, local, self.plate_name)
         if layout.names != tuple(local) or layout.dim != offset:
             raise AssertionError("local latent layout out of order")  # pragma: no cover
-        self._claim_store_entries()
+        stored = self._claim_store_entries()
         self.local_sites, self.global_names, self.layout = tuple(sites), globals_, layout
         self._plate_dim = dims.pop()
         frame = plate_frame(latents[local[0]], self.plate_name)
@@ -567,6 +599,7 @@ class AmortizedGuide(PyroModule):
         self._row_shape, self._dtype = tuple(x.shape[1:]), x.dtype
         try:
             self._build(x, *args, **kwargs)
+            self._adopt_store_entries(stored)
         except BaseException:
             # a guide that failed to build stays unbuilt (and says so), not half-built
             self.local_sites, self.layout, self.nets, self.global_guide = None, None, None, None
@@ -599,19 +632,60 @@ class AmortizedGuide(PyroModule):
             with fork_rng(), poutine.block(), torch.no_grad():
                 self.global_guide(*args, **kwargs)
 
-    def _claim_store_entries(self) -> None:
+    def _claim_store_entries(self) -> dict[str, torch.Tensor]:
         """Drop entries under this guide's name from Pyro's param store that are not this
-        guide's own tensors: they belong to another guide of the same name (an earlier one, or
-        one loaded from a run), and would otherwise be trained, or adopted by the global
-        guide, instead of ours. The guide that runs registers its own tensors again."""
+        guide's own tensors, so that they are not trained, or adopted by the global guide,
+        instead of ours (the guide that runs registers its own tensors again). Returns the
+        dropped entries that no live guide owns (a store loaded from a file), by name, as
+        unconstrained tensors, for :meth:`_adopt_store_entries`."""
         store = pyro.get_param_store()
         prefix = self._pyro_name
         own = {id(p) for p in self.parameters()}
+        owned = {id(p) for g in list(_LIVE_GUIDES) if g is not self for p in g.parameters()}
+        loaded = {}
         for key, value in list(store.named_parameters()):
             if (key.startswith(prefix + ".") or key.startswith(prefix + "$$$")) and (
                 id(value) not in own
             ):
+                if id(value) not in owned:
+                    loaded[key] = value
                 del store[key]
+        return loaded
+
+    def _nets_store_name(self) -> str:
+        return f"{self._pyro_name}.nets" if self._pyro_name else "nets"
+
+    def _adopt_store_entries(self, loaded: dict[str, torch.Tensor]) -> None:
+        """Start the guide just built from the store's entries that fit it (same name and
+        shape): Pyro's save/load of the param store. The others are dropped, with a warning."""
+        if not loaded:
+            return
+        store = pyro.get_param_store()
+        own = {id(p) for p in self.parameters()}
+        targets = {
+            param_with_module_name(self._nets_store_name(), name): p
+            for name, p in self.nets.named_parameters()
+        }
+        # the global guide registered its own entries in its first (throw-away) run
+        targets.update((k, v) for k, v in store.named_parameters() if id(v) in own)
+        misfits = []
+        with torch.no_grad():
+            for key, value in loaded.items():
+                target = targets.get(key)
+                if target is None or target.shape != value.shape:
+                    misfits.append(f"'{key}' {tuple(value.shape)}")
+                else:
+                    target.copy_(value.detach().to(device=target.device, dtype=target.dtype))
+        if misfits:
+            warnings.warn(
+                f"Pyro's param store held entries under the name '{self._pyro_name}' that do "
+                f"not fit this {type(self).__name__} (no such parameter, or another shape): "
+                f"{', '.join(misfits[:5])}{' ...' if len(misfits) > 5 else ''}; they were "
+                f"dropped and the guide starts from fresh values (name guides apart, or call "
+                f"pyro.clear_param_store() before building a new one)",
+                UserWarning,
+                stacklevel=4,
+            )
 
     def _build_heads(self, nets: nn.ModuleDict, feature_dim: int) -> None:
         """Add the output heads (and flows) to ``nets``; subclasses."""
@@ -659,7 +733,7 @@ class AmortizedGuide(PyroModule):
     # ------------------------------------------------------------------ the program
     def _register(self) -> None:
         """``pyro.module`` for the networks (stock ``SVI`` finds them in the param store)."""
-        pyro.module(f"{self._pyro_name}.nets" if self._pyro_name else "nets", self.nets)
+        pyro.module(self._nets_store_name(), self.nets)
 
     def _num_data(self, args, kwargs):
         """The ``num_data`` the model is called with (keyword, positional or its default), if

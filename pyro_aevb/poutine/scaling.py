@@ -61,7 +61,12 @@ class DataPlateScale(Messenger):
 
 
 def accepts_num_data(fn: Callable) -> bool:
-    """Whether ``fn`` has a parameter named ``num_data`` (the program scales itself)."""
+    """Whether ``fn`` has a parameter named ``num_data`` (the program scales itself), or says
+    so in a ``takes_num_data`` attribute (a guide that passes its arguments to a model that
+    takes it, as the amortized autoguides do)."""
+    declared = getattr(fn, "takes_num_data", None)
+    if isinstance(declared, bool):
+        return declared
     try:
         return "num_data" in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins, some C callables

@@ -48,6 +48,13 @@ def test_models_an_amortized_guide_cannot_serve():
     with pytest.raises(ValueError, match=r"'z0' is inside the sequential plate 'features'"):
         _call(sequential)
 
+    def sequential_data(x):
+        for i in pyro.plate("data", x.shape[0]):
+            pyro.sample(f"z_{i}", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match=r"'z_0' is inside the data plate 'data' used as a Py"):
+        _call(sequential_data)
+
     with pytest.raises(ValueError, match=r"plate named 'batch'"):
         _call(PPCA().model, plate_name="batch")
     noise = GlobalNoiseModel()

@@ -169,3 +169,52 @@ def test_the_networks_are_registered_outside_the_data_plate(cls):
     result = fit(vae.model, x, guide=guide, estimator="A", batch_size=10, num_samples=40,
                  optimizer="adam", lr=1e-3, progress=False)  # fmt: skip
     assert result.samples == 40
+
+
+@pytest.mark.parametrize("cls", [AmortizedNormal, AmortizedMultivariateNormal, AmortizedIAF])
+def test_pyros_param_store_save_and_load_restores_a_trained_guide(cls, tmp_path):
+    """Pyro's convention: train, save the param store, load it in a new session, build a
+    new guide of the same name: it starts from the saved values (encoder and global guide),
+    as Pyro's AutoNormal does. Entries of a live guide of the same name are not taken, and
+    entries that do not fit are dropped with a warning."""
+
+    def model(x):
+        sig = pyro.sample("sig", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = z.sum(-1, keepdim=True) * torch.ones(3)
+            pyro.sample("x", dist.Normal(loc, sig).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = 2 * torch.randn(20, 3)
+    trained = cls(model, hidden_dims=(8,))
+    svi = pyro.infer.SVI(model, trained, pyro.optim.Adam({"lr": 0.05}), pyro.infer.Trace_ELBO())
+    for _ in range(30):
+        svi.step(x)
+    saved = {k: v.clone() for k, v in trained.state_dict().items() if torch.is_tensor(v)}
+    pyro.get_param_store().save(tmp_path / "params.pt")
+
+    # a live guide of the same name: its entries are its own, not a store to start from
+    fresh = cls(model, hidden_dims=(8,))
+    fresh(x)
+    assert not any(
+        torch.equal(a, b) for a, b in zip(fresh.parameters(), trained.parameters(), strict=True)
+    )
+
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    loaded = cls(model, hidden_dims=(8,))
+    loaded(x)
+    for k, v in loaded.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, saved[k]), k
+    # the guide trains its own tensors, which the store now holds
+    store = dict(pyro.get_param_store().named_parameters())
+    own = {id(p) for p in loaded.parameters()}
+    assert all(id(v) in own for k, v in store.items() if k.startswith(cls.__name__))
+
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    with pytest.warns(UserWarning, match=r"do not fit this .*another shape.*dropped"):
+        cls(model, hidden_dims=(5,))(x)

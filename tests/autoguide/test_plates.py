@@ -21,6 +21,32 @@ def _traces(model, guide, *args, **kwargs):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_fit_gives_the_guide_num_data_when_the_model_has_another_default(family):
+    """``model(x, num_data=60000)`` trained on N = 200 rows: fit calls the model with
+    num_data=200 and the guide (which passes its arguments to the model) too, so both data
+    plates are scaled by N / M = 10, not the guide's by the model's default 60000 / M."""
+    from pyro_aevb import fit
+    from pyro_aevb.poutine import TrainingProgram
+
+    def model(x, num_data=60000):
+        n = x.shape[0]
+        with pyro.plate("data", num_data, subsample=torch.arange(n)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            loc = z.sum(-1, keepdim=True).expand(n, 3)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    x = torch.randn(200, 3)
+    guide = family(model, hidden_dims=(4,))
+    program = TrainingProgram(model, guide, num_data=200)
+    guide_trace, model_trace = _traces(program.model_n, program.guide_n, x[:20])
+    assert guide_trace.nodes["z"]["scale"] == model_trace.nodes["z"]["scale"] == 10.0
+    result = fit(model, x, guide=guide, batch_size=20, epochs=1, progress=False, estimator="A")
+    assert result.samples == 200
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_the_model_keeps_the_subsample_indices_it_is_given(family):
     """pyro.plate("data", N, subsample=idx) over the minibatch x = X[idx]: under the guide the
     model still sees idx (a per-datapoint covariate read with them stays on its rows), and
