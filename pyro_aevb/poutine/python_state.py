@@ -9,8 +9,9 @@ microseconds, a snapshot of everything of that kind it can see -- so that a call
 before each replay and re-checks (training) or re-records (potentials) when it changed:
 
 * of every ``nn.Module`` the programs own or run (and their submodules): its public
-  attributes -- numbers, strings, ``None`` and flags (``training``) by value, anything else
-  (a tensor, a tuple, an object) by identity -- which parameters, buffers and submodules it
+  attributes (of a module of the user's class, its private ones too, ``self._beta``) --
+  numbers, strings, ``None`` and flags (``training``) by value, anything else (a tensor, a
+  tuple, an object) by identity -- which parameters, buffers and submodules it
   holds, each parameter's ``requires_grad``, and a ``PyroModule``'s ``PyroSample`` priors
   and ``PyroParam`` declarations;
 * of the object behind a bound-method program that is not a module: the same attributes;
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterable
 
 import pyro
 import torch
+from pyro.nn import PyroModule
 from torch import nn
 
 from .params import owner_modules
@@ -54,17 +56,29 @@ def _value(value):
     return value if type(value) in _SCALARS else (id(value),)
 
 
+#: The attributes torch and Pyro keep in a module's ``__dict__`` (parameters, buffers,
+#: submodules and hooks are compared apart; the rest does not change the numbers).
+_MODULE_INTERNALS = frozenset(
+    k for k in [*vars(nn.Module()), *vars(PyroModule())] if k.startswith("_")
+)
+
+
 def _attributes(d: dict, ignored, deep: bool = False) -> tuple:
     """``(name, value)`` of an object's public attributes (see :func:`_value`); with ``deep``
-    (an object of the user's class), one level into a config object, dict or list it holds
+    (an object of the user's class), its private ones too (``self._beta``), except torch's
+    and Pyro's module internals, and one level into a config object, dict or list it holds
     (``self.cfg.beta``, ``self.hparams["beta"]``; see :func:`_shallow`)."""
-    value = _shallow if deep else _value
-    if ignored:
-        return tuple([(k, value(v)) for k, v in d.items() if k[0] != "_" and k not in ignored])
     if deep:
+        skip = _MODULE_INTERNALS.union(ignored) if ignored else _MODULE_INTERNALS
         return tuple(
-            [(k, v if type(v) in _SCALARS else _shallow(v)) for k, v in d.items() if k[0] != "_"]
+            [
+                (k, v if type(v) in _SCALARS else _shallow(v))
+                for k, v in d.items()
+                if k not in skip and k[:2] != "__"
+            ]
         )
+    if ignored:
+        return tuple([(k, _value(v)) for k, v in d.items() if k[0] != "_" and k not in ignored])
     return tuple([(k, v if type(v) in _SCALARS else (id(v),)) for k, v in d.items() if k[0] != "_"])
 
 
@@ -202,8 +216,9 @@ def _user_classes(objects) -> list[type]:
 
 
 def _class_attributes(cls: type) -> tuple:
-    """A class's public attributes holding numbers, strings, flags or ``None``."""
-    return tuple([(k, v) for k, v in vars(cls).items() if k[0] != "_" and type(v) in _SCALARS])
+    """A class's attributes holding numbers, strings, flags or ``None`` (private ones too,
+    ``Config._noise``; not Python's dunders)."""
+    return tuple([(k, v) for k, v in vars(cls).items() if k[:2] != "__" and type(v) in _SCALARS])
 
 
 def _names(code: types.CodeType) -> tuple:

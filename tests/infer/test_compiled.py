@@ -409,6 +409,7 @@ class Switchable(Annealed):
         super().__init__()
         self.extra_site = False
         self.use_bias = False
+        self._offset = 0.0  # a private attribute is state too
         self.bias = nn.Parameter(torch.zeros(3))
         self.dropout = nn.Dropout(0.5)
 
@@ -417,7 +418,7 @@ class Switchable(Annealed):
         with pyro.plate("data", len(x)):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.0).to_event(1))
-            loc = z @ self.W.T + (self.bias if self.use_bias else 0.0)
+            loc = z @ self.W.T + (self.bias if self.use_bias else 0.0) + self._offset
             pyro.sample("x", dist.Normal(loc, self.noise).to_event(1), obs=x)
             if self.extra_site:
                 pyro.sample("x2", dist.Normal(z.sum(-1), 1.0), obs=x[:, 0])
@@ -443,6 +444,7 @@ CHANGES = {
     "float attribute (numbers)": (lambda m: setattr(m, "noise", 0.25), "Switchable.noise"),
     "flag adding a site": (lambda m: setattr(m, "extra_site", True), "Switchable.extra_site"),
     "flag adding a gradient": (lambda m: setattr(m, "use_bias", True), "without a gradient"),
+    "private attribute": (lambda m: setattr(m, "_offset", 0.5), "Switchable._offset"),
     "requires_grad_(False)": (_freeze_W, "Switchable.parameters"),
     "replaced submodule": (_replace_encoder, "Switchable.parameters, buffers or submodules"),
 }
