@@ -45,7 +45,14 @@ from .plots import (
     plot_reconstructions,
     plot_samples,
 )
-from .train import NonFiniteLossError, TrainingInterrupted, fit, load_run, write_json_atomic
+from .train import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    fit,
+    load_run,
+    read_json,
+    write_json_atomic,
+)
 from .train.distributed import init_distributed, launched_by_torchrun, world
 from .train.fingerprint import data_fingerprint, describe_fingerprint, same_data
 from .train.interrupt import exit_status, signal_name
@@ -468,11 +475,19 @@ def _check_new_run_dir(args) -> None:
     """A new run's ``--out`` must not hold an earlier run's results: they would sit beside
     the new checkpoint describing another model (and evaluate would refuse to replace
     them). Checked before anything is loaded or trained."""
+    if not str(args.out).strip():
+        raise ValueError("--out is empty; give the folder of the run (e.g. --out runs/mnist)")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give the folder of the run")
     if args.resume or not out.is_dir():
         return
-    if any((out / n).exists() for n in RUN_FILES):
-        return  # a run: the trainer refuses it, naming its files
+    run_files = [n for n in RUN_FILES if (out / n).exists()]
+    if run_files:
+        raise FileExistsError(
+            f"--out {out} holds an earlier run ({', '.join(run_files)}): continue it with "
+            f"--resume, or choose another --out (nothing was overwritten)"
+        )
     found = sorted({p.name for pattern in RESULT_PATTERNS for p in out.glob(pattern)})
     if found:
         raise FileExistsError(
@@ -579,11 +594,35 @@ def _run_dataset(run, data_dir):
 
 def cmd_figures(args) -> int:
     run = load_run(args.run_dir)
-    dataset = _run_dataset(run, args.data_dir)
     out = Path(args.out or args.run_dir)
+    own = out.resolve() == Path(args.run_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give the folder to draw the figures in")
+    if not own and out.is_dir() and not args.overwrite:
+        # another run's figures (or earlier ones) are not replaced silently
+        found = [n for n in (*FIGURE_NAMES, *RUN_FILES) if (out / n).exists()]
+        if found:
+            raise FileExistsError(
+                f"--out {out} holds {', '.join(found[:4])}{' ...' if len(found) > 4 else ''} "
+                f"(another run's, or earlier figures); pass --overwrite to replace the "
+                f"figures, or choose another --out (nothing was drawn)"
+            )
+    dataset = _run_dataset(run, args.data_dir)
+    out.mkdir(parents=True, exist_ok=True)
     algorithm = (run.config.get("training") or {}).get("algorithm", "aevb")
-    for p in write_figures(run.module, dataset, run.history, out, run.guide, algorithm):
+    drawn = write_figures(run.module, dataset, run.history, out, run.guide, algorithm)
+    for p in drawn:
         print(p)
+    summary_path = out / "summary.json"
+    if own and summary_path.is_file():
+        # the run's summary lists the redrawn figures as current, no longer as older ones
+        summary = read_json(summary_path)
+        if isinstance(summary, dict):
+            names = {str(p) for p in drawn}
+            older = [f for f in summary.get("figures_from_before") or [] if f not in names]
+            listed = [f for f in summary.get("figures") or [] if f not in names]
+            summary.update(figures=listed + sorted(names), figures_from_before=older)
+            write_json_atomic(summary_path, summary)
     return 0
 
 
@@ -1007,6 +1046,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("figures", help="redraw the figures of a run")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="where to write (default: the run directory)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace figures already in another --out"
+    )
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_figures)
 
@@ -1082,12 +1124,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resume_command(args) -> str:
     """The command that continues an interrupted run: its budget and options come from the
-    run; the data directory and the processes are this command's."""
+    run; the data directory, the device, the processes and the checkpoint cadence are this
+    command's (not recorded in the run), so they are repeated."""
     rest = ""
     if getattr(args, "data_dir", None):
         rest += f" --data-dir {shlex.quote(str(args.data_dir))}"
+    device = getattr(args, "device_given", None)
+    rest += f" --device {shlex.quote(device)}" if device else ""
     nproc = getattr(args, "nproc", None)
     rest += f" --nproc {nproc}" if nproc and nproc > 1 else ""
+    if getattr(args, "checkpoint_every", None):
+        rest += f" --checkpoint-every {args.checkpoint_every}"
+    minutes = getattr(args, "checkpoint_minutes", None)
+    if minutes is not None and minutes != 5.0:
+        rest += f" --checkpoint-minutes {minutes:g}"
     return f"{args.command} --out {shlex.quote(str(args.out))} --resume{rest}"
 
 
@@ -1173,6 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.device_given = getattr(args, "device", None)  # as typed (for _resume_command)
     if launched_by_torchrun() and hasattr(args, "device"):
         # one rank of a data-parallel run: join the process group (gloo or NCCL)
         args.device = str(init_distributed(args.device))

@@ -73,6 +73,20 @@ def test_train_resume_and_figures(tmp_path, capsys):
     assert f"figure (older)    {out / 'samples.png'}: from before" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["figures"] == [] and str(out / "samples.png") in summary["figures_from_before"]
+    # redrawn in the run's folder: the summary lists them as current again
+    assert main(["figures", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert str(out / "samples.png") in summary["figures"]
+    assert summary["figures_from_before"] == []
+    # another folder's figures are not replaced without --overwrite; a file is not a folder
+    before = (tmp_path / "figs" / "samples.png").read_bytes()
+    capsys.readouterr()
+    assert main(["figures", str(out), "--out", str(tmp_path / "figs")]) == 2
+    assert "holds samples.png" in capsys.readouterr().err
+    assert (tmp_path / "figs" / "samples.png").read_bytes() == before
+    assert main(["figures", str(out), "--out", str(tmp_path / "figs"), "--overwrite"]) == 0
+    assert main(["figures", str(out), "--out", str(out / "summary.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
@@ -80,6 +94,11 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert "cifar" in capsys.readouterr().err
     assert main(["figures", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", "--out", ""]) == 2
+    assert "--out is empty" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_evaluate_writes_json_with_estimates_and_elbo_gap(tmp_path, capsys):
@@ -512,6 +531,26 @@ def test_the_printed_resume_command_quotes_its_paths():
     assert words[words.index("--out") + 1] == "runs/my run"
     assert words[words.index("--data-dir") + 1] == "/data dir"
     assert "--resume" in words and words[words.index("--nproc") + 1] == "2"
+
+
+def test_the_printed_resume_command_keeps_the_device_and_checkpoint_cadence():
+    """A GPU run resumed with the printed command continues on the GPU (the device is not
+    recorded in the run), and writes checkpoints as often as before."""
+    import argparse
+    import shlex
+
+    from pyro_aevb.cli import _resume_command
+
+    args = argparse.Namespace(
+        command="train", out="r", data_dir=None, nproc=1, device_given="cuda:1",
+        device="cuda:1", checkpoint_every=50000, checkpoint_minutes=2.5,
+    )  # fmt: skip
+    words = shlex.split(_resume_command(args))
+    assert words[words.index("--device") + 1] == "cuda:1"
+    assert words[words.index("--checkpoint-every") + 1] == "50000"
+    assert words[words.index("--checkpoint-minutes") + 1] == "2.5"
+    args = argparse.Namespace(command="train", out="r", device_given=None, checkpoint_minutes=5.0)
+    assert _resume_command(args) == "train --out r --resume"
 
 
 def test_a_result_written_meanwhile_by_another_command_is_kept(tmp_path, capsys):

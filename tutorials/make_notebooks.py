@@ -138,6 +138,8 @@ def check_notebook(tutorial: Tutorial) -> list[str]:
         problems.append(f"its cells differ from {tutorial.source.name}")
     if meta.get("mode") != "full":
         problems.append(f"its outputs are from a {meta.get('mode', 'unrecorded')!r} run")
+    elif not meta.get("full_data"):
+        problems.append("its outputs are from a run on the embedded slice (PYRO_AEVB_DATA unset)")
     code = [c for c in stored.cells if c.cell_type == "code"]
     counts = [c.get("execution_count") for c in code]
     if counts != list(range(1, len(code) + 1)):

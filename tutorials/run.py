@@ -33,7 +33,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -100,6 +100,10 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: A tutorial that fails: an error in a cell, a cell past --timeout, a kernel that died.
+NOTEBOOK_FAILURES = (CellExecutionError, CellTimeoutError, DeadKernelError)
+
+
 def execute(
     nb: nbformat.NotebookNode, quick: bool, workdir: str | os.PathLike, timeout: int | None = None
 ) -> nbformat.NotebookNode:
@@ -134,7 +138,7 @@ def run(tutorial: Tutorial, quick: bool, out: Path, timeout: int | None) -> Path
     try:
         with tempfile.TemporaryDirectory(prefix=f"{tutorial.name}-") as workdir:
             execute(nb, quick, workdir, timeout)
-    except CellExecutionError:
+    except NOTEBOOK_FAILURES:
         FAILED_OUT.mkdir(parents=True, exist_ok=True)
         clean_outputs(nb)
         nbformat.write(nb, FAILED_OUT / tutorial.notebook.name)
@@ -176,11 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     chosen = select(args.names)
     if args.check:
+        if args.quick or args.out or args.stale or args.timeout is not None:
+            parser.error("--check reports on the stored notebooks; it takes no other option")
         from make_notebooks import main as check_main
 
         return check_main([t.name for t in chosen])
+    if args.stale and (args.quick or args.out):
+        parser.error("--stale updates the stored notebooks (a full run into tutorials/); "
+                     "leave out --quick and --out")  # fmt: skip
     out = args.out or (QUICK_OUT if args.quick else None)
     if not args.quick and not os.environ.get("PYRO_AEVB_DATA"):
+        if out is None:
+            # the stored notebooks' text discusses the full data sets' numbers
+            parser.error("a full run stores its notebooks in tutorials/, whose text is about "
+                         "the full data sets: set PYRO_AEVB_DATA to the data folder, or pass "
+                         "--quick, or --out DIR for a run on the embedded slice")  # fmt: skip
         print("note: PYRO_AEVB_DATA is not set: the tutorials use the embedded MNIST slice")
     failed = []
     for tutorial in chosen:
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{tutorial.name}: executing ({mode}) ...", flush=True)
         try:
             path = run(tutorial, args.quick, out or tutorial.notebook.parent, args.timeout)
-        except CellExecutionError as exc:
+        except NOTEBOOK_FAILURES as exc:
             failed.append(tutorial.name)
             where = os.path.relpath(FAILED_OUT / tutorial.notebook.name)
             print(f"{tutorial.name}: FAILED (notebook with the error: {where})\n{exc}")

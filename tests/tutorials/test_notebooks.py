@@ -86,6 +86,34 @@ def test_check_catches_edited_markdown_and_quick_outputs(tmp_path):
     nb.metadata["pyro_aevb"]["mode"] = "quick"
     nbformat.write(nb, tutorial.notebook)
     assert make_notebooks.check_notebook(tutorial) == ["its outputs are from a 'quick' run"]
+    nb.metadata["pyro_aevb"].update(mode="full", full_data=False)
+    nbformat.write(nb, tutorial.notebook)
+    assert make_notebooks.check_notebook(tutorial) == [
+        "its outputs are from a run on the embedded slice (PYRO_AEVB_DATA unset)"
+    ]
+
+
+def test_a_failing_tutorial_of_any_kind_is_reported_not_raised(tmp_path, monkeypatch, capsys):
+    """A cell past --timeout (not a CellExecutionError) is a failed tutorial like an error:
+    the notebook is kept for inspection and the others still run."""
+    from nbclient.exceptions import CellTimeoutError
+
+    def timed_out(nb, quick, workdir, timeout=None):
+        raise CellTimeoutError("A cell timed out while it was being executed, after 2 seconds.")
+
+    monkeypatch.setattr(run, "execute", timed_out)
+    monkeypatch.setattr(run, "FAILED_OUT", tmp_path / "failed")
+    names = [t.name for t in TUTORIALS[:2]]
+    assert run.main([*names, "--quick", "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert f"failed: {', '.join(names)}" in out
+    assert (tmp_path / "failed" / TUTORIALS[1].notebook.name).is_file()
+
+
+def test_a_full_run_without_the_data_into_tutorials_is_refused(monkeypatch):
+    monkeypatch.delenv("PYRO_AEVB_DATA", raising=False)
+    with pytest.raises(SystemExit):
+        run.main([TUTORIALS[0].name])
 
 
 def test_parse_source():
