@@ -468,7 +468,15 @@ class Trainer:
         # resumed run without a new budget continues to
         self.config["num_samples"] = self.total
         ragged = self.num_train % self.batch_size  # each epoch ends with a smaller batch
-        if (self.total % self.batch_size or ragged) and self.total > self.batch_size:
+        if self.total < self.batch_size:
+            logger.warning(
+                "the budget of %d samples is less than one minibatch of %d: minibatches stay "
+                "whole, so the run trains one step (%d samples)",
+                self.total,
+                self.batch_size,
+                self.batch_size,
+            )
+        elif (self.total % self.batch_size or ragged) and self.total > self.batch_size:
             logger.info(
                 "the budget of %d samples may end inside a minibatch of %d%s: minibatches "
                 "stay whole, so the run trains up to %d samples more",

@@ -576,3 +576,13 @@ def test_a_divergence_found_by_an_evaluation_names_the_evaluation_not_a_later_st
     with pytest.raises(NonFiniteLossError, match=r"at the evaluation after step 4 \(40 training"):
         fit(model, train, test, guide=AmortizedNormal(model, hidden_dims=(4,)), num_samples=40,
             batch_size=10, eval_every=40, progress=False)  # fmt: skip
+
+
+def test_a_budget_below_one_minibatch_says_it_trains_one_whole_step(caplog):
+    import logging
+
+    x = binary_data(40)
+    with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
+        result = fit(mlp_vae(30, 2, (8,)), x, num_samples=5, batch_size=20, progress=False)
+    assert result.samples == 20
+    assert "budget of 5 samples is less than one minibatch of 20" in caplog.text
