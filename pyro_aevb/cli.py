@@ -224,7 +224,18 @@ def _objective(args, saved: dict | None = None):
                 f"{algorithm}{whose}{f': {why}' if why else ''}"
             )
         options[keyword] = value
-    return cls(**options)
+    try:
+        return cls(**options)
+    except (ValueError, TypeError) as err:
+        # name the flags, not the objective's keywords
+        flags = [
+            f"{flag} {getattr(args, dest)}"
+            for dest, (flag, keyword, _) in _OBJECTIVE_OPTIONS.items()
+            if getattr(args, dest, None) is not None and keyword in str(err)
+        ]
+        if not flags:
+            raise
+        raise type(err)(f"{', '.join(flags)}: {err}") from None
 
 
 def _budget(args, run=None) -> dict:
@@ -339,6 +350,11 @@ def _model_and_guide(args, dataset):
         module = paper_vae(dataset, latent_dim, hidden, weight_prior_std=prior)
     if args.guide in (None, "vae"):
         return module, None
+    if args.algorithm == "mcem":
+        raise ValueError(
+            f"--guide {args.guide} does not apply to --objective mcem: Monte Carlo EM trains no "
+            f"encoder (its E-step runs HMC); leave out --guide"
+        )
     # the same trunk as the VAE's own encoder (the paper's tanh MLP, or the conv example)
     options = (
         {"encoder": "conv"}
@@ -1122,6 +1138,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The objectives that train in one process (see pyro_aevb.train.distributed).
+ONE_PROCESS_ALGORITHMS = ("wake-sleep", "mcem", "iwae", "sa-vae")
+
+
 def _resume_command(args) -> str:
     """The command that continues an interrupted run: its budget and options come from the
     run; the data directory, the device, the processes and the checkpoint cadence are this
@@ -1216,6 +1236,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     nproc = getattr(args, "nproc", 1)  # >= 1 (argparse)
+    algorithm = getattr(args, "algorithm", None)
+    if nproc > 1 and algorithm in ONE_PROCESS_ALGORITHMS:
+        # said before torchrun starts the ranks (each would say it, among torchrun's lines)
+        print(
+            f"pyro-aevb: error: --objective {algorithm} trains in one process (data-parallel "
+            f"training runs the ELBO objective, estimators A and B); leave out --nproc",
+            file=sys.stderr,
+        )
+        return 2
     if nproc > 1 and not launched_by_torchrun():
         return _relaunch(argv, nproc)
     # Our own messages at INFO (which training path runs, resumes); other libraries' at WARNING.
@@ -1252,7 +1281,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, NonFiniteLossError, AnalyticKLError, OSError) as err:
         # OSError: missing, unreadable or unwritable files (a full disk), a locked run
         # directory; the messages name the file
-        print(f"pyro-aevb: error: {err}", file=sys.stderr)
+        hint = " (on the command line: --estimator A)" if isinstance(err, AnalyticKLError) else ""
+        print(f"pyro-aevb: error: {err}{hint}", file=sys.stderr)
         return 2
     finally:
         if launched_by_torchrun() and torch.distributed.is_initialized():

@@ -96,6 +96,15 @@ def test_errors_are_reported_without_a_traceback(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["train", "--out", ""]) == 2
     assert "--out is empty" in capsys.readouterr().err
+    # refused before torchrun starts any rank
+    assert main(["train", "--objective", "iwae", "--nproc", "2", "--out", str(tmp_path)]) == 2
+    assert "--objective iwae trains in one process" in capsys.readouterr().err
+    # the flags are named, not the Python keywords
+    new = ["train", "--dataset", "embedded-mnist", "--out", str(tmp_path / "new")]
+    assert main([*new, "--objective", "mcem", "--mcem-target-accept", "1.5"]) == 2
+    assert "--mcem-target-accept 1.5: target_accept" in capsys.readouterr().err
+    assert main([*new, "--objective", "mcem", "--guide", "diag"]) == 2
+    assert "--guide diag does not apply to --objective mcem" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")
     assert main(["train", "--out", str(tmp_path / "afile")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
