@@ -159,6 +159,8 @@ class _AnnealedPotential:
         self.annealed, self.beta = annealed, beta
         #: The parts of the last evaluation with values (a trajectory's end point).
         self.last_parts = None
+        #: Whether they are of every row (not when the kernel evaluated the rows apart).
+        self.last_parts_whole = False
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         log_p0, increment = self.annealed.parts(u)
@@ -167,11 +169,16 @@ class _AnnealedPotential:
     def potential_and_grad(self, u: torch.Tensor, need_value: bool = True):
         parts = self.annealed.parts_and_grads(u, need_value)
         if need_value:
-            self.last_parts = parts
+            self.last_parts, self.last_parts_whole = parts, True
             value, grad, _ = _combine(parts, self.beta)
             return value, grad
         _, _, g_p0, g_inc = parts
         return None, -(g_p0 + self.beta * g_inc)
+
+    def rows_split(self) -> None:
+        """Told by the kernel that it evaluated the rows apart (a singular matrix in some
+        rows): the last parts are of the last piece's rows only."""
+        self.last_parts_whole = False
 
 
 @dataclass
@@ -267,7 +274,9 @@ def _run(
         )
         u = state.position
         if parts is not None:
-            parts = _select(info.accepted, potential.last_parts, parts)
+            # after the rows were evaluated apart, the next temperature evaluates them anew
+            whole = potential.last_parts_whole or potential.last_parts is None
+            parts = _select(info.accepted, potential.last_parts, parts) if whole else None
         accept_sum += info.accept_prob
         num_moves += 1
         if adapt:

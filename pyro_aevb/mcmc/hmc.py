@@ -137,13 +137,17 @@ def _singular(err: Exception) -> bool:
     )
 
 
-def _rows_apart(evaluate, z: torch.Tensor, safe: torch.Tensor, fills: tuple[float, ...]):
+def _rows_apart(
+    evaluate, z: torch.Tensor, safe: torch.Tensor, fills: tuple[float, ...], on_split=None
+):
     """``evaluate(z)``, a tuple of per-row outputs (``None`` entries allowed), with the rows
     kept apart when it raises a singular/not-positive-definite error: the rows are evaluated
     again in halves, the others held at ``safe`` (positions that evaluated fine: the chains'
     current states), down to the rows that fail alone, whose outputs are ``fills`` (a NaN
     potential: a rejected end point; a zero gradient). Rows never interact, so one datapoint's
-    numerical failure must not reject every chain's move. Differentiable in ``z``."""
+    numerical failure must not reject every chain's move. Differentiable in ``z``.
+    ``on_split()`` is called once the rows were evaluated apart: state the potential kept of
+    its last evaluation (AIS's parts) holds only that piece's rows."""
     try:
         return evaluate(z)
     except Exception as err:  # noqa: BLE001 -- re-raised unless singular
@@ -168,15 +172,22 @@ def _rows_apart(evaluate, z: torch.Tensor, safe: torch.Tensor, fills: tuple[floa
     rows = torch.arange(z.shape[0], device=z.device)
     attempt(rows[: rows.numel() // 2])
     attempt(rows[rows.numel() // 2 :])
+    if on_split is not None:
+        on_split()
     outputs = []
     for k, fill in enumerate(fills):
         parts = [(idx, out[k]) for idx, out in pieces if out[k] is not None]
         if not parts and pieces:
             outputs.append(None)  # not asked for (a value inside a trajectory)
             continue
-        like = parts[0][1] if parts else z[:, 0]
-        shape = (z.shape[0], *like.shape[1:])
-        out = torch.full(shape, fill, dtype=like.dtype, device=like.device)
+        if not parts:
+            # no row evaluated alone: the potential's (n,) values, then the gradient, shaped
+            # like z; still a function of z, for a caller that differentiates the sum
+            like = z[:, 0] if k == 0 else z
+            outputs.append(like * 0.0 + fill)
+            continue
+        like = parts[0][1]
+        out = torch.full((z.shape[0], *like.shape[1:]), fill, dtype=like.dtype, device=like.device)
         for idx, part in parts:
             out = out.index_put((idx,), part[idx])
         outputs.append(out)
@@ -199,6 +210,7 @@ def _leapfrog_own_grad(state: HMCState, r, potential, step_size, inverse_mass, n
             z,
             state.position,
             (math.nan, 0.0),
+            on_split=getattr(potential, "rows_split", None),
         )
         r = r + 0.5 * eps * (-grad)  # r(n + 1)
     return z, r, value, grad

@@ -209,3 +209,27 @@ def test_one_rows_numerical_failure_rejects_only_that_rows_move(own_grad):
         others_accept.append(info.accept_prob[1:])
     assert potential.failures > 0  # row 0 did hit the error
     assert float(torch.stack(others_accept).mean()) > 0.8  # they move as on N(0, I)
+
+
+class _FailsAway(_FailsOnRow0):
+    """An error whenever any row is past 0.5: with every row moved there, each fails alone."""
+
+    def _check(self, u):
+        if float(u.abs().max()) > 0.5:
+            self.failures += 1
+            raise RuntimeError("linalg.cholesky: the input is not positive-definite")
+
+
+@pytest.mark.parametrize("own_grad", [False, True])
+def test_every_rows_numerical_failure_rejects_every_move_and_keeps_the_shapes(own_grad):
+    """Every row fails alone (a pilot's first step sizes): every move is rejected, and the
+    gradient filled in keeps the positions' shape (it was (n,), and (n, D) positions became
+    (n, n) after the next half step)."""
+    potential = _FailsAway(own_grad)
+    start = torch.full((3, 2), 0.4)
+    state = hmc.init(potential, start)
+    state, info = hmc.step(state, potential, step_size=5.0, num_steps=3,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert potential.failures > 0
+    assert state.position.shape == (3, 2) and torch.equal(state.position, start)
+    assert not bool(info.accepted.any())
