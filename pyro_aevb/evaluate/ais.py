@@ -55,6 +55,7 @@ from .result import (
     fewer_than_two_effective,
     importance_ess,
     logmeanexp_with_stderr,
+    warn_non_finite,
     warn_unreliable,
 )
 
@@ -576,6 +577,7 @@ class _AISRun:
         if reverse:
             estimate = -estimate
         accept = accept.reshape(self.num_chains, -1).mean(0)
+        warn_non_finite("bdmc (reverse AIS)" if reverse else "ais", estimate)
         if self.num_chains > 1:
             # one chain carrying the mean: the stderr then reads ~1 nat whatever the error
             bound = (

@@ -42,6 +42,7 @@ from .result import (
     importance_ess,
     logmeanexp_with_stderr,
     pareto_k,
+    warn_non_finite,
     warn_unreliable,
 )
 
@@ -179,6 +180,7 @@ def iwae(
     )
     estimate, stderr = logmeanexp_with_stderr(log_w, dim=0)
     ess, k_hat = importance_ess(log_w), pareto_k(log_w, dim=0)  # k-hat: seconds for 1000 rows
+    warn_non_finite("iwae", estimate)
     if num_particles > 1:
         checks = [("fewer than 2 effective weights", fewer_than_two_effective(ess))]
         if num_particles >= MIN_DRAWS_FOR_PARETO_K:  # fewer: k-hat itself is too noisy

@@ -55,7 +55,7 @@ from ..validation import check_choice, check_data, check_seed
 from .ais import INITS, SCHEDULES, ais, bdmc
 from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
 from .iwae import elbo_with_stderr, iwae
-from .result import LogMarginalResult
+from .result import LogMarginalResult, warn_non_finite
 from .sharded import estimate_in_blocks
 
 __all__ = ["log_marginal", "METHODS", "METHOD_OPTIONS"]
@@ -275,6 +275,7 @@ def _estimate(
                 estimator=options["estimator"],
                 num_particles=options["num_particles"],
             )
+            warn_non_finite("elbo", estimate)
             diagnostics = {}
         elif method == "iwae":
             estimate, stderr, diagnostics = iwae(

@@ -124,6 +124,19 @@ def warn_unreliable(
             )
 
 
+def warn_non_finite(method: str, estimate: torch.Tensor) -> None:
+    """:func:`warn_unreliable` for estimates that are not numbers (``-inf``, ``NaN``): the
+    log-weights behind them are, and no effective-sample check can flag them."""
+    warn_unreliable(
+        method,
+        estimate,
+        [("non-finite estimates", ~torch.isfinite(estimate))],
+        "the model or guide gives a log-density of -inf or NaN there (a factor of -inf, an "
+        "observation outside its support with validation off, an overflow); the mean over "
+        "datapoints is then not a number either",
+    )
+
+
 def pareto_k(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
     r"""ArviZ's Pareto-smoothed importance sampling tail index ``k-hat`` of ``w``, per column.
 

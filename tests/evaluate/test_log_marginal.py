@@ -184,3 +184,31 @@ def test_bdmc_gap_on_data_simulated_from_a_trained_vae(mnist_vae):
     # stochastic bounds: upper >= lower up to noise, and they sandwich log p(x) tightly
     assert bool((gap > -4 * se).all()), gap
     assert float(gap.mean()) < 1.0, gap
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [("elbo", {}), ("iwae", {"num_particles": 20}), ("ais", {"num_chains": 2, "num_temps": 5})],
+)
+def test_non_finite_estimates_are_named_in_a_warning(method, options, caplog):
+    """A factor of -inf on one row: its estimate is -inf (the mean too), and a warning names
+    the row (no effective-sample check can flag it: its weights' ESS is NaN)."""
+    import logging
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            pyro.factor("f", torch.where(x > 5, torch.full_like(x, -math.inf), torch.zeros_like(x)))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
+
+    x = torch.tensor([0.0, 1.0, 6.0, -1.0])
+    with caplog.at_level(logging.WARNING, logger="pyro_aevb"):
+        result = log_marginal(model, guide, x, method, seed=0, **options)
+    assert torch.isinf(result.estimate[2]) and bool(
+        torch.isfinite(result.estimate[[0, 1, 3]]).all()
+    )
+    assert f"{method}: 1 of 4 datapoints have non-finite estimates (first: [2])" in caplog.text
