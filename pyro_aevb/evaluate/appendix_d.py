@@ -57,13 +57,14 @@ import torch.distributions as tdist
 
 from ..device import check_generator, place
 from ..mcmc import sample as hmc_sample
+from ..mcmc.adaptation import check_target_accept
 from ..mcmc.diagnostics import ess_mean
 from ..mcmc.initialization import importance_resampled_init
 from ..mcmc.potential import PerDatapointPotential
 from ..mcmc.potentials import make_potential
 from ..mcmc.pyro_reference import sample_posterior_pyro
 from ..poutine import PerDatapointProgram, as_program
-from ..validation import check_choice, check_data, check_positive_int, check_seed
+from ..validation import check_bool, check_choice, check_data, check_positive_int, check_seed
 from .result import MIN_DRAWS_FOR_PARETO_K, logmeanexp_with_stderr, pareto_k, warn_unreliable
 
 __all__ = [
@@ -423,6 +424,13 @@ def appendix_d(
     check_choice(density, "density", DENSITIES)
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     num_chains = check_positive_int(num_chains, "num_chains")
+    # checked here for every sampler (the Pyro samplers would pass them on unchecked)
+    check_positive_int(num_warmup, "num_warmup", minimum=0)
+    check_positive_int(num_steps, "num_steps")
+    check_target_accept(target_accept)
+    check_bool(adapt_mass, "adapt_mass")
+    if not (isinstance(step_size_jitter, int | float) and 0.0 <= step_size_jitter < 1.0):
+        raise ValueError(f"step_size_jitter must be in [0, 1), got {step_size_jitter!r}")
     _check_split(split, num_chains, fit_fraction)  # before any sampling
     seed = check_seed(seed)
     program = as_program(model, guide, x, plate_name=plate_name, global_values=global_values)

@@ -123,12 +123,27 @@ def _program_for(method, model, guide, x, plate_name, global_values, options):
     return PerDatapointProgram(model, guide, x, plate_name=plate_name, global_values=global_values)
 
 
+#: Options of Appendix D's batched sampler that Pyro's samplers do not take.
+_BATCHED_SAMPLER_ONLY = {
+    "pyro_nuts": ("step_size_jitter", "fast", "num_steps"),
+    "pyro_hmc": ("step_size_jitter", "fast"),
+}
+
+
 def _options(method: str, given: dict) -> dict:
     allowed = METHOD_OPTIONS[method]
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise TypeError(
             f"unknown option(s) {unknown} for method='{method}'; its options are {sorted(allowed)}"
+        )
+    ignored = [k for k in _BATCHED_SAMPLER_ONLY.get(given.get("sampler"), ()) if k in given]
+    if ignored:
+        raise ValueError(
+            f"option(s) {ignored} do not apply to sampler='{given['sampler']}' (Pyro's "
+            f"{given['sampler'].removeprefix('pyro_').upper()} kernel on the traced model"
+            f"{', which chooses its own trajectory lengths' if 'num_steps' in ignored else ''}"
+            f"); leave them out, or use sampler='hmc'"
         )
     return {**allowed, **given}
 
@@ -161,6 +176,10 @@ def log_marginal(
         Global latents (outside the plate) are conditioned on ``global_values`` or the guide's
         point estimate, so the result is ``log p(x_i | g)``, and the values used are in
         ``result.settings["globals_conditioned_on"]``. For the paper's VAE pass ``vae.model``.
+        Row ``i``'s density must depend on row ``i`` alone, not on its position in ``x`` or
+        on ``len(x)`` (a covariate ``torch.arange(len(x))``): the estimators run the model on
+        copies of the rows stacked along the plate (particles, chains), as minibatch training
+        runs it on shuffled rows; pass such a covariate as data (a column of ``x``).
     guide : callable or None
         Pyro guide ``guide(x)`` over the same latents (the encoder). Required for ``"elbo"``
         and ``"iwae"`` and for AIS/BDMC started from the encoder; optional for

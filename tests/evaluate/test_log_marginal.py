@@ -212,3 +212,14 @@ def test_non_finite_estimates_are_named_in_a_warning(method, options, caplog):
         torch.isfinite(result.estimate[[0, 1, 3]]).all()
     )
     assert f"{method}: 1 of 4 datapoints have non-finite estimates (first: [2])" in caplog.text
+
+
+def test_options_pyros_samplers_do_not_take_are_refused_and_all_are_checked(ppca):
+    x = ppca.simulate(2)
+    for option in ({"step_size_jitter": 0.2}, {"fast": "off"}, {"num_steps": 8}):
+        with pytest.raises(ValueError, match=r"do not apply to sampler='pyro_nuts'"):
+            log_marginal(ppca.model, ppca.guide, x, "appendix_d", sampler="pyro_nuts", **option)
+    with pytest.raises(TypeError, match="adapt_mass must be True or False"):
+        log_marginal(ppca.model, ppca.guide, x, "appendix_d", sampler="pyro_nuts", adapt_mass="no")
+    with pytest.raises(ValueError, match="target_accept"):
+        log_marginal(ppca.model, ppca.guide, x, "appendix_d", sampler="pyro_hmc", target_accept=2)
