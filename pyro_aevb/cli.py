@@ -35,6 +35,7 @@ from .evaluate import (
     log_marginal,
     simulate_data,
 )
+from .evaluate.kept_blocks import KeptBlocksMismatch
 from .infer import AnalyticKLError
 from .infer.objectives import ALGORITHMS, MCEM_OPTIONS, MonteCarloEM
 from .models import conv_vae, paper_vae
@@ -761,17 +762,32 @@ def cmd_evaluate(args) -> int:
             torch.manual_seed(args.seed)
             x, z = simulate_data(module.model, data, plate_name=plate_name)
         options["z"] = z
-    result = log_marginal(
-        module.model,
-        guide,
-        x,
-        method=args.method,
-        seed=args.seed,
-        plate_name=plate_name,
-        block_size=args.block_size,
-        device=args.device,
-        **options,
-    )
+    # one process: the finished blocks are kept beside the report, so that an interrupted
+    # evaluation (hours of AIS) continues where it was; removed once the report is written
+    keep = out.with_name(out.name + ".blocks.pt") if world()[1] == 1 else None
+    args.kept_blocks = keep
+
+    def evaluate():
+        return log_marginal(
+            module.model,
+            guide,
+            x,
+            method=args.method,
+            seed=args.seed,
+            plate_name=plate_name,
+            block_size=args.block_size,
+            device=args.device,
+            keep_blocks=keep,
+            **options,
+        )
+
+    try:
+        result = evaluate()
+    except KeptBlocksMismatch as err:
+        if not args.overwrite:
+            raise KeptBlocksMismatch(f"{err}, or pass --overwrite") from None
+        keep.unlink()
+        result = evaluate()
     if world()[0] != 0:
         return 0  # sharded: every rank has the whole result, rank 0 reports it
     report = {
@@ -803,6 +819,8 @@ def cmd_evaluate(args) -> int:
             f"log p(x) - ELBO = {gap:.4f} nats per datapoint"
         )
     out = _write_result(out, report, args.overwrite)
+    if keep is not None:
+        keep.unlink(missing_ok=True)
     print(f"wrote {out}")
     return 0
 
@@ -1274,9 +1292,16 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return exit_status(err.signum)
     except KeyboardInterrupt as err:
-        # outside a training step (loading, evaluation, figures): nothing half-written to save
+        # outside a training step (loading, evaluation, figures): nothing half-written to
+        # save; an evaluation's finished blocks are already kept
         signum = getattr(err, "signum", signal.SIGINT)
-        print(f"pyro-aevb: interrupted by {signal_name(signum)}", file=sys.stderr)
+        kept = getattr(args, "kept_blocks", None)
+        more = (
+            f"; the finished blocks are kept in {kept}: the same command continues from them"
+            if kept is not None and kept.is_file()
+            else ""
+        )
+        print(f"pyro-aevb: interrupted by {signal_name(signum)}{more}", file=sys.stderr)
         return exit_status(signum)
     except (ValueError, TypeError, NonFiniteLossError, AnalyticKLError, OSError) as err:
         # OSError: missing, unreadable or unwritable files (a full disk), a locked run

@@ -152,6 +152,43 @@ def test_evaluate_writes_json_with_estimates_and_elbo_gap(tmp_path, capsys):
     assert "is a directory" in capsys.readouterr().err
 
 
+def test_an_interrupted_evaluation_continues_from_its_finished_blocks(
+    tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C during evaluate keeps the finished blocks beside the report; the same command
+    continues from them and writes the report of an uninterrupted run."""
+    import importlib
+
+    log_marginal_module = importlib.import_module("pyro_aevb.evaluate.log_marginal")
+    out = tmp_path / "run"
+    main(["train", "--dataset", "embedded-mnist", "--out", str(out), "--latent-dim", "2",
+          "--hidden", "16", "--num-samples", "500", "--no-progress", "--no-figures"])  # fmt: skip
+    command = ["evaluate", str(out), "--n", "15", "--block-size", "5", "--option",
+               "num_particles=20"]  # fmt: skip
+    assert main([*command, "--out", str(tmp_path / "whole.json")]) == 0
+    calls = {"n": 0}
+    original = log_marginal_module._estimate
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(log_marginal_module, "_estimate", interrupted)
+    capsys.readouterr()
+    assert main(command) == 130
+    kept = out / "evaluate-iwae-test.json.blocks.pt"
+    assert f"the finished blocks are kept in {kept}" in capsys.readouterr().err
+    assert kept.is_file() and not (out / "evaluate-iwae-test.json").exists()
+    assert main(command) == 0
+    assert calls["n"] == 4  # the two blocks left, not the first again
+    report = json.loads((out / "evaluate-iwae-test.json").read_text())
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert report["estimate"] == whole["estimate"] and report["stderr"] == whole["stderr"]
+    assert not kept.exists()
+
+
 def test_train_with_autoguides_then_evaluate_and_resume(tmp_path, capsys):
     base = ["train", "--dataset", "embedded-mnist", "--latent-dim", "2", "--hidden", "16",
             "--no-progress", "--eval-size", "50", "--num-samples", "400"]  # fmt: skip

@@ -40,6 +40,8 @@ prior samples), so a call is reproducible and leaves the caller's RNG state unto
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -51,12 +53,15 @@ from ..infer.per_datapoint import check_per_datapoint
 from ..poutine import PerDatapointProgram, latent_sites, plate_frame
 from ..poutine.params import buffers_kept
 from ..train.distributed import resolve_distributed
-from ..validation import check_choice, check_data, check_seed
+from ..validation import check_choice, check_data, check_positive_int, check_seed
 from .ais import INITS, SCHEDULES, ais, bdmc
 from .appendix_d import DENSITIES, SAMPLERS, appendix_d, default_init_particles
 from .iwae import elbo_with_stderr, iwae
+from .kept_blocks import evaluation_key, read_kept_blocks, write_kept_blocks
 from .result import LogMarginalResult, warn_non_finite
 from .sharded import estimate_in_blocks
+
+logger = logging.getLogger("pyro_aevb")
 
 __all__ = ["log_marginal", "METHODS", "METHOD_OPTIONS"]
 
@@ -161,6 +166,7 @@ def log_marginal(
     distributed: bool | None = None,
     device=None,
     dtype=None,
+    keep_blocks: str | os.PathLike | None = None,
     **method_options,
 ) -> LogMarginalResult:
     """Estimate ``log p(x_i)`` for every row of ``x``.
@@ -210,6 +216,11 @@ def log_marginal(
         Where and in which precision to compute: ``x`` and the modules owning the programs
         (``vae`` for ``vae.model``) are moved there in place; the HMC generator is created
         there. Default: where the modules are. Draws on a GPU differ from those on a CPU.
+    keep_blocks : path, optional
+        With ``block_size``, in one process: keep the finished blocks' results in this file
+        (written after each block); a call for the same evaluation estimates only the blocks
+        missing from it, with the result of an uninterrupted call
+        (:mod:`~pyro_aevb.evaluate.kept_blocks`). The file is left for the caller to remove.
     **method_options
         ``elbo``: ``estimator`` ("A"/"B"), ``num_particles``.
         ``iwae``: ``num_particles`` (K), ``chunk_size``, ``vectorize``.
@@ -259,11 +270,37 @@ def log_marginal(
             result.settings["seed_from_generator"] = True
         return result
 
-    if block_size is None and not resolve_distributed(distributed):
-        return estimate(x, int_seed, options)
+    if keep_blocks is None:
+        if block_size is None and not resolve_distributed(distributed):
+            return estimate(x, int_seed, options)
+        return estimate_in_blocks(
+            estimate, x, options, seed=int_seed, block_size=block_size, distributed=distributed
+        )
+    if block_size is None or resolve_distributed(distributed):
+        raise ValueError(
+            "keep_blocks needs block_size= (the blocks to keep) and one process (the ranks of "
+            "a distributed evaluation share the blocks)"
+        )
+    block_size = check_positive_int(block_size, "block_size")
+    key = evaluation_key(
+        model, guide, x, method=method, options=options, seed=int_seed, block_size=block_size,
+        plate_name=plate_name, global_values=global_values, device=device,
+    )  # fmt: skip
+    kept = read_kept_blocks(keep_blocks, key)
+    if kept:
+        logger.info("continuing from %d finished block(s) kept in %s", len(kept), keep_blocks)
+    finished = dict(kept)
+    keeping = [True]
+
+    def keep(k: int, result: LogMarginalResult, flagged: list) -> None:
+        finished[k] = (result, flagged)
+        if keeping[0]:
+            keeping[0] = write_kept_blocks(keep_blocks, key, finished)
+
     return estimate_in_blocks(
-        estimate, x, options, seed=int_seed, block_size=block_size, distributed=distributed
-    )
+        estimate, x, options, seed=int_seed, block_size=block_size, distributed=False,
+        kept=kept, on_block=keep,
+    )  # fmt: skip
 
 
 def _estimate(

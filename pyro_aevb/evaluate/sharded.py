@@ -29,6 +29,7 @@ independently of the number of ranks.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from ..validation import check_positive_int
 from .result import LogMarginalResult, unreliable_collected, warn_unreliable_merged
 
 __all__ = ["block_seed", "block_bounds", "estimate_in_blocks", "merge_blocks", "merge_means"]
+
+logger = logging.getLogger("pyro_aevb")
 
 # Keeps the blocks' streams apart from other streams derived from the same seed.
 _EVAL_STREAM = 0x6576
@@ -172,9 +175,15 @@ def estimate_in_blocks(
     seed: int,
     block_size: int | None,
     distributed: bool | None = None,
+    kept: dict | None = None,
+    on_block: Callable | None = None,
 ) -> LogMarginalResult:
     """Run ``estimate(x_block, block_seed, options_block)`` on every block this rank owns and
-    merge all ranks' blocks (see the module docstring). Every rank returns the whole result."""
+    merge all ranks' blocks (see the module docstring). Every rank returns the whole result.
+
+    ``kept``: ``{block: (result, flagged)}`` of blocks finished earlier (not estimated again;
+    :mod:`~pyro_aevb.evaluate.kept_blocks`); ``on_block(block, result, flagged)`` is called
+    after each block estimated here, and logged at INFO level."""
     use_group = resolve_distributed(distributed)
     if block_size is None:
         if use_group:
@@ -191,6 +200,9 @@ def estimate_in_blocks(
     first, last = shard_bounds(len(blocks), size)[rank]
     local = []
     for k in range(first, last):
+        if kept and k in kept:
+            local.append((k, *kept[k]))
+            continue
         start, stop = blocks[k]
         # the blocks' warnings about unreliable rows are held back and given once, over all
         # rows, with each row's index in x (a block's own would count from its first row)
@@ -201,6 +213,13 @@ def estimate_in_blocks(
                 _slice_options(options, start, stop, x.shape[0]),
             )
         local.append((k, _to_cpu(part), flagged))
+        if len(blocks) > 1:
+            logger.info(
+                "block %d of %d (rows %d-%d) done in %.1f s",
+                k + 1, len(blocks), start, stop - 1, part.seconds,
+            )  # fmt: skip
+        if on_block is not None:
+            on_block(k, local[-1][1], flagged)
     if size > 1:
         local = [item for items in all_gather_objects(local) for item in items]
     local.sort(key=lambda item: item[0])
