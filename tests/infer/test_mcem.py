@@ -217,9 +217,9 @@ def test_a_run_resumed_between_evaluations_records_the_same_acceptance_rate(tmp_
     assert numbers(resumed.history) == numbers(whole.history)
 
 
-def test_a_diverging_m_step_undoes_the_whole_step():
-    """A later M-step's non-finite loss: the earlier M-steps' updates and the E-step's chains
-    are undone, so the parameters are those before the minibatch, as the error says."""
+def _after_one_step():
+    """Monte Carlo EM (3 M-steps) on 50 rows after one good step (chains initialised):
+    ``(objective, x, idx, optimizer)``."""
     from pyro_aevb.poutine import TrainingProgram
     from pyro_aevb.train.optim import make_optimizer
 
@@ -230,7 +230,14 @@ def test_a_diverging_m_step_undoes_the_whole_step():
     bound.setup(x)
     optimizer = make_optimizer("adagrad", bound.params, 0.01)
     idx = torch.arange(50)
-    bound.train_step(x, idx, optimizer)  # chains initialised, one good step
+    bound.train_step(x, idx, optimizer)
+    return bound, x, idx, optimizer
+
+
+def test_a_diverging_m_step_undoes_the_whole_step():
+    """A later M-step's non-finite loss: the earlier M-steps' updates and the E-step's chains
+    are undone, so the parameters are those before the minibatch, as the error says."""
+    bound, x, idx, optimizer = _after_one_step()
     before = [p.detach().clone() for p in bound.params]
     chains, step_size = bound.chains.clone(), bound.step_size.clone()
     calls = {"n": 0}
@@ -252,17 +259,7 @@ def test_an_error_in_a_later_m_step_undoes_the_whole_step():
     """An M-step that raises after earlier updates (a non-finite gradient refused before its
     update, an invalid distribution argument) undoes the step as a non-finite loss does,
     acceptance totals included, and the error propagates."""
-    from pyro_aevb.poutine import TrainingProgram
-    from pyro_aevb.train.optim import make_optimizer
-
-    torch.manual_seed(0)
-    vae = mlp_vae(20, 2, 8)
-    x = (torch.rand(50, 20) < 0.3).float()
-    bound = MonteCarloEM(num_m_steps=3).bind(TrainingProgram(vae.model, None, num_data=50))
-    bound.setup(x)
-    optimizer = make_optimizer("adagrad", bound.params, 0.01)
-    idx = torch.arange(50)
-    bound.train_step(x, idx, optimizer)
+    bound, x, idx, optimizer = _after_one_step()
     before = [p.detach().clone() for p in bound.params]
     first = next(iter(bound.params))
     state = {k: v.clone() for k, v in optimizer.state[first].items()}
