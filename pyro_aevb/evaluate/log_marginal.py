@@ -50,6 +50,7 @@ import torch
 
 from ..device import fork_rng, make_generator, place
 from ..infer.per_datapoint import check_per_datapoint
+from ..mcmc.potential import check_rows_replicate
 from ..poutine import PerDatapointProgram, latent_sites, plate_frame
 from ..poutine.params import buffers_kept
 from ..train.distributed import resolve_distributed
@@ -312,6 +313,7 @@ def _estimate(
     with fork_rng():
         torch.manual_seed(int_seed)
         program = _program_for(method, model, guide, x, plate_name, global_values, options)
+    check_rows_replicate(program, x)
     guide = program.guide
     if method in ("elbo", "iwae") and guide is None:
         raise ValueError(f"method='{method}' needs a guide (the proposal q(z|x)); got None")

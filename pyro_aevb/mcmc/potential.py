@@ -72,6 +72,7 @@ from ..validation import check_data, check_positive_int
 
 __all__ = [
     "PerDatapointPotential",
+    "check_rows_replicate",
     "log_density_per_datapoint",
     "value_and_grad",
 ]
@@ -451,3 +452,38 @@ def value_and_grad(
         value = fn(u)
         (grad,) = torch.autograd.grad(value.sum(), u)
     return value.detach(), grad
+
+
+def check_rows_replicate(program: PerDatapointProgram, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` if row ``i``'s log density changes when the rows of ``x`` are
+    stacked twice, as the estimators stack them (particles, chains): the model then reads a
+    row's position or the number of rows (``torch.arange(len(x))`` as a covariate), and every
+    copy but the first would be another datapoint. One prior draw per row, evaluated on ``x``
+    and on the stacked rows; the caller's RNG is left as it was. A model that fails on the
+    draw is not judged here (the estimator meets the failure itself)."""
+    one = PerDatapointPotential(program, x)
+    try:
+        with fork_rng(), torch.no_grad():
+            torch.manual_seed(0)
+            u = one.sample_prior()
+            alone, again = one.log_joint(u), one.log_joint(u)
+            stacked = one.with_chains(2).log_joint(u.repeat(2, 1)).reshape(2, -1)
+    except (ValueError, RuntimeError):
+        return
+    finite = torch.isfinite(alone)
+    rtol = 1e-4 if alone.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+    tol = rtol * alone.abs() + 1e-3
+    if bool((finite & ~((again - alone).abs() <= tol)).any()):
+        return  # a density that is random itself (dropout in training mode): not judged
+    for copy in stacked:
+        differs = finite & ~((copy - alone).abs() <= tol)
+        if bool(differs.any()):
+            i = int(differs.nonzero()[0])
+            raise ValueError(
+                f"the model's density of row {i} changes when the rows of x are stacked twice "
+                f"({float(alone[i]):.6g} alone, {float(copy[i]):.6g} in a copy): it reads a "
+                f"row's position or the number of rows (e.g. torch.arange(len(x)) as a "
+                f"covariate). The estimators evaluate copies of the rows stacked along the "
+                f"plate (particles, chains), as minibatch training runs the model on shuffled "
+                f"rows: pass such a covariate inside x (a column, split again in the model)"
+            )

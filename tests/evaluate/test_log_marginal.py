@@ -223,3 +223,25 @@ def test_options_pyros_samplers_do_not_take_are_refused_and_all_are_checked(ppca
         log_marginal(ppca.model, ppca.guide, x, "appendix_d", sampler="pyro_nuts", adapt_mass="no")
     with pytest.raises(ValueError, match="target_accept"):
         log_marginal(ppca.model, ppca.guide, x, "appendix_d", sampler="pyro_hmc", target_accept=2)
+
+
+@pytest.mark.parametrize("method", ["elbo", "iwae", "ais", "appendix_d"])
+def test_a_model_reading_a_rows_position_is_refused(method):
+    """z_i ~ N(0.5 i, 1) with i = torch.arange(len(x)): on the stacked copies the estimators
+    evaluate, copy k of row i would be datapoint k B + i (the ELBO was 520,000 nats off,
+    with no warning). Refused, naming the cause."""
+
+    def model(x):
+        t = torch.arange(x.shape[0], dtype=x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.5 * t, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        t = torch.arange(x.shape[0], dtype=x.dtype)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal((x + 0.5 * t) / 2, 0.75))
+
+    x = torch.tensor([0.3, 0.1, 1.4, 1.2, 2.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"changes when the rows of x are stacked twice"):
+        log_marginal(model, guide, x, method, seed=0)
