@@ -28,6 +28,7 @@ import torch
 from ..poutine import PerDatapointProgram
 from ..poutine.params import owner_modules
 from ..train.checkpoint import load_checkpoint, save_checkpoint
+from ..train.integrity import tensor_digest
 from .result import LogMarginalResult
 
 __all__ = ["KeptBlocksMismatch", "evaluation_key", "read_kept_blocks", "write_kept_blocks"]
@@ -40,19 +41,10 @@ class KeptBlocksMismatch(ValueError):
     """The file of kept blocks is another evaluation's."""
 
 
-def _digest_tensors(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _plain(value):
     """``value`` with tensors replaced by their digests, for the key."""
     if isinstance(value, torch.Tensor):
-        return {"tensor": _digest_tensors([value])}
+        return {"tensor": tensor_digest([value])}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -85,7 +77,7 @@ def _state(model, guide) -> str:
                 elif isinstance(value, bool | int | float | str):
                     numbers.append((name, value))
     tensors.extend(t for _, t in sorted(pyro.get_param_store().named_parameters()))
-    return _digest_tensors(tensors) + hashlib.sha256(repr(numbers).encode()).hexdigest()[:16]
+    return tensor_digest(tensors) + hashlib.sha256(repr(numbers).encode()).hexdigest()[:16]
 
 
 def evaluation_key(
@@ -100,7 +92,7 @@ def evaluation_key(
         "block_size": int(block_size),
         "num_rows": int(x.shape[0]),
         "plate_name": plate_name,
-        "x": _digest_tensors([x]),
+        "x": tensor_digest([x]),
         "global_values": json.dumps(_plain(global_values), sort_keys=True),
         "parameters": _state(model, guide),
         "device": str(device),

@@ -21,7 +21,17 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["SEAL_MARKER", "SEAL_LENGTH", "CorruptCheckpointError", "seal", "unseal", "digest"]
+import torch
+
+__all__ = [
+    "SEAL_MARKER",
+    "SEAL_LENGTH",
+    "CorruptCheckpointError",
+    "seal",
+    "unseal",
+    "digest",
+    "tensor_digest",
+]
 
 SEAL_MARKER = b"\nPYRO-AEVB-SHA256:"
 #: Bytes the seal adds to a file: marker, 64 hex digits, newline.
@@ -44,6 +54,17 @@ class CorruptCheckpointError(ValueError):
 def digest(data: bytes) -> str:
     """SHA-256 of ``data`` as 64 lowercase hex digits."""
     return hashlib.sha256(data).hexdigest()
+
+
+def tensor_digest(tensors) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and values, in order, as 64 hex digits."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def seal(data: bytes) -> bytes:

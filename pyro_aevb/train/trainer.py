@@ -19,7 +19,6 @@ the position in it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -79,6 +78,7 @@ from .divergence import (
     non_finite_entries,
 )
 from .fingerprint import data_fingerprint
+from .integrity import tensor_digest
 from .interrupt import DeferredInterrupts, TrainingInterrupted
 from .lock import RunLock
 from .optim import make_optimizer
@@ -533,7 +533,7 @@ class Trainer:
                 check_same_settings(
                     {
                         "progress": (self.step, self.samples, len(self.history)),
-                        "parameters": _digest(self.objective.params),
+                        "parameters": tensor_digest(self.objective.params),
                     },
                     f"checkpoints to resume from (out_dir {self.out_dir} must be the same "
                     f"folder on every rank)",
@@ -1271,14 +1271,6 @@ def _with_frozen_parameters(saved: dict, optimizer, params: list, path) -> dict:
 
 # The key of the record rank 0 shares when its evaluation raised.
 _EVALUATION_FAILED = "__evaluation_failed__"
-
-
-def _digest(tensors) -> str:
-    """SHA-256 of the tensors' values (to compare the ranks' states once)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _saved_parallel_config(out_dir, resume: bool) -> dict | None:
